@@ -1,0 +1,123 @@
+"""The parity bookkeeping of crosscheck/: one tolerance table, one error measure, one report.
+
+Error measure (one number per comparison, the one TF-SEMANTICS.md uses):
+
+    err = max|ours - tf| / max|tf|          (max|tf| floored at 1e-30)
+
+Every comparison goes through `assert_parity(op, direction, ours, theirs)`,
+which checks err against TOLERANCES[op][direction] and remembers the worst err
+seen for that (op, direction). At the end of `pytest crosscheck/` the table of
+worst errors is printed and written to crosscheck/parity-table.md;
+`python crosscheck/parity.py` prints the last one again.
+
+Tolerances: float32 ops agree with TF to about 1e-7..2e-6 of the largest value
+(TF-SEMANTICS.md section 11: oneDNN conv vs numpy im2col differs by 1.6e-6 of
+max|ref|); reductions over many terms (filter gradients, BN over N*H*W) get
+more room. Each limit leaves roughly 5-10x headroom over what was measured.
+"""
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TABLE_PATH = os.path.join(HERE, "parity-table.md")
+
+# op -> {direction: tolerance on max|ours - tf| / max|tf|}
+TOLERANCES = {
+    # basic (tinybn.ops.basic)
+    "add/sub/mul/div":   {"forward": 1e-6, "backward": 1e-6},
+    "pow":               {"forward": 1e-6, "backward": 1e-6},
+    "matmul":            {"forward": 1e-5, "backward": 1e-5},
+    "reshape/transpose": {"forward": 0.0, "backward": 0.0},
+    "reduce_sum/mean":   {"forward": 1e-6, "backward": 1e-6},
+    "reduce_max":        {"forward": 0.0, "backward": 1e-6},
+    "get_item/concat":   {"forward": 0.0, "backward": 0.0},
+    "relu":              {"forward": 0.0, "backward": 0.0},
+    "bias_add":          {"forward": 1e-6, "backward": 1e-6},
+    "dropout":           {"forward": 1e-6, "backward": 1e-6},
+    # conv (tinybn.ops.conv)
+    "conv2d":            {"forward": 1e-5, "backward": 1e-5},
+    "spatially_separable_conv2d": {"forward": 1e-5, "backward": 1e-5},
+    "depthwise_conv2d":  {"forward": 1e-5, "backward": 1e-5},
+    "separable_conv2d":  {"forward": 1e-5, "backward": 1e-5},
+    # pool (tinybn.ops.pool)
+    "max_pool2d":        {"forward": 0.0, "backward": 1e-6},
+    "avg_pool2d":        {"forward": 1e-6, "backward": 1e-6},
+    # batch norm (tinybn.ops.batchnorm, tinybn.nn.BatchNorm)
+    "moments":           {"forward": 1e-5, "backward": 1e-5},
+    "batch_normalization": {"forward": 1e-6, "backward": 1e-5},
+    "fused_batch_norm (training)":  {"forward": 1e-5, "backward": 1e-5},
+    "fused_batch_norm (inference)": {"forward": 1e-6, "backward": 1e-5},
+    "BatchNorm vs Keras":        {"forward": 1e-5, "backward": 1e-5, "moving statistics": 1e-5},
+    "BatchNorm renorm vs Keras": {"forward": 1e-5, "backward": 1e-5, "moving statistics": 1e-5},
+    # lrn (tinybn.ops.lrn)
+    "local_response_normalization": {"forward": 1e-6, "backward": 1e-5},
+    # losses (tinybn.ops.losses)
+    "softmax":           {"forward": 1e-6, "backward": 1e-6},
+    "log_softmax":       {"forward": 1e-6, "backward": 1e-6},
+    "softmax_cross_entropy_with_logits":        {"forward": 1e-6, "backward": 1e-6},
+    "sparse_softmax_cross_entropy_with_logits": {"forward": 1e-6, "backward": 1e-6},
+    "l2_loss":           {"forward": 1e-6, "backward": 0.0},
+    # optimizers and schedules (tinybn.optim), after 10 steps
+    "GradientDescent":   {"parameters": 1e-6},
+    "Momentum":          {"parameters": 1e-6},
+    "Adam":              {"parameters": 1e-6},
+    "ExponentialMovingAverage": {"shadow": 1e-6},
+    "exponential_decay": {"learning rate": 0.0},
+}
+
+_worst = {}   # (op, direction) -> worst err seen this session
+
+
+def relative_error(ours, theirs):
+    ours = np.asarray(ours, dtype=np.float64)
+    theirs = np.asarray(theirs, dtype=np.float64)
+    if ours.shape != theirs.shape:
+        raise AssertionError(f"shape mismatch: tinybn {ours.shape} vs TF {theirs.shape}")
+    if theirs.size == 0:
+        return 0.0
+    if not np.array_equal(np.isnan(ours), np.isnan(theirs)):
+        return float("inf")
+    ours, theirs = np.nan_to_num(ours), np.nan_to_num(theirs)
+    return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30))
+
+
+def assert_parity(op, direction, ours, theirs, what=""):
+    """Assert tinybn's `ours` equals TF's `theirs` within TOLERANCES[op][direction]."""
+    tol = TOLERANCES[op][direction]
+    err = relative_error(ours, theirs)
+    key = (op, direction)
+    _worst[key] = max(_worst.get(key, 0.0), err)
+    assert err <= tol, (f"{op} {direction}{' ' + what if what else ''}: "
+                        f"max|tinybn - tf| / max|tf| = {err:.3g} > tolerance {tol:g}")
+    return err
+
+
+def table_markdown():
+    lines = ["| op | forward | backward | other | tolerance (fwd / bwd / other) |",
+             "|---|---|---|---|---|"]
+    for op, tols in TOLERANCES.items():
+        cells, limits = [], []
+        other = [d for d in tols if d not in ("forward", "backward")]
+        for direction in ("forward", "backward", other[0] if other else None):
+            if direction in tols and (op, direction) in _worst:
+                cells.append(f"{_worst[(op, direction)]:.1e}")
+            else:
+                cells.append("-" if direction not in tols else "not run")
+            limits.append(f"{tols[direction]:g}" if direction in tols else "-")
+        label = op + (f" ({other[0]})" if other else "")
+        lines.append(f"| {label} | {' | '.join(cells)} | {' / '.join(limits)} |")
+    return "\n".join(lines)
+
+
+def write_table():
+    with open(TABLE_PATH, "w") as f:
+        f.write("Worst error max|tinybn - tf| / max|tf| over every case of `pytest crosscheck/`\n\n")
+        f.write(table_markdown() + "\n")
+
+
+if __name__ == "__main__":
+    if not os.path.exists(TABLE_PATH):
+        sys.exit("no parity table yet: run `pytest crosscheck/` first")
+    print(open(TABLE_PATH).read())

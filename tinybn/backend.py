@@ -1,0 +1,109 @@
+"""The one place that knows which array library computes what.
+
+tinybn has three backends:
+
+    numpy   the reference: every op's math, readable, the definition of "correct"
+    numba   CPU kernels (tinybn.kernels) for the hot primitives, same signatures
+    cupy    GPU arrays; hot primitives as CUDA kernels loaded by CuPy
+
+Op code never branches on the backend. It asks for the array module of its
+inputs (`array_module(x)`) for plain array math, and calls `dispatch(name, ...)`
+for a hot primitive (im2col, pooling windows, fused BN, LRN, softmax
+cross-entropy). The reference implementation of each primitive registers itself
+under the backend "numpy" with `@primitive(name)`; a kernel module registers a
+faster twin with `@primitive(name, backend="numba")`. `dispatch` picks the
+current backend's twin when one exists, else the reference.
+
+The backend is chosen by `use_backend(name)`, or by the TINYBN_BACKEND
+environment variable at import time (default "numpy").
+"""
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+BACKENDS = ("numpy", "numba", "cupy")
+_registry = {}          # primitive name -> {backend name -> function}
+_current = [None]       # one-element list: the current backend's name
+_loaded = set()         # backends whose kernel modules were imported
+
+
+def primitive(name, backend="numpy"):
+    """Decorator: register `fn` as `backend`'s implementation of primitive `name`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+    def register(fn):
+        _registry.setdefault(name, {})[backend] = fn
+        return fn
+    return register
+
+
+def dispatch(name, *args, **kwargs):
+    """Call the current backend's implementation of primitive `name`."""
+    impls = _registry.get(name)
+    if impls is None:
+        raise KeyError(f"no primitive named {name!r} is registered")
+    fn = impls.get(_current[0]) or impls["numpy"]
+    return fn(*args, **kwargs)
+
+
+def implementation(name, backend=None):
+    """The function `dispatch(name, ...)` would call under `backend` (for tests)."""
+    impls = _registry[name]
+    return impls.get(backend or _current[0]) or impls["numpy"]
+
+
+def use_backend(name):
+    """Select the backend for all later op calls; loads its kernels on first use."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    if name != "numpy" and name not in _loaded:
+        _load_kernels(name)
+    _current[0] = name
+
+
+def current_backend():
+    return _current[0]
+
+
+@contextmanager
+def backend(name):
+    """`with tinybn.backend.backend("numba"): ...` runs a block under another backend."""
+    previous = _current[0]
+    use_backend(name)
+    try:
+        yield
+    finally:
+        _current[0] = previous
+
+
+def _load_kernels(name):
+    import importlib
+    module = {"numba": "tinybn.kernels.numba_cpu", "cupy": "tinybn.kernels.cupy_gpu"}[name]
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"backend {name!r} needs {module} and its dependencies "
+            f"(pip install 'tinybn[{'numba' if name == 'numba' else 'gpu'}]'): {e}") from e
+    _loaded.add(name)
+
+
+def array_module(x):
+    """numpy or cupy, whichever owns array `x` (numpy for anything else)."""
+    mod = type(x).__module__
+    if mod.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
+def to_numpy(x):
+    """A host numpy array of `x`, whatever array library holds it."""
+    if type(x).__module__.startswith("cupy"):
+        return x.get()
+    return np.asarray(x)
+
+
+use_backend(os.environ.get("TINYBN_BACKEND", "numpy"))

@@ -1,0 +1,291 @@
+"""Elementwise arithmetic, matmul, shape ops, reductions, relu, bias_add, dropout.
+
+Shapes: any; binary ops broadcast as numpy (and TF) do. The gradient of a
+broadcast operand is summed back to that operand's shape (`sum_to`), which is
+what TF's `_AddGrad` / `_MulGrad` do with `broadcast_gradient_args`.
+
+    add/sub/mul/div    z = x op y                 dx, dy = summed back to shapes
+    pow                z = x ** p (p a constant)  dx = p * x**(p-1) * gz
+    matmul             Z = X @ Y  (..., M, K) @ (..., K, N)
+                       dX = gZ @ Y^T,  dY = X^T @ gZ
+    reduce_sum/mean    over `axis` (None = all), keepdims as tf.reduce_*
+    reduce_max         dx goes to the maxima; ties share it equally (TF's _MaxGrad)
+    relu               max(x, 0); dx = gz where x > 0 (TF's ReluGrad: 0 at x == 0)
+    bias_add           x (..., C) + b (C,); db = gz summed over all but the last axis
+    dropout            tf.nn.dropout(x, rate): keep with probability 1-rate and
+                       scale kept values by 1/(1-rate); dx = gz * mask * scale
+"""
+import numpy as np
+
+from ..backend import array_module
+from ..function import Function
+
+
+def sum_to(g, shape):
+    """Sum `g` over the axes that broadcasting added or stretched, to get `shape`."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and g.shape[i + lead] != 1)
+    g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+class Add(Function):
+    def forward(self, x, y):
+        self.shapes = (x.shape, y.shape)
+        return x + y
+
+    def backward(self, gz):
+        return sum_to(gz, self.shapes[0]), sum_to(gz, self.shapes[1])
+
+
+class Sub(Function):
+    def forward(self, x, y):
+        self.shapes = (x.shape, y.shape)
+        return x - y
+
+    def backward(self, gz):
+        return sum_to(gz, self.shapes[0]), sum_to(-gz, self.shapes[1])
+
+
+class Mul(Function):
+    def forward(self, x, y):
+        self.save_for_backward(x, y)
+        return x * y
+
+    def backward(self, gz):
+        x, y = self.saved
+        return sum_to(gz * y, x.shape), sum_to(gz * x, y.shape)
+
+
+class Div(Function):
+    def forward(self, x, y):
+        self.save_for_backward(x, y)
+        return x / y
+
+    def backward(self, gz):
+        x, y = self.saved
+        gx = gz / y
+        return sum_to(gx, x.shape), sum_to(-gx * x / y, y.shape)
+
+
+class Neg(Function):
+    def forward(self, x):
+        return -x
+
+    def backward(self, gz):
+        return -gz
+
+
+class Pow(Function):
+    def __init__(self, exponent):
+        self.exponent = exponent
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return x ** self.exponent
+
+    def backward(self, gz):
+        (x,) = self.saved
+        p = self.exponent
+        return gz * (p * x ** (p - 1))
+
+
+class MatMul(Function):
+    def forward(self, x, y):
+        if x.ndim < 2 or y.ndim < 2:
+            raise ValueError(f"matmul: both operands need rank >= 2, got a: {x.shape} and b: {y.shape}")
+        if x.shape[-1] != y.shape[-2]:
+            raise ValueError(f"matmul: inner dimensions differ: a: {x.shape} and b: {y.shape}")
+        self.save_for_backward(x, y)
+        return x @ y
+
+    def backward(self, gz):
+        x, y = self.saved
+        gx = gz @ y.swapaxes(-1, -2)
+        gy = x.swapaxes(-1, -2) @ gz
+        return sum_to(gx, x.shape), sum_to(gy, y.shape)
+
+
+class Reshape(Function):
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return x.reshape(self.shape)
+
+    def backward(self, gz):
+        return gz.reshape(self.in_shape)
+
+
+class Transpose(Function):
+    def __init__(self, axes=None):
+        self.axes = None if axes is None else tuple(axes)
+
+    def forward(self, x):
+        return x.transpose(self.axes)
+
+    def backward(self, gz):
+        if self.axes is None:
+            return gz.transpose()
+        return gz.transpose(tuple(np.argsort(self.axes)))
+
+
+def _expand_reduced(g, in_shape, axis, keepdims):
+    """Put back the reduced axes of g as size-1 axes so it broadcasts against the input."""
+    if keepdims or axis is None:
+        return g.reshape([1] * len(in_shape)) if axis is None else g
+    axes = sorted(a % len(in_shape) for a in (axis if isinstance(axis, tuple) else (axis,)))
+    shape = list(g.shape)
+    for a in axes:
+        shape.insert(a, 1)
+    return g.reshape(shape)
+
+
+def _axis(axis):
+    return tuple(axis) if isinstance(axis, (list, tuple)) else axis
+
+
+class Sum(Function):
+    def __init__(self, axis=None, keepdims=False):
+        self.axis, self.keepdims = _axis(axis), keepdims
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return x.sum(axis=self.axis, keepdims=self.keepdims)
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        return xp.broadcast_to(_expand_reduced(gz, self.in_shape, self.axis, self.keepdims), self.in_shape).copy()
+
+
+class Mean(Function):
+    def __init__(self, axis=None, keepdims=False):
+        self.axis, self.keepdims = _axis(axis), keepdims
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        y = x.mean(axis=self.axis, keepdims=self.keepdims)
+        self.count = x.size // max(y.size, 1) if x.size else 1
+        return y
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        g = _expand_reduced(gz, self.in_shape, self.axis, self.keepdims) / gz.dtype.type(self.count)
+        return xp.broadcast_to(g, self.in_shape).copy()
+
+
+class Max(Function):
+    def __init__(self, axis=None, keepdims=False):
+        self.axis, self.keepdims = _axis(axis), keepdims
+
+    def forward(self, x):
+        y = x.max(axis=self.axis, keepdims=self.keepdims)
+        self.save_for_backward(x, y)
+        return y
+
+    def backward(self, gz):
+        x, y = self.saved
+        selected = (x == _expand_reduced(y, x.shape, self.axis, self.keepdims)).astype(x.dtype)
+        share = selected.sum(axis=self.axis, keepdims=True)
+        return selected / share * _expand_reduced(gz, x.shape, self.axis, self.keepdims)
+
+
+class GetItem(Function):
+    def __init__(self, index):
+        self.index = index.data if hasattr(index, "creator") else index
+
+    def forward(self, x):
+        self.in_shape, self.in_dtype = x.shape, x.dtype
+        return x[self.index]
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        gx = xp.zeros(self.in_shape, self.in_dtype)
+        xp.add.at(gx, self.index, gz)    # repeated indices add up
+        return gx
+
+
+class Concat(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, *xs):
+        xp = array_module(xs[0])
+        self.sizes = [x.shape[self.axis] for x in xs]
+        return xp.concatenate(xs, axis=self.axis)
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        cuts = np.cumsum(self.sizes)[:-1]
+        return tuple(xp.split(gz, cuts, axis=self.axis))
+
+
+class Relu(Function):
+    def forward(self, x):
+        y = array_module(x).maximum(x, 0)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, gz):
+        (y,) = self.saved
+        return gz * (y > 0)
+
+
+class BiasAdd(Function):
+    def forward(self, x, b):
+        if b.ndim != 1 or x.ndim < 2 or x.shape[-1] != b.shape[0]:
+            raise ValueError(f"bias_add: bias must be 1-D of size value.shape[-1]; got value: {x.shape}, bias: {b.shape}")
+        return x + b
+
+    def backward(self, gz):
+        return gz, gz.reshape(-1, gz.shape[-1]).sum(axis=0)
+
+
+class Dropout(Function):
+    def __init__(self, mask, scale):
+        self.mask, self.scale = mask, scale
+
+    def forward(self, x):
+        return x * (self.mask * x.dtype.type(self.scale))
+
+    def backward(self, gz):
+        return gz * (self.mask * gz.dtype.type(self.scale))
+
+
+# ---- lowercase wrappers, named like their TF twins ------------------------------
+
+def add(x, y): return Add()(x, y)
+def sub(x, y): return Sub()(x, y)
+def mul(x, y): return Mul()(x, y)
+def div(x, y): return Div()(x, y)
+def neg(x): return Neg()(x)
+def pow(x, exponent): return Pow(exponent)(x)  # noqa: A001  (tf.pow)
+def matmul(a, b): return MatMul()(a, b)
+def reshape(tensor, shape): return Reshape(shape)(tensor)
+def transpose(a, perm=None): return Transpose(perm)(a)
+def reduce_sum(input_tensor, axis=None, keepdims=False): return Sum(axis, keepdims)(input_tensor)
+def reduce_mean(input_tensor, axis=None, keepdims=False): return Mean(axis, keepdims)(input_tensor)
+def reduce_max(input_tensor, axis=None, keepdims=False): return Max(axis, keepdims)(input_tensor)
+def get_item(x, index): return GetItem(index)(x)
+def concat(values, axis): return Concat(axis)(*values)
+def relu(features): return Relu()(features)
+def bias_add(value, bias): return BiasAdd()(value, bias)
+
+
+def dropout(x, rate, noise_shape=None, seed=None, rng=None):
+    """tf.nn.dropout: zero each element with probability `rate`, scale the rest by 1/(1-rate).
+
+    The mask is drawn from `rng` (a numpy Generator) or from default_rng(seed);
+    `noise_shape` broadcasts one draw over several elements, as in TF.
+    """
+    if not 0 <= rate < 1:
+        raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
+    data = x.data if hasattr(x, "creator") else x
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    shape = tuple(noise_shape) if noise_shape is not None else data.shape
+    keep = rng.random(shape) >= rate
+    mask = array_module(data).asarray(keep.astype(data.dtype))
+    return Dropout(mask, 1.0 / (1.0 - rate))(x)

@@ -1,0 +1,216 @@
+"""Tensor: an array, its gradient, and the op that made it.
+
+    t = Tensor(data, requires_grad=False)
+    t.data      the array (numpy, or cupy on the GPU backend)
+    t.grad      the accumulated gradient (same shape as data), or None
+    t.creator   the Function whose output t is (None for a leaf)
+
+`y.backward(grad)` walks the graph behind y once, in reverse topological
+order, and leaves d(sum(grad * y))/d(leaf) in each leaf's `.grad`, adding to
+what was there (gradients accumulate across calls, as in TF's
+aggregation of several losses and PyTorch's .grad). Intermediate tensors get
+no `.grad`. The order is computed iteratively, so a graph thousands of layers
+deep does not hit Python's recursion limit.
+
+Dtypes: Python floats and lists of them become float32 (TF's default);
+numpy arrays keep their dtype, so float64 works everywhere (the gradient
+checks use it) and integer arrays stay integers (labels).
+"""
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+
+_state = threading.local()
+
+
+def grad_enabled():
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextmanager
+def no_grad():
+    """Inside this block ops record nothing for backward (evaluation, updates)."""
+    previous = grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+def _to_array(data, dtype=None):
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is not None:
+        xp = array_module(data)
+        return xp.asarray(data, dtype=dtype)
+    if isinstance(data, (np.ndarray, np.generic)) or hasattr(data, "__cuda_array_interface__"):
+        return data if hasattr(data, "ndim") and not isinstance(data, np.generic) else np.asarray(data)
+    array = np.asarray(data)
+    if array.dtype == np.float64:   # a Python float or list of floats: TF's default is float32
+        array = array.astype(np.float32)
+    return array
+
+
+class Tensor:
+    __array_priority__ = 100     # numpy defers `array * tensor` to Tensor.__rmul__
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        self.data = _to_array(data, dtype)
+        if requires_grad and self.data.dtype.kind != "f":
+            raise ValueError(f"only floating-point tensors can require gradients, got {self.data.dtype}")
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self.creator = None
+
+    # --- what it is -------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+
+    def __len__(self):
+        return len(self.data)
+
+    def numpy(self):
+        """The data as a host numpy array."""
+        return to_numpy(self.data)
+
+    def item(self):
+        return self.numpy().item()
+
+    def detach(self):
+        """The same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({self.numpy()!r}{grad})"
+
+    # --- backward ---------------------------------------------------------
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(sum(grad * self))/d(leaf) into every leaf's .grad.
+
+        grad: an array of self's shape; may be omitted when self is a scalar.
+        retain_graph: keep saved buffers so the graph can be walked again.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad "
+                               "(no input had requires_grad=True, or it was made under no_grad())")
+        xp = array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward() without grad needs a scalar, got shape {self.shape}; "
+                                   "pass grad= an array of that shape")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = xp.asarray(_to_array(grad), dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward(grad=...): grad has shape {grad.shape}, tensor has {self.shape}")
+        if self.creator is None:
+            _accumulate(self, grad)
+            return
+        grads = {id(self): grad}
+        for fn in _reverse_topological(self.creator):
+            outputs = [ref() for ref in fn.output_refs]
+            gys = [grads.pop(id(o), None) if o is not None else None for o in outputs]
+            if all(g is None for g in gys):
+                continue
+            if fn.released:
+                raise RuntimeError(
+                    f"trying to backward through {fn!r} a second time: its saved buffers were freed "
+                    "after the first backward. Pass retain_graph=True to the first backward "
+                    "if the graph must be walked twice.")
+            gys = [g if g is not None else xp.zeros(shape, dtype) for g, (shape, dtype)
+                   in zip(gys, fn.output_meta)]
+            gxs = fn.backward(*gys)
+            if not isinstance(gxs, tuple):
+                gxs = (gxs,)
+            if len(gxs) != len(fn.inputs):
+                raise RuntimeError(f"{fn!r}.backward returned {len(gxs)} gradients for {len(fn.inputs)} inputs")
+            for x, gx in zip(fn.inputs, gxs):
+                if gx is None or not x.requires_grad:
+                    continue
+                if gx.shape != x.shape:
+                    raise RuntimeError(f"{fn!r}.backward gave a gradient of shape {gx.shape} "
+                                       f"for an input of shape {x.shape}")
+                if x.creator is None:
+                    _accumulate(x, gx)
+                elif id(x) in grads:
+                    grads[id(x)] = grads[id(x)] + gx
+                else:
+                    grads[id(x)] = gx
+            if not retain_graph:
+                fn.release()
+
+    # --- operators (each is an op in tinybn.ops.basic) ---------------------
+    def __add__(self, other): return _basic.add(self, _like(other, self))
+    def __radd__(self, other): return _basic.add(_like(other, self), self)
+    def __sub__(self, other): return _basic.sub(self, _like(other, self))
+    def __rsub__(self, other): return _basic.sub(_like(other, self), self)
+    def __mul__(self, other): return _basic.mul(self, _like(other, self))
+    def __rmul__(self, other): return _basic.mul(_like(other, self), self)
+    def __truediv__(self, other): return _basic.div(self, _like(other, self))
+    def __rtruediv__(self, other): return _basic.div(_like(other, self), self)
+    def __matmul__(self, other): return _basic.matmul(self, other)
+    def __rmatmul__(self, other): return _basic.matmul(other, self)
+    def __pow__(self, exponent): return _basic.pow(self, exponent)
+    def __neg__(self): return _basic.neg(self)
+    def __getitem__(self, index): return _basic.get_item(self, index)
+
+    def reshape(self, *shape):
+        return _basic.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+    def transpose(self, *axes):
+        return _basic.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list))
+                                else (axes or None))
+
+    T = property(lambda self: _basic.transpose(self))
+
+    def sum(self, axis=None, keepdims=False): return _basic.reduce_sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _basic.reduce_mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _basic.reduce_max(self, axis, keepdims)
+
+
+def as_tensor(x):
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _like(other, tensor):
+    """A Python scalar takes the tensor's dtype, so `x * 2.0` stays float32 (or float64)."""
+    if isinstance(other, (int, float)) and not isinstance(other, bool):
+        return Tensor(array_module(tensor.data).asarray(other, dtype=tensor.dtype))
+    return other
+
+
+def _reverse_topological(root):
+    """Functions behind `root`, each before every function that produced its inputs.
+
+    Iterative depth-first post-order, then reversed: no recursion, so depth is
+    unlimited.
+    """
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:
+        fn, expanded = stack.pop()
+        if expanded:
+            order.append(fn)
+            continue
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        stack.append((fn, True))
+        for x in fn.inputs:
+            if x.creator is not None and id(x.creator) not in seen:
+                stack.append((x.creator, False))
+    order.reverse()
+    return order
+
+
+def _accumulate(leaf, grad):
+    leaf.grad = grad.copy() if leaf.grad is None else leaf.grad + grad
+
+
+from .ops import basic as _basic  # noqa: E402  (ops.basic builds on Tensor)

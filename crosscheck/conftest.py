@@ -41,7 +41,7 @@ def tf_forward_backward(fn, arrays, upstream=None, wrt=None):
     if upstream is None:
         return y.numpy(), None
     grads = tape.gradient(y, [tensors[i] for i in wrt], output_gradients=tf.constant(upstream))
-    return y.numpy(), [None if g is None else g.numpy() for g in grads]
+    return y.numpy(), [None if g is None else tf.convert_to_tensor(g).numpy() for g in grads]
 
 
 def tb_forward_backward(fn, arrays, upstream=None, wrt=None):

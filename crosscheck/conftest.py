@@ -60,9 +60,19 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
+_skipped = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and "crosscheck" in report.nodeid:
+        _skipped.append(report.nodeid)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if parity._worst:
         parity.write_table()
+    if _skipped:   # parity that was not checked is not proven: a skip fails the run
+        session.exitstatus = 1
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -70,3 +80,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("tinybn vs TensorFlow parity (worst max|diff|/max|tf|)")
         terminalreporter.write_line(parity.table_markdown())
         terminalreporter.write_line(f"(written to {parity.TABLE_PATH})")
+    if _skipped:
+        terminalreporter.section("crosscheck tests were skipped: this run fails", red=True)
+        for nodeid in _skipped:
+            terminalreporter.write_line(nodeid)

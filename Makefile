@@ -1,0 +1,27 @@
+# Two commands do all set-up on a fresh machine (each creates .venv as needed):
+#   make train     trains the CIFAR-10 tutorial model: python -m tinybn.train cifar $(ARGS)
+#   make test      runs the whole suite: tests/ and crosscheck/ (TensorFlow parity)
+# make parity prints the last parity table; make clean-venv removes the environment.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: test train parity clean-venv
+
+$(BIN)/.installed-%: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
+	$(BIN)/python -m pip install --quiet -e ".[$*]"
+	touch $@
+
+test: $(BIN)/.installed-numba,test
+	$(BIN)/python -m pytest tests crosscheck $(ARGS)
+
+train: $(BIN)/.installed-numba
+	$(BIN)/python -m tinybn.train cifar $(ARGS)
+
+parity:
+	$(BIN)/python crosscheck/parity.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,365 @@
+"""TF1 optimizers, the exponential-decay schedule and ExponentialMovingAverage.
+
+Update rules, exactly those of tensorflow/core/kernels/training_ops.cc and
+tf.compat.v1.train (TF-SEMANTICS.md sections 6, 7, 10), in the parameter's dtype:
+
+    GradientDescent   var -= lr * g
+    Momentum          accum = accum * momentum + g
+                      var -= accum * lr                                  (use_nesterov=False)
+                      var -= g * lr + accum * momentum * lr              (use_nesterov=True)
+    Adam              alpha = lr * sqrt(1 - beta2_power) / (1 - beta1_power)
+                      m += (g - m) * (1 - beta1)
+                      v += (g * g - v) * (1 - beta2)
+                      var -= m * alpha / (sqrt(v) + epsilon)             ("epsilon hat")
+                      then beta1_power *= beta1, beta2_power *= beta2    (float32 products)
+
+TF conventions followed:
+- Hyperparameters given as Python floats are float32 tensors in TF (then cast to
+  the variable's dtype), so `1 - beta1` is float32(1) - float32(0.9) = 0.100000024.
+  tinybn rounds every hyperparameter to float32 the same way; in float32 the
+  updates are bit-exact against TF.
+- Momentum is TF1's form: with a schedule, a new lr rescales the whole accumulated
+  velocity (Keras' SGD would only scale new gradients).
+- The learning rate may be a number or a schedule: a callable of the global step
+  (for example ExponentialDecay). It is read at the step count *before* the
+  step's increment, as TF1's apply_gradients(global_step=...) does.
+- `step()` updates each parameter's `.data` in place from its `.grad` and skips
+  parameters whose `.grad` is None (TF1's apply_gradients skips None gradients).
+
+Parameters are a list of Parameters, or of (name, Parameter) pairs as
+Module.named_parameters() yields them. Slots and state_dict() keys follow TF's
+checkpoint names: "<name>/Momentum", "<name>/Adam" (m), "<name>/Adam_1" (v),
+"beta1_power", "beta2_power", plus "iterations" (the global step). Unnamed
+parameters are named by their index ("0", "1", ...).
+"""
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+from .tensor import Tensor
+
+
+def _named(params, owner):
+    """[(name or None, tensor)] from Parameters or (name, Parameter) pairs, validated."""
+    out, names, ids = [], set(), set()
+    for i, item in enumerate(params):
+        name, p = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+        if not isinstance(p, Tensor):
+            raise ValueError(f"{owner}: params[{i}] must be a Parameter (tinybn Tensor), got {type(p).__name__}")
+        if p.dtype.kind != "f":
+            raise ValueError(f"{owner}: params[{i}] must be floating point, got {p.dtype}")
+        if id(p) in ids:
+            raise ValueError(f"{owner}: params[{i}] appears more than once")
+        if name is not None and name in names:
+            raise ValueError(f"{owner}: parameter name {name!r} appears more than once")
+        ids.add(id(p))
+        names.add(name)
+        out.append((name, p))
+    return out
+
+
+def _check_state(owner, expected, state):
+    """ValueError listing missing, unexpected and mis-shaped keys of `state` vs {key: shape}."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k}: expected {expected[k]}, got {tuple(np.shape(state[k]))}"
+             for k in expected if k in state and tuple(np.shape(state[k])) != tuple(expected[k])]
+    problems = ([f"missing keys {missing}"] if missing else []) + \
+               ([f"unexpected keys {unexpected}"] if unexpected else []) + \
+               ([f"shape mismatch {wrong}"] if wrong else [])
+    if problems:
+        raise ValueError(f"{owner}.load_state_dict: " + "; ".join(problems))
+
+
+class Optimizer:
+    slot_names = ()     # TF's slot variable names, one zero-initialised array per parameter each
+
+    def __init__(self, params, learning_rate):
+        named = _named(params, type(self).__name__)
+        if not named:
+            raise ValueError(f"{type(self).__name__}: params is empty")
+        self.names = [str(i) if n is None else n for i, (n, _) in enumerate(named)]
+        self.params = [p for _, p in named]
+        if not callable(learning_rate):
+            learning_rate = float(learning_rate)
+        self.learning_rate = learning_rate
+        self.iterations = 0
+        self.slots = {s: [array_module(p.data).zeros_like(p.data) for p in self.params] for s in self.slot_names}
+
+    def current_learning_rate(self):
+        """The float32 learning rate this step uses (the schedule at the pre-increment step)."""
+        lr = self.learning_rate
+        return np.float32(lr(self.iterations) if callable(lr) else lr)
+
+    def step(self):
+        """Apply one update to every parameter that has a .grad, then count the step."""
+        lr = self.current_learning_rate()
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if p.grad.shape != p.shape:
+                raise ValueError(f"{type(self).__name__}: gradient of {self.names[i]!r} has shape "
+                                 f"{p.grad.shape}, parameter has {p.shape}")
+            dtype = p.dtype.type
+            self._update(i, p.data, p.grad.astype(p.dtype, copy=False), dtype(lr), dtype)
+        self._finish()
+        self.iterations += 1
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def _update(self, i, var, g, lr, dtype):
+        raise NotImplementedError
+
+    def _finish(self):
+        pass
+
+    # --- checkpoint state ---------------------------------------------------
+    def _scalars(self):
+        return OrderedDict(iterations=np.array(self.iterations, dtype=np.int64))
+
+    def _set_scalars(self, state):
+        self.iterations = int(state["iterations"])
+
+    def state_dict(self):
+        """{key: numpy array copy}: the global step, TF-named slots and non-slot scalars."""
+        state = self._scalars()
+        for s in self.slot_names:
+            for name, slot in zip(self.names, self.slots[s]):
+                state[f"{name}/{s}"] = np.array(to_numpy(slot), copy=True)
+        return state
+
+    def load_state_dict(self, state):
+        """Load a state_dict(); on any missing, unexpected or mis-shaped key, change nothing."""
+        expected = OrderedDict((k, np.shape(v)) for k, v in self._scalars().items())
+        for s in self.slot_names:
+            for name, p in zip(self.names, self.params):
+                expected[f"{name}/{s}"] = p.shape
+        _check_state(type(self).__name__, expected, state)
+        self._set_scalars(state)
+        for s in self.slot_names:
+            for name, slot in zip(self.names, self.slots[s]):
+                slot[...] = array_module(slot).asarray(np.asarray(state[f"{name}/{s}"]), dtype=slot.dtype)
+        return self
+
+
+class GradientDescent(Optimizer):
+    """tf.compat.v1.train.GradientDescentOptimizer(learning_rate): var -= lr * g."""
+
+    def _update(self, i, var, g, lr, dtype):
+        var -= lr * g
+
+
+class Momentum(Optimizer):
+    """tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum, use_nesterov=False)."""
+    slot_names = ("Momentum",)
+
+    def __init__(self, params, learning_rate, momentum, use_nesterov=False):
+        super().__init__(params, learning_rate)
+        self.momentum = float(momentum)
+        self.use_nesterov = bool(use_nesterov)
+
+    def _update(self, i, var, g, lr, dtype):
+        accum = self.slots["Momentum"][i]
+        momentum = dtype(np.float32(self.momentum))
+        accum *= momentum
+        accum += g
+        if self.use_nesterov:
+            var -= g * lr + accum * momentum * lr
+        else:
+            var -= accum * lr
+
+
+class Adam(Optimizer):
+    """tf.compat.v1.train.AdamOptimizer(learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8)."""
+    slot_names = ("Adam", "Adam_1")
+
+    def __init__(self, params, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8):
+        super().__init__(params, learning_rate)
+        self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
+        # TF1's non-slot variables, float32 whatever the parameters' dtype
+        self.beta1_power = np.float32(beta1)
+        self.beta2_power = np.float32(beta2)
+
+    def _update(self, i, var, g, lr, dtype):
+        m, v = self.slots["Adam"][i], self.slots["Adam_1"][i]
+        xp = array_module(var)
+        one = dtype(1)
+        beta1, beta2, eps = (dtype(np.float32(x)) for x in (self.beta1, self.beta2, self.epsilon))
+        alpha = lr * np.sqrt(one - dtype(self.beta2_power)) / (one - dtype(self.beta1_power))
+        m += (g - m) * (one - beta1)
+        v += (g * g - v) * (one - beta2)
+        var -= m * alpha / (xp.sqrt(v) + eps)
+
+    def _finish(self):
+        self.beta1_power = np.float32(self.beta1_power * np.float32(self.beta1))
+        self.beta2_power = np.float32(self.beta2_power * np.float32(self.beta2))
+
+    def _scalars(self):
+        state = super()._scalars()
+        state["beta1_power"] = np.array(self.beta1_power, dtype=np.float32)
+        state["beta2_power"] = np.array(self.beta2_power, dtype=np.float32)
+        return state
+
+    def _set_scalars(self, state):
+        super()._set_scalars(state)
+        self.beta1_power = np.float32(state["beta1_power"])
+        self.beta2_power = np.float32(state["beta2_power"])
+
+
+# ---- learning-rate schedules ---------------------------------------------------
+
+def exponential_decay(learning_rate, global_step, decay_steps, decay_rate, staircase=False):
+    """tf.compat.v1.train.exponential_decay evaluated at `global_step`, as a float32.
+
+    lr = learning_rate * decay_rate ** p,  p = step / decay_steps (floored if staircase),
+    all in float32 as TF does it (the step is cast to float32 first).
+    """
+    if decay_steps <= 0:
+        raise ValueError(f"exponential_decay: decay_steps must be positive, got {decay_steps}")
+    p = np.float32(global_step) / np.float32(decay_steps)
+    if staircase:
+        p = np.floor(p)
+    return np.float32(np.float32(learning_rate) * np.power(np.float32(decay_rate), p))
+
+
+class ExponentialDecay:
+    """exponential_decay as a schedule: `ExponentialDecay(0.1, 136718, 0.1, True)(step)`."""
+
+    def __init__(self, learning_rate, decay_steps, decay_rate, staircase=False):
+        if decay_steps <= 0:
+            raise ValueError(f"ExponentialDecay: decay_steps must be positive, got {decay_steps}")
+        self.learning_rate, self.decay_steps = learning_rate, decay_steps
+        self.decay_rate, self.staircase = decay_rate, staircase
+
+    def __call__(self, step):
+        return exponential_decay(self.learning_rate, step, self.decay_steps, self.decay_rate, self.staircase)
+
+
+# ---- moving averages of parameters ----------------------------------------------
+
+class ExponentialMovingAverage:
+    """tf.train.ExponentialMovingAverage(decay, num_updates=None) of parameters (Variables).
+
+        decay_t = min(decay, (1 + num_updates) / (10 + num_updates))   float32; decay if no num_updates
+        shadow -= (shadow - var) * (1 - decay_t)
+
+    A shadow starts as a copy of the parameter's value at its first apply(), so that
+    apply leaves it equal to the parameter (TF's Variable rule; zero_debias does not
+    apply to Variables). `num_updates` is a number, a callable returning one, or
+    given per call as apply(params, num_updates=...). The CIFAR-10 tutorial averages
+    after the optimizer step, with the *already incremented* global step:
+
+        ema = ExponentialMovingAverage(0.9999, num_updates=lambda: opt.iterations)
+        opt.step(); ema.apply(params)         # first update uses num_updates=1, decay 2/11
+
+    Evaluate with the averages by `with ema.average_weights(params): ...`, which
+    swaps the shadows into the parameters and swaps the originals back afterwards.
+    """
+
+    def __init__(self, decay, num_updates=None):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"ExponentialMovingAverage: decay must be in [0, 1], got {decay}")
+        self.decay, self.num_updates = decay, num_updates
+        self._entries = OrderedDict()     # id(param) -> [name, param, shadow, swapped]
+
+    def effective_decay(self, num_updates=None):
+        """decay_t as a float32, for the given (or the constructor's) num_updates."""
+        n = self.num_updates if num_updates is None else num_updates
+        n = n() if callable(n) else n
+        decay = np.float32(self.decay)
+        if n is None:
+            return decay
+        n = np.float32(n)
+        return min(decay, (np.float32(1) + n) / (np.float32(10) + n))
+
+    def _register(self, params, owner):
+        """The entries of `params`, registering new ones (shadow = copy of the value)."""
+        entries, names = [], {e[0] for e in self._entries.values()}
+        for name, p in _named(params, owner):
+            entry = self._entries.get(id(p))
+            if entry is None:
+                name = str(len(self._entries)) if name is None else name
+                if name in names:
+                    raise ValueError(f"{owner}: a different parameter is already averaged as {name!r}")
+                entry = self._entries[id(p)] = [name, p, p.data.copy(), False]
+                names.add(name)
+            entries.append(entry)
+        return entries
+
+    def apply(self, params, num_updates=None):
+        """Update the shadow of each parameter (created at its first apply)."""
+        decay = self.effective_decay(num_updates)
+        one_minus = np.float32(1) - decay        # float32, as TF's `1.0 - decay` tensor
+        entries = self._register(params, "ExponentialMovingAverage.apply")
+        for name, p, shadow, swapped in entries:
+            if swapped:
+                raise RuntimeError(f"ExponentialMovingAverage.apply: {name!r} holds its average "
+                                   "(inside average_weights/swap); swap back first")
+            if shadow.shape != p.shape:
+                raise ValueError(f"ExponentialMovingAverage.apply: {name!r} has shape {p.shape}, "
+                                 f"its average {shadow.shape}")
+            shadow -= (shadow - p.data) * p.dtype.type(one_minus)
+
+    def _entry(self, param):
+        entry = self._entries.get(id(param))
+        if entry is None:
+            raise ValueError("ExponentialMovingAverage: param is not averaged (apply() it first)")
+        return entry
+
+    def average(self, param):
+        """The moving average of `param` (an array), wherever it currently lives."""
+        name, p, shadow, swapped = self._entry(param)
+        return p.data if swapped else shadow
+
+    def swap(self, params=None):
+        """Exchange the values of `params` (default: all averaged) with their averages."""
+        entries = [self._entry(p) for p in params] if params is not None else list(self._entries.values())
+        for entry in entries:
+            p = entry[1]
+            p.data, entry[2] = entry[2], p.data
+            entry[3] = not entry[3]
+
+    @contextmanager
+    def average_weights(self, params=None):
+        """Inside the block the parameters hold their averages; the originals come back after."""
+        entries = [self._entry(p) for p in params] if params is not None else list(self._entries.values())
+        if any(e[3] for e in entries):
+            raise RuntimeError("ExponentialMovingAverage.average_weights: already swapped in")
+        targets = [e[1] for e in entries]
+        self.swap(targets)
+        try:
+            yield
+        finally:
+            self.swap(targets)
+
+    # --- checkpoint state ---------------------------------------------------
+    def state_dict(self):
+        """{"<name>/ExponentialMovingAverage": numpy copy of the average} (TF's names)."""
+        return OrderedDict((f"{e[0]}/ExponentialMovingAverage", np.array(to_numpy(self.average(e[1])), copy=True))
+                           for e in self._entries.values())
+
+    def load_state_dict(self, state, params=None):
+        """Load averages, registering `params` first (as after a restart, before any apply)."""
+        known = {e[0]: e[1].shape for e in self._entries.values()}
+        pending = []
+        for i, (name, p) in enumerate(_named(params or [], "ExponentialMovingAverage.load_state_dict")):
+            if id(p) not in self._entries:
+                name = str(len(self._entries) + len(pending)) if name is None else name
+                if name in known:
+                    raise ValueError(f"ExponentialMovingAverage.load_state_dict: a different parameter "
+                                     f"is already averaged as {name!r}")
+                known[name] = p.shape
+                pending.append((name, p))
+        expected = OrderedDict((f"{n}/ExponentialMovingAverage", s) for n, s in known.items())
+        _check_state("ExponentialMovingAverage", expected, state)
+        for name, p in pending:
+            self._entries[id(p)] = [name, p, p.data.copy(), False]
+        for name, p, shadow, swapped in self._entries.values():
+            target = p.data if swapped else shadow
+            target[...] = array_module(target).asarray(np.asarray(state[f"{name}/ExponentialMovingAverage"]),
+                                                       dtype=target.dtype)
+        return self

@@ -1,0 +1,196 @@
+"""Max and average pooling over 2-D windows, NHWC, as tf.nn.max_pool2d / tf.nn.avg_pool2d.
+
+Shapes: input (N, H, W, C), window KH x KW, strides SH, SW, output (N, OH, OW, C).
+Padding and OH, OW follow conv's rule (tinybn.ops.padding.window_padding): VALID,
+SAME (the odd pixel of padding goes bottom/right, so 3x3/2 SAME on 24 pads (0, 1)),
+or explicit [(top, bottom), (left, right)], each pad smaller than the window (as TF).
+
+With xpad the padded input and W(i, j) = {(i*SH + di, j*SW + dj) : di < KH, dj < KW}:
+
+    max:  y[n,i,j,c] = max over W(i, j) of xpad[n, ., ., c]     padding = -inf (ignored)
+    avg:  y[n,i,j,c] = sum over W(i, j) of xpad[n, ., ., c] / count(i, j)
+          count(i, j) = number of REAL (non-padded) pixels in W(i, j)
+          (TF's count_include_pad=False; PyTorch's default divides by KH*KW)
+
+Gradients (TF-SEMANTICS.md section 3, tensorflow/core/kernels/maxpooling_op.cc):
+    max:  each window sends its whole dy to ONE pixel, the first maximum of the
+          window in row-major (di, then dj) order; a pixel that is the argmax of
+          several overlapping windows (3x3 stride 2) receives the sum of their dy.
+    avg:  dx[W(i, j)] += dy[i, j] / count(i, j).
+
+The hot primitives loop over the KH*KW window offsets and do array math over all of
+(N, OH, OW, C) at once: the strided view xpad[:, di::SH, dj::SW, :] (cut to OH x OW)
+is the (di, dj) element of every window. For one fixed offset distinct outputs see
+distinct inputs, so `+=` into that view is an exact scatter (no np.add.at needed).
+
+Inputs are assumed NaN-free: TF's max pool skips NaN in the forward pass but its
+gradient picks a NaN that comes first in a window (TF-SEMANTICS.md section 3); here a
+window whose first element is NaN gives NaN.
+"""
+from ..backend import array_module, dispatch, primitive
+from ..function import Function
+from .padding import check_rank, pair, window_padding
+
+
+def _window(xpad, di, dj, strides, out_size):
+    """The (di, dj) element of every window: an (N, OH, OW, C) strided view of xpad."""
+    (sh, sw), (oh, ow) = strides, out_size
+    return xpad[:, di:di + sh * (oh - 1) + 1:sh, dj:dj + sw * (ow - 1) + 1:sw, :]
+
+
+def _out_size(in_hw, ksize, strides, pads):
+    return tuple((n + p0 + p1 - k) // s + 1 for n, k, s, (p0, p1) in zip(in_hw, ksize, strides, pads))
+
+
+def _pad(xp, x, pads, value):
+    (pt, pb), (pl, pr) = pads
+    return xp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=value)
+
+
+def _crop(xp_grad, in_shape, pads):
+    (pt, _), (pl, _) = pads
+    return xp_grad[:, pt:pt + in_shape[1], pl:pl + in_shape[2], :]
+
+
+def _real_counts(xp, in_hw, ksize, strides, pads, dtype):
+    """(OH, OW, 1) number of real input pixels in each window (a product of 1-D counts)."""
+    counts = []
+    for n, k, s, (before, _), out in zip(in_hw, ksize, strides, pads, _out_size(in_hw, ksize, strides, pads)):
+        start = xp.arange(out) * s - before
+        counts.append(xp.minimum(start + k, n) - xp.maximum(start, 0))
+    return (counts[0][:, None] * counts[1][None, :]).astype(dtype)[:, :, None]
+
+
+# ---- hot primitives: plain arrays, explicit geometry ------------------------------
+# ksize = (KH, KW), strides = (SH, SW), pads = ((top, bottom), (left, right)).
+
+@primitive("max_pool_forward")
+def max_pool_forward(x, ksize, strides, pads):
+    """(y, argmax): y (N, OH, OW, C) the window maxima; argmax (N, OH, OW, C) int32, the
+    window offset di*KW + dj of the FIRST maximum of each window in row-major order."""
+    xp = array_module(x)
+    out_size = _out_size(x.shape[1:3], ksize, strides, pads)
+    xpad = _pad(xp, x, pads, -xp.inf)
+    y = _window(xpad, 0, 0, strides, out_size).copy()
+    argmax = xp.zeros(y.shape, dtype=xp.int32)
+    for di in range(ksize[0]):
+        for dj in range(ksize[1]):
+            candidate = _window(xpad, di, dj, strides, out_size)
+            # strictly greater: a tie keeps the earlier offset, TF's "first maximum"
+            better = candidate > y
+            xp.copyto(y, candidate, where=better)
+            xp.copyto(argmax, di * ksize[1] + dj, where=better)
+    return y, argmax
+
+
+@primitive("max_pool_backward")
+def max_pool_backward(dy, argmax, in_shape, ksize, strides, pads):
+    """dx of in_shape (N, H, W, C): each dy[n,i,j,c] added at its window's argmax offset."""
+    xp = array_module(dy)
+    (pt, pb), (pl, pr) = pads
+    n, h, w, c = in_shape
+    dxpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=dy.dtype)
+    zero = dy.dtype.type(0)
+    for di in range(ksize[0]):
+        for dj in range(ksize[1]):
+            _window(dxpad, di, dj, strides, dy.shape[1:3])[...] += xp.where(argmax == di * ksize[1] + dj, dy, zero)
+    return _crop(dxpad, in_shape, pads)
+
+
+@primitive("avg_pool_forward")
+def avg_pool_forward(x, ksize, strides, pads):
+    """y (N, OH, OW, C): window sums divided by the number of real pixels in each window."""
+    xp = array_module(x)
+    out_size = _out_size(x.shape[1:3], ksize, strides, pads)
+    xpad = _pad(xp, x, pads, 0)
+    total = xp.zeros((x.shape[0],) + out_size + (x.shape[3],), dtype=x.dtype)
+    for di in range(ksize[0]):
+        for dj in range(ksize[1]):
+            total += _window(xpad, di, dj, strides, out_size)
+    return total / _real_counts(xp, x.shape[1:3], ksize, strides, pads, x.dtype)
+
+
+@primitive("avg_pool_backward")
+def avg_pool_backward(dy, in_shape, ksize, strides, pads):
+    """dx of in_shape (N, H, W, C): dy / count spread evenly over each window."""
+    xp = array_module(dy)
+    (pt, pb), (pl, pr) = pads
+    n, h, w, c = in_shape
+    share = dy / _real_counts(xp, (h, w), ksize, strides, pads, dy.dtype)
+    dxpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=dy.dtype)
+    for di in range(ksize[0]):
+        for dj in range(ksize[1]):
+            _window(dxpad, di, dj, strides, dy.shape[1:3])[...] += share
+    return _crop(dxpad, in_shape, pads)
+
+
+# ---- ops -----------------------------------------------------------------------
+
+class _Pool2D(Function):
+    op = None
+
+    def __init__(self, ksize, strides, padding):
+        self.ksize = pair(ksize, "ksize")
+        self.strides = pair(strides, "strides")
+        self.padding = padding
+
+    def geometry(self, x):
+        check_rank(x, 4, self.op)
+        if x.dtype.kind != "f":
+            raise ValueError(f"{self.op}: input must be floating point, got {x.dtype}")
+        pads, _ = window_padding(x.shape[1:3], self.ksize, self.strides, (1, 1), self.padding)
+        for (before, after), k, dim in zip(pads, self.ksize, "HW"):
+            # a window made only of padding has no maximum and no real pixel to average
+            if max(before, after) >= k:
+                raise ValueError(f"{self.op}: padding {(before, after)} along {dim} must be smaller "
+                                 f"than the window size ksize={k}")
+        self.in_shape, self.pads = x.shape, pads
+        return pads
+
+
+class MaxPool2D(_Pool2D):
+    op = "max_pool2d"
+
+    def forward(self, x):
+        y, argmax = dispatch("max_pool_forward", x, self.ksize, self.strides, self.geometry(x))
+        self.save_for_backward(argmax)
+        return y
+
+    def backward(self, dy):
+        (argmax,) = self.saved
+        return dispatch("max_pool_backward", dy, argmax, self.in_shape, self.ksize, self.strides, self.pads)
+
+
+class AvgPool2D(_Pool2D):
+    op = "avg_pool2d"
+
+    def forward(self, x):
+        return dispatch("avg_pool_forward", x, self.ksize, self.strides, self.geometry(x))
+
+    def backward(self, dy):
+        return dispatch("avg_pool_backward", dy, self.in_shape, self.ksize, self.strides, self.pads)
+
+
+def max_pool2d(input, ksize, strides, padding, data_format="NHWC"):  # noqa: A002  (tf.nn's name)
+    """tf.nn.max_pool2d: window maxima; the gradient goes to each window's first maximum.
+
+    ksize, strides: int, (h, w) or [1, h, w, 1]. padding: "SAME", "VALID" or
+    [(top, bottom), (left, right)] (TF's 4-entry NHWC list too).
+    """
+    _check_format(data_format, "max_pool2d")
+    return MaxPool2D(ksize, strides, padding)(input)
+
+
+def avg_pool2d(input, ksize, strides, padding, data_format="NHWC"):  # noqa: A002
+    """tf.nn.avg_pool2d: window means over the real (non-padded) pixels only.
+
+    Arguments as max_pool2d. Explicit padding is an extension (TF's avg_pool2d takes
+    only "SAME"/"VALID"); it keeps the real-count divisor.
+    """
+    _check_format(data_format, "avg_pool2d")
+    return AvgPool2D(ksize, strides, padding)(input)
+
+
+def _check_format(data_format, op):
+    if data_format != "NHWC":
+        raise ValueError(f"{op}: data_format must be 'NHWC', got {data_format!r}")

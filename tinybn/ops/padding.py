@@ -12,20 +12,26 @@ per spatial dimension with input size `n`, kernel `k`, stride `s`, dilation `d`:
 
 So SAME padding depends on n mod s: 3x3/2 SAME on 24 pads (0, 1), not (1, 1).
 """
+import numbers
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def pair(value, name):
     """An int or a length-2 sequence as (h, w); TF's length-4 NHWC form [1, h, w, 1] too."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        values = (value, value)
+    if _is_int(value):
+        values = (int(value), int(value))
     else:
         values = tuple(value)
         if len(values) == 4:
             if values[0] != 1 or values[3] != 1:
                 raise ValueError(f"{name}: the batch and channel entries of a length-4 {name} must be 1, got {value}")
             values = values[1:3]
-        if len(values) != 2 or not all(isinstance(v, int) for v in values):
+        if len(values) != 2 or not all(_is_int(v) for v in values):
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        values = tuple(int(v) for v in values)
     if min(values) < 1:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return values

@@ -1,0 +1,185 @@
+"""2-D convolution and depthwise convolution as im2col + GEMM (NHWC input, HWIO filters).
+
+Shapes: input x (N, H, W, C); filters (KH, KW, C, O); strides (SH, SW);
+dilations (DH, DW); output y (N, OH, OW, O). P = N*OH*OW output pixels.
+
+    conv2d             y[n,i,j,o] = sum_{a,b,c} xpad[n, i*SH + a*DH, j*SW + b*DW, c] * w[a,b,c,o]
+                       (cross-correlation, the kernel is not flipped, as tf.nn.conv2d)
+    depthwise_conv2d   filter (KH, KW, C, CM), output channel c*CM + q (channel-major, as TF):
+                       y[n,i,j,c*CM+q] = sum_{a,b} xpad[n, i*SH + a*DH, j*SW + b*DW, c] * f[a,b,c,q]
+
+How: im2col gathers every receptive field into one row of `cols` (P, KH*KW*C),
+column order (a, b, c) so that `w.reshape(KH*KW*C, O)` lines up with it; the
+conv is then one GEMM. The backward is two GEMMs:
+    dW    = cols^T @ dy                       (KH*KW*C, O)
+    dcols = dy @ W^T, dx = col2im(dcols)      col2im is im2col's adjoint: it
+                                              scatter-adds each row back onto the
+                                              window it came from and crops the
+                                              padding (padded positions get no gradient)
+Depthwise does the same per channel: a batched GEMM over C of (P, KH*KW) @ (KH*KW, CM).
+
+TF conventions (TF-SEMANTICS.md section 1, 2): padding "SAME" (out = ceil(in/s),
+the odd padding pixel at bottom/right), "VALID", or explicit [(top, bottom),
+(left, right)] (TF's 4-entry NHWC list too), computed by padding.window_padding;
+strides and dilations an int, a pair or TF's length-4 [1, h, w, 1].
+depthwise_conv2d refuses dilations > 1 with strides > 1, as TF's wrapper warns.
+"""
+from ..backend import array_module, dispatch, primitive
+from ..function import Function
+from .padding import check_rank, pair, window_padding
+
+
+# ---- hot primitives: plain arrays, explicit geometry (kernels implement the same signatures) ----
+
+def _window(start, step, count):
+    """The slice of a padded axis that a kernel tap at `start` reads for `count` outputs."""
+    return slice(start, start + (count - 1) * step + 1, step)
+
+
+@primitive("im2col")
+def im2col(x, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+    """Receptive fields of x (N, H, W, C) as rows: cols (N*OH*OW, KH*KW*C), columns ordered (a, b, c).
+
+    pads = ((top, bottom), (left, right)) of zeros around x; OH, OW the output
+    size they give (padding.window_padding computes both). Row n*OH*OW + i*OW + j
+    holds xpad[n, i*SH + a*DH, j*SW + b*DW, c] at column (a*KW + b)*C + c.
+    """
+    xp = array_module(x)
+    N, H, W, C = x.shape
+    (pt, pb), (pl, pr) = pads
+    if KH == KW == SH == SW == 1 and not (pt or pb or pl or pr):
+        return x.reshape(N * H * W, C)          # a 1x1 conv reads each pixel once: no copy
+    if pt or pb or pl or pr:
+        xpad = xp.zeros((N, H + pt + pb, W + pl + pr, C), x.dtype)
+        xpad[:, pt:pt + H, pl:pl + W, :] = x
+    else:
+        xpad = x
+    cols = xp.empty((N, OH, OW, KH, KW, C), x.dtype)
+    # one strided slice per kernel tap: KH*KW array copies, no loop over pixels
+    for a in range(KH):
+        for b in range(KW):
+            cols[:, :, :, a, b, :] = xpad[:, _window(a * DH, SH, OH), _window(b * DW, SW, OW), :]
+    return cols.reshape(N * OH * OW, KH * KW * C)
+
+
+@primitive("col2im")
+def col2im(cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+    """The adjoint of im2col: scatter-add rows of cols (N*OH*OW, KH*KW*C) back to an x_shape array.
+
+    Overlapping windows add up; values that land in the padding are dropped.
+    <im2col(x), cols> == <x, col2im(cols)> for every x and cols.
+    """
+    xp = array_module(cols)
+    N, H, W, C = x_shape
+    (pt, pb), (pl, pr) = pads
+    if KH == KW == SH == SW == 1 and not (pt or pb or pl or pr):
+        return cols.reshape(N, H, W, C)
+    xpad = xp.zeros((N, H + pt + pb, W + pl + pr, C), cols.dtype)
+    cols = cols.reshape(N, OH, OW, KH, KW, C)
+    # within one tap the strided slice hits each position at most once, so += is a true scatter-add
+    for a in range(KH):
+        for b in range(KW):
+            xpad[:, _window(a * DH, SH, OH), _window(b * DW, SW, OW), :] += cols[:, :, :, a, b, :]
+    return xp.ascontiguousarray(xpad[:, pt:pt + H, pl:pl + W, :])
+
+
+# ---- ops ---------------------------------------------------------------------------------
+
+def _check_operands(op, x, w, name):
+    check_rank(x, 4, op, "input")
+    check_rank(w, 4, op, name)
+    if x.shape[3] != w.shape[2]:
+        raise ValueError(f"{op}: channel mismatch: input has {x.shape[3]} channels (NHWC {x.shape}) "
+                         f"but {name} expects {w.shape[2]} (HWIO {w.shape})")
+    if x.dtype != w.dtype:
+        raise ValueError(f"{op}: input dtype {x.dtype} and {name} dtype {w.dtype} differ")
+
+
+def _check_format(op, data_format):
+    if data_format not in (None, "NHWC"):
+        raise ValueError(f"{op}: only data_format='NHWC' is supported, got {data_format!r}")
+
+
+class _Window(Function):
+    """Shared set-up: stride/dilation validation now, padding geometry once shapes are known."""
+
+    def __init__(self, strides, padding, dilations):
+        self.padding = padding
+        self.strides = pair(strides, "strides")
+        self.dilations = pair(1 if dilations is None else dilations, "dilations")
+
+    def _geometry(self, x, KH, KW):
+        pads, (OH, OW) = window_padding(x.shape[1:3], (KH, KW), self.strides, self.dilations, self.padding)
+        self.x_shape = x.shape
+        self.geometry = (KH, KW, *self.strides, *self.dilations, pads, OH, OW)
+        return OH, OW
+
+    def _wants(self, i):
+        """Whether input i needs a gradient (skips dx of a first layer fed with images)."""
+        return self.inputs[i].requires_grad
+
+
+class Conv2D(_Window):
+    def __init__(self, strides, padding, dilations=1):
+        super().__init__(strides, padding, dilations)
+
+    def forward(self, x, w):
+        _check_operands("conv2d", x, w, "filters")
+        KH, KW, C, O = w.shape
+        OH, OW = self._geometry(x, KH, KW)
+        cols = dispatch("im2col", x, *self.geometry)
+        # keeping cols trades memory for not gathering the windows again in backward
+        self.save_for_backward(cols, w)
+        return (cols @ w.reshape(KH * KW * C, O)).reshape(x.shape[0], OH, OW, O)
+
+    def backward(self, gy):
+        cols, w = self.saved
+        w2 = w.reshape(-1, w.shape[3])
+        gy = gy.reshape(-1, w.shape[3])
+        gx = dispatch("col2im", gy @ w2.T, self.x_shape, *self.geometry) if self._wants(0) else None
+        gw = (cols.T @ gy).reshape(w.shape) if self._wants(1) else None
+        return gx, gw
+
+
+class DepthwiseConv2D(_Window):
+    def __init__(self, strides, padding, dilations=None):
+        super().__init__(strides, padding, dilations)
+        if max(self.dilations) > 1 and max(self.strides) > 1:
+            raise ValueError(f"depthwise_conv2d: when dilations are greater than 1 all strides must be 1, "
+                             f"got strides {strides!r} and dilations {dilations!r}")
+
+    def forward(self, x, f):
+        _check_operands("depthwise_conv2d", x, f, "filter")
+        KH, KW, C, CM = f.shape
+        OH, OW = self._geometry(x, KH, KW)
+        # (P, KH*KW*C) -> (C, P, KH*KW): one GEMM per channel, batched over C
+        cols = dispatch("im2col", x, *self.geometry).reshape(-1, KH * KW, C).transpose(2, 0, 1)
+        fc = f.reshape(KH * KW, C, CM).transpose(1, 0, 2)                 # (C, KH*KW, CM)
+        self.save_for_backward(cols, f)
+        y = cols @ fc                                                     # (C, P, CM)
+        return y.transpose(1, 0, 2).reshape(x.shape[0], OH, OW, C * CM)   # channel-major c*CM + q
+
+    def backward(self, gy):
+        cols, f = self.saved
+        KH, KW, C, CM = f.shape
+        gy = gy.reshape(-1, C, CM).transpose(1, 0, 2)                      # (C, P, CM)
+        gx = gf = None
+        if self._wants(0):
+            fc = f.reshape(KH * KW, C, CM).transpose(1, 0, 2)
+            gcols = (gy @ fc.transpose(0, 2, 1)).transpose(1, 2, 0)       # (P, KH*KW, C)
+            gx = dispatch("col2im", gcols.reshape(-1, KH * KW * C), self.x_shape, *self.geometry)
+        if self._wants(1):
+            gf = (cols.transpose(0, 2, 1) @ gy).transpose(1, 0, 2).reshape(f.shape)
+        return gx, gf
+
+
+def conv2d(input, filters, strides, padding, data_format="NHWC", dilations=None):
+    """tf.nn.conv2d: input (N, H, W, C), filters (KH, KW, C, O) -> (N, OH, OW, O). Tensors or arrays."""
+    _check_format("conv2d", data_format)
+    return Conv2D(strides, padding, dilations)(input, filters)
+
+
+def depthwise_conv2d(input, filter, strides, padding, data_format=None, dilations=None):
+    """tf.nn.depthwise_conv2d: filter (KH, KW, C, CM) -> (N, OH, OW, C*CM), channel c*CM + q."""
+    _check_format("depthwise_conv2d", data_format)
+    return DepthwiseConv2D(strides, padding, dilations)(input, filter)

@@ -62,6 +62,9 @@ class Module:
         for name, child in self._modules.items():
             yield from child.named_modules(f"{prefix}{name}/")
 
+    def named_children(self):
+        return list(self._modules.items())
+
     def named_parameters(self):
         seen = set()
         for prefix, module in self.named_modules():

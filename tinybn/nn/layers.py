@@ -1,0 +1,191 @@
+"""Layers: each holds its parameters and calls one op of tinybn.ops.
+
+    Conv2D(in_channels, filters, kernel_size, strides=1, padding="SAME")   kernel HWIO, bias (filters,)
+    SeparableConv2D(in_channels, filters, kernel_size=3, ...)             the KxK conv cut into
+                        a Kx1 conv (kernel_kx1 [K,1,C,M]) then a 1xK conv (kernel_1xk [1,K,M,O]).
+                        Note: Keras's SeparableConv2D is *depthwise* separable; that one is
+                        tinybn.ops.separable_conv2d. This layer is the spatial factorization.
+    Dense(in_features, units)                                             kernel (in, units), bias
+    MaxPool2D / AvgPool2D(ksize=2, strides=None, padding="VALID")        strides default to ksize
+    LRN(depth_radius=5, bias=1, alpha=1, beta=0.5), ReLU(), Flatten(), Dropout(rate)
+    Sequential(layer, ... or (name, layer), ...)
+
+Parameter names follow Keras ("kernel", "bias"); a layer given `rng` (a numpy
+Generator) draws its initial weights from it, so a model built twice from the
+same seed is identical.
+"""
+import numpy as np
+
+from ..ops.basic import bias_add, dropout, matmul, relu, reshape
+from ..ops.conv import conv2d
+from ..ops.separable import spatially_separable_conv2d
+from ..ops.lrn import local_response_normalization
+from ..ops.pool import avg_pool2d, max_pool2d
+from ..ops.padding import pair
+from . import init as initializers
+from .module import Module
+
+
+def _rng(rng):
+    return rng if rng is not None else np.random.default_rng()
+
+
+def _check_channels(layer, x, expected, axis_name):
+    if x.ndim < 2 or x.shape[-1] != expected:
+        raise ValueError(f"{type(layer).__name__}: input has {x.shape[-1] if x.ndim else None} {axis_name} "
+                         f"(shape {x.shape}), the layer was built for {expected}")
+
+
+class Conv2D(Module):
+    def __init__(self, in_channels, filters, kernel_size, strides=1, padding="SAME", dilations=1,
+                 use_bias=True, activation=None, kernel_initializer=None, bias_initializer=None,
+                 rng=None, dtype=np.float32):
+        super().__init__()
+        kh, kw = pair(kernel_size, "kernel_size")
+        rng = _rng(rng)
+        kinit = kernel_initializer or initializers.glorot_uniform()
+        self.kernel = self.add_parameter("kernel", kinit((kh, kw, in_channels, filters), rng, dtype))
+        self.bias = None
+        if use_bias:
+            binit = bias_initializer or initializers.zeros()
+            self.bias = self.add_parameter("bias", binit((filters,), rng, dtype))
+        self.in_channels, self.strides, self.padding, self.dilations = in_channels, strides, padding, dilations
+        self.activation = activation
+
+    def forward(self, x):
+        _check_channels(self, x, self.in_channels, "channels")
+        y = conv2d(x, self.kernel, self.strides, self.padding, dilations=self.dilations)
+        if self.bias is not None:
+            y = bias_add(y, self.bias)
+        return self.activation(y) if self.activation else y
+
+    def extra_repr(self):
+        return f"kernel={self.kernel.shape}, strides={self.strides}, padding={self.padding!r}"
+
+
+class SeparableConv2D(Module):
+    """KxK convolution as Kx1 then 1xK: K*(C*M + M*O) multiplies per pixel instead of K*K*C*O.
+
+    intermediate_channels M defaults to the output channels. Without anything
+    between the two convs this is exactly a KxK conv with a kernel of rank <= M
+    per (c, o) pair (tinybn.ops.conv.separable_kernel builds it).
+    """
+
+    def __init__(self, in_channels, filters, kernel_size=3, intermediate_channels=None, strides=1,
+                 padding="SAME", use_bias=True, activation=None, kernel_initializer=None,
+                 bias_initializer=None, rng=None, dtype=np.float32):
+        super().__init__()
+        if not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"SeparableConv2D: kernel_size must be a positive int, got {kernel_size!r}")
+        k, m = kernel_size, intermediate_channels or filters
+        rng = _rng(rng)
+        kinit = kernel_initializer or initializers.glorot_uniform()
+        self.kernel_kx1 = self.add_parameter("kernel_kx1", kinit((k, 1, in_channels, m), rng, dtype))
+        self.kernel_1xk = self.add_parameter("kernel_1xk", kinit((1, k, m, filters), rng, dtype))
+        self.bias = None
+        if use_bias:
+            binit = bias_initializer or initializers.zeros()
+            self.bias = self.add_parameter("bias", binit((filters,), rng, dtype))
+        self.in_channels, self.strides, self.padding, self.activation = in_channels, strides, padding, activation
+
+    def forward(self, x):
+        _check_channels(self, x, self.in_channels, "channels")
+        y = spatially_separable_conv2d(x, self.kernel_kx1, self.kernel_1xk, self.strides, self.padding)
+        if self.bias is not None:
+            y = bias_add(y, self.bias)
+        return self.activation(y) if self.activation else y
+
+
+class Dense(Module):
+    def __init__(self, in_features, units, use_bias=True, activation=None, kernel_initializer=None,
+                 bias_initializer=None, rng=None, dtype=np.float32):
+        super().__init__()
+        rng = _rng(rng)
+        kinit = kernel_initializer or initializers.glorot_uniform()
+        self.kernel = self.add_parameter("kernel", kinit((in_features, units), rng, dtype))
+        self.bias = None
+        if use_bias:
+            binit = bias_initializer or initializers.zeros()
+            self.bias = self.add_parameter("bias", binit((units,), rng, dtype))
+        self.in_features, self.activation = in_features, activation
+
+    def forward(self, x):
+        if x.ndim != 2:
+            raise ValueError(f"Dense: input must be rank 2 (N, features), got shape {x.shape}")
+        _check_channels(self, x, self.in_features, "features")
+        y = matmul(x, self.kernel)
+        if self.bias is not None:
+            y = bias_add(y, self.bias)
+        return self.activation(y) if self.activation else y
+
+    def extra_repr(self):
+        return f"kernel={self.kernel.shape}"
+
+
+class _Pool(Module):
+    def __init__(self, ksize=2, strides=None, padding="VALID"):
+        super().__init__()
+        self.ksize, self.strides, self.padding = ksize, strides if strides is not None else ksize, padding
+
+    def extra_repr(self):
+        return f"ksize={self.ksize}, strides={self.strides}, padding={self.padding!r}"
+
+
+class MaxPool2D(_Pool):
+    def forward(self, x):
+        return max_pool2d(x, self.ksize, self.strides, self.padding)
+
+
+class AvgPool2D(_Pool):
+    def forward(self, x):
+        return avg_pool2d(x, self.ksize, self.strides, self.padding)
+
+
+class LRN(Module):
+    def __init__(self, depth_radius=5, bias=1.0, alpha=1.0, beta=0.5):
+        super().__init__()
+        self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
+
+    def forward(self, x):
+        return local_response_normalization(x, self.depth_radius, self.bias, self.alpha, self.beta)
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return relu(x)
+
+
+class Flatten(Module):
+    def forward(self, x):
+        return reshape(x, (x.shape[0], -1))
+
+
+class Dropout(Module):
+    """Drops with probability `rate` in training mode; the identity after eval()."""
+
+    def __init__(self, rate, rng=None):
+        super().__init__()
+        if not 0 <= rate < 1:
+            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
+        self.rate, self.rng = rate, _rng(rng)
+
+    def forward(self, x):
+        if not self.training or self.rate == 0:
+            return x
+        return dropout(x, self.rate, rng=self.rng)
+
+
+class Sequential(Module):
+    """Layers applied in order; each given as a Module (named by its index) or (name, Module)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = []
+        for i, layer in enumerate(layers):
+            name, module = layer if isinstance(layer, tuple) else (str(i), layer)
+            self.layers.append(self.add_module(name, module))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x

@@ -47,8 +47,9 @@ VARIANCE_RULES = ("population", "bessel")
 class BatchNorm(Module):
     """Batch normalisation over the channel (last) axis.
 
-    num_features: C. decay (alias `momentum`, Keras's name): moving-average decay,
-    default 0.999 as TF1 contrib batch_norm (Keras's default is 0.99). center/scale:
+    num_features: C. decay: moving-average decay, default 0.999 as TF1 contrib batch_norm
+    (Keras's default is 0.99); `momentum` (Keras's name) is an alias that takes precedence
+    over the default decay, and must agree with a non-default one. center/scale:
     create beta/gamma (both default True, as Keras; contrib's scale default is False).
     epsilon: 0.001. moving_variance_rule: "population" (default, Keras 3) or "bessel"
     (TF1 fused, n/(n-1)). zero_debias_moving_mean: TF1 contrib's debiased moving mean.

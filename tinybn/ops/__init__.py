@@ -22,3 +22,5 @@ from .pool import max_pool2d, avg_pool2d  # noqa: F401
 from .lrn import local_response_normalization, lrn  # noqa: F401
 from .losses import (softmax, log_softmax, softmax_cross_entropy_with_logits,  # noqa: F401
                      sparse_softmax_cross_entropy_with_logits, l2_loss)
+from .batchnorm import moments, batch_normalization, renorm_correction  # noqa: F401
+from .fused_batch_norm import fused_batch_norm  # noqa: F401

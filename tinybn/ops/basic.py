@@ -27,8 +27,13 @@ def sum_to(g, shape):
         return g
     lead = g.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and g.shape[i + lead] != 1)
-    g = g.sum(axis=axes, keepdims=True)
+    # float64 accumulation: numpy sums over leading axes sequentially, TF uses trees
+    g = g.sum(axis=axes, keepdims=True, dtype=_accumulator(g)).astype(g.dtype)
     return g.reshape(shape)
+
+
+def _accumulator(a):
+    return "float64" if a.dtype.kind == "f" and a.dtype.itemsize <= 8 else None
 
 
 class Add(Function):
@@ -241,7 +246,8 @@ class BiasAdd(Function):
         return x + b
 
     def backward(self, gz):
-        return gz, gz.reshape(-1, gz.shape[-1]).sum(axis=0)
+        rows = gz.reshape(-1, gz.shape[-1])
+        return gz, rows.sum(axis=0, dtype=_accumulator(rows)).astype(gz.dtype)
 
 
 class Dropout(Function):

@@ -59,6 +59,14 @@ TOLERANCES = {
     "softmax_cross_entropy_with_logits":        {"forward": 1e-6, "backward": 1e-6},
     "sparse_softmax_cross_entropy_with_logits": {"forward": 1e-6, "backward": 1e-6},
     "l2_loss":           {"forward": 1e-6, "backward": 0.0},
+    # CIFAR-10 preprocessing (tinybn.data.image), same random draws as TF. TF's float32
+    # reduce_std is off by ~7e-7 (ours by 1.6e-7, both vs float64); a low contrast
+    # factor before standardization amplifies the mean's rounding (1.1e-6 seen).
+    "adjust_brightness/crop/flip": {"forward": 0.0},
+    "adjust_contrast":   {"forward": 1e-6},
+    "per_image_standardization": {"forward": 5e-6},
+    "cifar10 train preprocessing": {"forward": 1e-5},
+    "cifar10 eval preprocessing":  {"forward": 5e-6},
     # optimizers and schedules (tinybn.optim), after 10 steps
     "GradientDescent":   {"parameters": 1e-6},
     "Momentum":          {"parameters": 1e-6},

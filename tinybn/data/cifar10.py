@@ -1,0 +1,144 @@
+"""CIFAR-10 in the official binary format, and the tutorial's train and eval inputs.
+
+File format (`cifar-10-batches-bin/`, https://www.cs.toronto.edu/~kriz/cifar.html):
+each record is 3073 bytes, one label byte (0..9) then the 32x32 image as 1024
+red, 1024 green and 1024 blue bytes, each plane row by row, top to bottom. Train
+is data_batch_1..5.bin, eval is test_batch.bin. The record count of a file is
+its size / 3073 (the real-data builds here do not hold 10,000 per file); any
+other size, or a label byte above 9, is a ValueError naming the file.
+
+    read_cifar10(source, split)   uint8 (N, 32, 32, 3) NHWC, int32 labels (N,),
+                                  from the folder or from cifar-10-binary.tar.gz
+    load_cifar10(split, data_dir) the same, finding/downloading the data first
+    distorted_inputs(...)         the train ShuffleQueue, as the tutorial's
+                                  min_after_dequeue = 0.4 * examples per epoch
+    EvalBatches / inputs(...)     sequential eval batches, centre crop
+
+The eval iterator returns the last partial batch with its real size (no
+padding, no repeats), so every example is counted exactly once; the tutorial's
+cifar10_eval.py instead runs ceil(N/B) full batches and counts repeats.
+"""
+import os
+import tarfile
+
+import numpy as np
+
+from .download import FOLDER_NAME, DatasetNotFoundError, maybe_download_and_extract, where_to_put
+from .image import eval_transform, train_transform
+from .queue import ShuffleQueue
+
+IMAGE_SIZE = 32
+NUM_CLASSES = 10
+RECORD_BYTES = 1 + 3 * IMAGE_SIZE * IMAGE_SIZE   # 3073
+TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+TEST_FILES = ("test_batch.bin",)
+MIN_FRACTION_OF_EXAMPLES_IN_QUEUE = 0.4
+
+
+def split_files(split):
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return TRAIN_FILES if split == "train" else TEST_FILES
+
+
+def parse_records(data, name):
+    """uint8 images (N, 32, 32, 3) and int32 labels (N,) from the bytes of one batch file."""
+    if len(data) == 0 or len(data) % RECORD_BYTES:
+        raise ValueError(f"{name}: size {len(data)} bytes is not a positive multiple of the "
+                         f"{RECORD_BYTES}-byte CIFAR-10 record (truncated or not a CIFAR-10 binary file?)")
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+    labels = records[:, 0].astype(np.int32)
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name}: record {i} (byte offset {i * RECORD_BYTES}) has label byte "
+                         f"{labels[i]}; CIFAR-10 labels are 0..{NUM_CLASSES - 1}")
+    # planes (C, H, W) per record -> NHWC
+    images = records[:, 1:].reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def read_batch_file(path):
+    with open(path, "rb") as f:
+        return parse_records(f.read(), path)
+
+
+def _concat(parts):
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def read_cifar10(source, split="train"):
+    """Read a split from a `cifar-10-batches-bin` folder (or its parent) or from the .tar.gz archive."""
+    names = split_files(split)
+    if os.path.isfile(source):
+        return _read_archive(source, names)
+    folder = source
+    if not os.path.exists(os.path.join(folder, names[0])) and os.path.isdir(os.path.join(folder, FOLDER_NAME)):
+        folder = os.path.join(folder, FOLDER_NAME)
+    parts = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            parent = os.path.dirname(os.path.abspath(folder)) if os.path.basename(
+                os.path.normpath(folder)) == FOLDER_NAME else folder
+            raise DatasetNotFoundError(f"CIFAR-10 file {name} not found: no {path}; " + where_to_put(parent))
+        parts.append(read_batch_file(path))
+    return _concat(parts)
+
+
+def _read_archive(archive, names):
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except tarfile.TarError as e:
+        raise ValueError(f"{archive}: not a readable tar archive ({e})") from e
+    with tar:
+        members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+        parts = []
+        for name in names:
+            if name not in members:
+                raise DatasetNotFoundError(f"{archive} holds no {FOLDER_NAME}/{name}; "
+                                           + where_to_put(os.path.dirname(os.path.abspath(archive))))
+            parts.append(parse_records(tar.extractfile(members[name]).read(), f"{archive}:{members[name].name}"))
+    return _concat(parts)
+
+
+def load_cifar10(split="train", data_dir=None, download=True, urlopen=None):
+    """read_cifar10 on the data directory, downloading and extracting the archive if needed."""
+    split_files(split)
+    folder = maybe_download_and_extract(data_dir, download_ok=download, urlopen=urlopen)
+    return read_cifar10(folder, split)
+
+
+class EvalBatches:
+    """Sequential (images, labels) batches with the eval transform; the last one may be smaller."""
+
+    def __init__(self, images, labels, batch_size, transform=eval_transform):
+        if len(images) != len(labels):
+            raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.images, self.labels = images, np.asarray(labels, dtype=np.int32)
+        self.batch_size, self.transform = batch_size, transform
+        self.num_examples = len(images)
+
+    def __len__(self):
+        return -(-self.num_examples // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, self.num_examples, self.batch_size):
+            stop = start + self.batch_size
+            yield self.transform(self.images[start:stop]), self.labels[start:stop]
+
+
+def distorted_inputs(data_dir=None, batch_size=128, seed=0, num_threads=2, download=True, state=None):
+    """The tutorial's training input: a ShuffleQueue over the train split with train_transform."""
+    images, labels = load_cifar10("train", data_dir, download)
+    min_after_dequeue = int(len(images) * MIN_FRACTION_OF_EXAMPLES_IN_QUEUE)
+    return ShuffleQueue(images, labels, batch_size, min_after_dequeue, transform=train_transform,
+                        seed=seed, num_threads=num_threads, state=state)
+
+
+def inputs(eval_data=True, data_dir=None, batch_size=128, download=True):
+    """The tutorial's eval input: centre-cropped, standardized batches of the test (or train) split."""
+    images, labels = load_cifar10("test" if eval_data else "train", data_dir, download)
+    return EvalBatches(images, labels, batch_size)

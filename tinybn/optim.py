@@ -23,8 +23,7 @@ TF conventions followed:
 - The learning rate may be a number or a schedule: a callable of the global step
   (for example ExponentialDecay). It is read at the step count *before* the
   step's increment, as TF1's apply_gradients(global_step=...) does.
-- `step()` updates each parameter's `.data` in place from its `.grad` and skips
-  parameters whose `.grad` is None (TF1's apply_gradients skips None gradients).
+- `step()` updates each `.data` in place from its `.grad`; a None `.grad` is skipped, as in TF1.
 
 Parameters are a list of Parameters, or of (name, Parameter) pairs as
 Module.named_parameters() yields them. Slots and state_dict() keys follow TF's
@@ -66,9 +65,8 @@ def _check_state(owner, expected, state):
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k}: expected {expected[k]}, got {tuple(np.shape(state[k]))}"
              for k in expected if k in state and tuple(np.shape(state[k])) != tuple(expected[k])]
-    problems = ([f"missing keys {missing}"] if missing else []) + \
-               ([f"unexpected keys {unexpected}"] if unexpected else []) + \
-               ([f"shape mismatch {wrong}"] if wrong else [])
+    problems = [f"{what} {keys}" for what, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", wrong)) if keys]
     if problems:
         raise ValueError(f"{owner}.load_state_dict: " + "; ".join(problems))
 
@@ -230,8 +228,7 @@ class ExponentialDecay:
     """exponential_decay as a schedule: `ExponentialDecay(0.1, 136718, 0.1, True)(step)`."""
 
     def __init__(self, learning_rate, decay_steps, decay_rate, staircase=False):
-        if decay_steps <= 0:
-            raise ValueError(f"ExponentialDecay: decay_steps must be positive, got {decay_steps}")
+        exponential_decay(learning_rate, 0, decay_steps, decay_rate, staircase)    # validates
         self.learning_rate, self.decay_steps = learning_rate, decay_steps
         self.decay_rate, self.staircase = decay_rate, staircase
 
@@ -315,10 +312,12 @@ class ExponentialMovingAverage:
         name, p, shadow, swapped = self._entry(param)
         return p.data if swapped else shadow
 
+    def _select(self, params):
+        return [self._entry(p) for p in params] if params is not None else list(self._entries.values())
+
     def swap(self, params=None):
         """Exchange the values of `params` (default: all averaged) with their averages."""
-        entries = [self._entry(p) for p in params] if params is not None else list(self._entries.values())
-        for entry in entries:
+        for entry in self._select(params):
             p = entry[1]
             p.data, entry[2] = entry[2], p.data
             entry[3] = not entry[3]
@@ -326,7 +325,7 @@ class ExponentialMovingAverage:
     @contextmanager
     def average_weights(self, params=None):
         """Inside the block the parameters hold their averages; the originals come back after."""
-        entries = [self._entry(p) for p in params] if params is not None else list(self._entries.values())
+        entries = self._select(params)
         if any(e[3] for e in entries):
             raise RuntimeError("ExponentialMovingAverage.average_weights: already swapped in")
         targets = [e[1] for e in entries]

@@ -1,0 +1,222 @@
+"""python -m tinybn.train cifar: the TensorFlow CIFAR-10 tutorial's training, on tinybn.
+
+One step, as cifar10_train.py runs it:
+    images, labels = shuffle queue (worker threads, already preprocessed)
+    loss = mean(sparse_softmax_cross_entropy(model(images), labels)) + weight decay
+    loss.backward(); optimizer.step()        # lr read at the pre-increment global step
+    ema.apply(params)                        # num_updates = the incremented global step
+
+Schedules: the tutorial models use plain SGD with lr 0.1 x 0.1 every 350 epochs
+(decay_steps = int(50000 / batch_size * 350), staircase); the seed's BN model uses
+Adam with 0.04 x 0.9 every 1000 steps (staircase).
+
+State in --train-dir: model.ckpt-<step>.npz (model, optimizer slots, EMA shadows,
+input-queue position; written atomically, the last --max-to-keep kept), events
+files for TensorBoard, and train.csv. Running again with the same --train-dir
+resumes at the saved step with the same optimizer, EMA and data-order state.
+Ctrl-C finishes the step in flight, saves a checkpoint and exits; a second
+Ctrl-C aborts at once.
+"""
+import argparse
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from . import backend, checkpoint, optim
+from .data import cifar10 as cifar_data
+from .models import cifar10 as cifar_models
+from .progress import Progress
+from .summary import CSVLogger, SummaryWriter
+from .tensor import Tensor
+
+NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN = 50000      # the tutorial's constant, whatever the files hold
+EMA_DECAY = 0.9999
+
+
+def cifar_parser(sub):
+    p = sub.add_parser("cifar", help="CIFAR-10 (the TensorFlow tutorial)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tutorial", choices=sorted(cifar_models.MODELS))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-steps", type=int, default=1000000)
+    p.add_argument("--train-dir", default="runs/cifar10_train")
+    p.add_argument("--data-dir", default=None, help="holds cifar-10-batches-bin/ (default: $TINYBN_DATA "
+                   "or ~/.cache/tinybn); downloaded there when absent")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--summary-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--max-to-keep", type=int, default=5)
+    p.add_argument("--num-threads", type=int, default=2, help="preprocessing worker threads")
+    p.add_argument("--backend", default=os.environ.get("TINYBN_BACKEND", "numpy"), choices=backend.BACKENDS)
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
+    return p
+
+
+def make_optimizer(model_name, named_params, batch_size):
+    if model_name == "bn":
+        lr = optim.ExponentialDecay(0.04, 1000, 0.9, staircase=True)
+        return optim.Adam(named_params, learning_rate=lr)
+    decay_steps = int(NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN / batch_size * 350)
+    lr = optim.ExponentialDecay(0.1, decay_steps, 0.1, staircase=True)
+    return optim.GradientDescent(named_params, learning_rate=lr)
+
+
+def load_checkpoint_or_fail(path):
+    try:
+        return checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        raise SystemExit(f"error: cannot resume: {e}\n(the file was left untouched; move it away "
+                         "to resume from an older checkpoint, or use another --train-dir)")
+
+
+class CifarRun:
+    """Everything a training run holds, and how it goes into and out of a checkpoint."""
+
+    def __init__(self, args):
+        self.args = args
+        self.model = cifar_models.MODELS[args.model](rng=np.random.default_rng(args.seed))
+        self.named = list(self.model.named_parameters())
+        self.opt = make_optimizer(args.model, self.named, args.batch_size)
+        self.ema = optim.ExponentialMovingAverage(EMA_DECAY, num_updates=lambda: self.opt.iterations)
+        self.manager = checkpoint.CheckpointManager(args.train_dir, max_to_keep=args.max_to_keep)
+        self.queue_state = None
+        latest = self.manager.latest()
+        if latest:
+            self.restore(latest)
+        else:
+            self.ema.apply(self.named, num_updates=0)       # shadows start as the initial weights
+
+    @property
+    def step(self):
+        return self.opt.iterations
+
+    def meta(self):
+        a = self.args
+        return {"task": "cifar", "model": a.model, "batch_size": a.batch_size, "seed": a.seed}
+
+    def save(self, queue):
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "ema": self.ema.state_dict(), "queue": queue.state_dict()}
+        return self.manager.save(self.step, checkpoint.flatten(state), self.meta())
+
+    def restore(self, path):
+        arrays, meta = load_checkpoint_or_fail(path)
+        mine = self.meta()
+        for key in ("task", "model", "batch_size", "seed"):
+            if meta.get(key) != mine[key]:
+                raise SystemExit(f"error: {path} was written with {key}={meta.get(key)!r}, this run has "
+                                 f"{key}={mine[key]!r}; use the same flags or another --train-dir")
+        state = checkpoint.unflatten(arrays)
+        try:
+            self.model.load_state_dict(state.get("model", {}))
+            self.opt.load_state_dict(state.get("optimizer", {}))
+            self.ema.load_state_dict(state.get("ema", {}), params=self.named)
+        except ValueError as e:
+            raise SystemExit(f"error: {path} does not match the {mine['model']!r} model: {e}")
+        self.queue_state = state.get("queue")
+        print(f"resumed from {path} at step {self.step}", flush=True)
+
+    def train_step(self, images, labels):
+        logits = self.model(Tensor(images))
+        loss = self.model.loss(logits, labels)
+        self.model.zero_grad()
+        loss.backward()
+        lr = self.opt.current_learning_rate()
+        self.opt.step()
+        self.ema.apply(self.named)
+        accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == labels))
+        return float(loss.item()), accuracy, float(lr)
+
+    def write_summaries(self, writer, loss, accuracy, lr):
+        writer.scalars({"loss": loss, "learning_rate": lr, "train_accuracy": accuracy}, self.step)
+        for name, p in self.named:
+            writer.histogram(f"weights/{name}", p.numpy(), self.step)
+        for name, b in self.model.named_buffers():
+            writer.histogram(f"batch_norm/{name}", b.numpy(), self.step)
+
+
+class StopFlag:
+    """First Ctrl-C asks the loop to save and stop after the current step; the second aborts."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def train_cifar(args):
+    backend.use_backend(args.backend)
+    for flag in ("batch_size", "max_steps", "log_every", "summary_every", "checkpoint_every"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be positive")
+    run = CifarRun(args)
+    if run.step >= args.max_steps:
+        print(f"nothing to do: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
+        return run
+    try:
+        queue = cifar_data.distorted_inputs(args.data_dir, args.batch_size, seed=args.seed,
+                                            num_threads=args.num_threads, download=not args.no_download,
+                                            state=run.queue_state)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    writer = SummaryWriter(args.train_dir)
+    csv = CSVLogger(os.path.join(args.train_dir, "train.csv"),
+                    ["step", "loss", "train_accuracy", "learning_rate", "examples_per_sec", "sec_per_batch",
+                     "wall_time"])
+    progress = Progress(args.max_steps, start=run.step)
+    last_saved = run.step
+    with queue, writer, StopFlag() as stop:
+        tick = time.time()
+        while run.step < args.max_steps and not stop.requested:
+            images, labels = queue.next_batch()
+            loss, accuracy, lr = run.train_step(images, labels)
+            if not np.isfinite(loss):
+                raise SystemExit(f"error: the loss diverged (loss = {loss}) at step {run.step}; "
+                                 f"the last good checkpoint is {run.manager.latest()}")
+            step = run.step
+            if step % args.log_every == 0:
+                duration = (time.time() - tick) / args.log_every
+                tick = time.time()
+                csv.log(step=step, loss=loss, train_accuracy=accuracy, learning_rate=lr,
+                        examples_per_sec=args.batch_size / duration, sec_per_batch=duration, wall_time=tick)
+                progress.log(step, f"loss = {loss:.2f} ({args.batch_size / duration:.1f} examples/sec; "
+                                   f"{duration:.3f} sec/batch)")
+            if step % args.summary_every == 0:
+                run.write_summaries(writer, loss, accuracy, lr)
+            if step % args.checkpoint_every == 0:
+                run.save(queue)
+                last_saved = step
+        if run.step != last_saved:
+            path = run.save(queue)
+            print(f"saved {path}", flush=True)
+    csv.close()
+    progress.close()
+    return run
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tinybn.train", description="Train a tinybn model.")
+    sub = parser.add_subparsers(dest="task", required=True)
+    cifar_parser(sub)
+    args = parser.parse_args(argv)
+    if args.task == "cifar":
+        train_cifar(args)
+
+
+if __name__ == "__main__":
+    main()

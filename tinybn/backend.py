@@ -99,6 +99,15 @@ def array_module(x):
     return np
 
 
+def device_array(x, name=None):
+    """`x` as an array of backend `name`'s device (default: the current backend):
+    a cupy array for "cupy", a numpy array for "numpy" and "numba"."""
+    if (name or _current[0]) == "cupy":
+        import cupy
+        return cupy.asarray(x)
+    return to_numpy(x)
+
+
 def to_numpy(x):
     """A host numpy array of `x`, whatever array library holds it."""
     if type(x).__module__.startswith("cupy"):

@@ -43,7 +43,7 @@ def restore_model(path, use_ema=True):
         model.load_state_dict(weights)
     except ValueError as e:
         raise SystemExit(f"error: {path}: {e}")
-    return model.eval(), meta
+    return model.to_backend().eval(), meta
 
 
 def precision_at_1(model, batches):
@@ -51,7 +51,7 @@ def precision_at_1(model, batches):
     correct = total = 0
     with no_grad():
         for images, labels in batches:
-            logits = model(Tensor(images)).numpy()
+            logits = model(Tensor(backend.device_array(images))).numpy()
             # in_top_k counts a tie for the top as a hit; argmax picks one of the tied
             top = logits.max(axis=1)
             correct += int(np.sum(logits[np.arange(len(labels)), labels] >= top))

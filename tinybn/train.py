@@ -79,6 +79,7 @@ class CifarRun:
     def __init__(self, args):
         self.args = args
         self.model = cifar_models.MODELS[args.model](rng=np.random.default_rng(args.seed))
+        self.model.to_backend(args.backend)
         self.named = list(self.model.named_parameters())
         self.opt = make_optimizer(args.model, self.named, args.batch_size)
         self.ema = optim.ExponentialMovingAverage(EMA_DECAY, num_updates=lambda: self.opt.iterations)
@@ -121,6 +122,7 @@ class CifarRun:
         print(f"resumed from {path} at step {self.step}", flush=True)
 
     def train_step(self, images, labels):
+        images, labels = backend.device_array(images), backend.device_array(labels)
         logits = self.model(Tensor(images))
         loss = self.model.loss(logits, labels)
         self.model.zero_grad()
@@ -128,7 +130,7 @@ class CifarRun:
         lr = self.opt.current_learning_rate()
         self.opt.step()
         self.ema.apply(self.named)
-        accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == labels))
+        accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == backend.to_numpy(labels)))
         return float(loss.item()), accuracy, float(lr)
 
     def write_summaries(self, writer, loss, accuracy, lr):

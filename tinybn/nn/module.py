@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..backend import array_module, to_numpy
+from ..backend import array_module, device_array, to_numpy
 from ..tensor import Tensor
 
 
@@ -93,6 +93,13 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    def to_backend(self, name=None):
+        """Move every parameter and buffer to backend `name`'s device (default: the current
+        one): onto the GPU for "cupy", into host memory otherwise. Build optimizers after."""
+        for _, t in list(self.named_parameters()) + list(self.named_buffers()):
+            t.data = device_array(t.data, name)
+        return self
 
     # --- state -------------------------------------------------------------
     def state_dict(self):

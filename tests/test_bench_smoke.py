@@ -1,0 +1,110 @@
+"""bench/bench_cifar.py: the FLOP count, the report, missing frameworks, and one tiny real run (tinybn numpy)."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "bench", "bench_cifar.py")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_cifar", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load()
+import _report  # noqa: E402  (bench/ is on sys.path once bench_cifar is loaded)
+
+
+def test_model_flops_closed_form():
+    conv1 = 2 * 128 * 24 * 24 * 5 * 5 * 3 * 64
+    conv2 = 2 * 128 * 12 * 12 * 5 * 5 * 64 * 64
+    dense = 2 * 128 * (2304 * 384 + 384 * 192 + 192 * 10)
+    assert conv1 == 707_788_800 and conv2 == 3_774_873_600
+    fwd, train = bench.model_flops("tutorial", 128)
+    assert fwd == conv1 + conv2 + dense
+    assert train == 2 * conv1 + 3 * (conv2 + dense)       # no input gradient for the first layer
+    conv3 = 2 * 128 * 6 * 6 * 5 * 5 * 64 * 10
+    assert bench.model_flops("bn", 128) == (conv1 + conv2 + conv3, 2 * conv1 + 3 * (conv2 + conv3))
+
+
+def _row(framework, model, train_s, fwd_s, loss0=2.3):
+    return {"framework": framework, "model": model, "status": "ok", "version": framework + " 1.0",
+            "train_s": train_s, "train_sd": 0.01, "fwd_s": fwd_s, "fwd_sd": 0.0, "first_step_s": 1.5,
+            "loss0": loss0, "loss_last": 2.0, "peak_rss_mb": 300.0, "delta_rss_mb": 50.0,
+            "fwd_flops": 4e9, "train_flops": 12e9}
+
+
+def _report_with(rows):
+    gemm = {"status": "ok", "numpy": "2", "ceiling_gflops": 100.0,
+            "gemm": [{"shape": "square 8", "m": 8, "k": 8, "n": 8, "sec": 1e-6, "gflops": 100.0}]}
+    return {"machine": "test", "threads": 2, "batch_size": 128, "steps": 10, "warmup": 3, "gemm": gemm, "rows": rows}
+
+
+def test_table_ratios_ceiling_and_missing_frameworks():
+    rows = [_row("tinybn-numpy", "bn", 0.4, 0.3), _row("tf", "bn", 0.2, 0.1),
+            {"framework": "torch", "model": "bn", "status": "not installed", "reason": "No module named 'torch'"},
+            {"framework": "tinybn-numba", "model": "bn", "status": "unavailable", "reason": "no kernels"}]
+    text = _report.format_table(_report_with(rows), markdown=True)
+    ours = next(line for line in text.splitlines() if line.startswith("| tinybn-numpy"))
+    cells = [c.strip() for c in ours.strip("|").split("|")]
+    assert cells[4:8] == ["2.00x", "3.00x", "30.0 (30%)", "13.3 (13%)"]   # 12e9/0.4 s = 30 GFLOP/s of 100
+    assert "| torch | bn | not installed |" in text and "No module named 'torch'" in text
+    assert "| tinybn-numba | bn | unavailable |" in text
+    assert _report.check_losses(_report_with(rows)) == []
+    rows[1]["loss0"] = 2.4
+    assert "the networks differ" in _report.check_losses(_report_with(rows))[0]
+
+
+def test_missing_framework_is_a_row_not_a_crash(monkeypatch):
+    import _peers
+
+    def absent(threads):
+        raise ImportError("No module named 'torch'")
+    monkeypatch.setitem(_peers.PREPARE, "torch", absent)
+    args = bench.parse_args(["--worker", "torch", "--model", "bn", "--batch-size", "2"])
+    assert bench.run_worker(args) == {"status": "not installed", "reason": "No module named 'torch'"}
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--frameworks", "tinybn-numpy,jax"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps", "0"])
+
+
+def test_tiny_run_tinybn_numpy(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, SCRIPT, "--frameworks", "tinybn-numpy", "--models", "tutorial,bn",
+                           "--batch-size", "4", "--steps", "2", "--warmup", "1", "--gemm-square", "64",
+                           "--markdown", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert [(r["framework"], r["model"], r["status"]) for r in report["rows"]] == \
+        [("tinybn-numpy", "tutorial", "ok"), ("tinybn-numpy", "bn", "ok")]
+    assert "| tinybn-numpy | tutorial |" in proc.stdout and "WARNING" not in proc.stdout
+    gemm = report["gemm"]
+    assert gemm["status"] == "ok" and gemm["ceiling_gflops"] == max(g["gflops"] for g in gemm["gemm"])
+    for g in gemm["gemm"]:
+        assert g["gflops"] == pytest.approx(2 * g["m"] * g["k"] * g["n"] / g["sec"] / 1e9)
+
+    # the worker's first-step loss is the model's loss on its batch, computed here independently
+    from tinybn.tensor import Tensor
+    rng = np.random.default_rng(1234)
+    x = rng.standard_normal((4, 24, 24, 3), dtype=np.float32)
+    labels = rng.integers(0, 10, 4).astype(np.int32)
+    for r in report["rows"]:
+        assert r["train_s"] > 0 and r["fwd_s"] > 0 and r["first_step_s"] > 0 and r["first_proc_s"] > 0
+        assert r["peak_rss_mb"] >= r["delta_rss_mb"] >= 0 and math.isfinite(r["loss_last"])
+        assert (r["fwd_flops"], r["train_flops"]) == bench.model_flops(r["model"], 4)
+        net = bench.initial_state(r["model"])[0]
+        expected = float(net.loss(net(Tensor(x)), labels).item())
+        assert r["loss0"] == pytest.approx(expected, rel=1e-6)

@@ -103,6 +103,8 @@ def build_emulation(source, cache_dir):
     cpp = lib[:-3] + ".cpp"
     with open(cpp, "w", encoding="utf-8") as f:
         f.write(unit)
+    if shutil.which("g++") is None:
+        raise RuntimeError("g++ not found: running the CUDA kernels on the CPU needs a C++20 compiler")
     cmd = ["g++", *GXX_FLAGS, "-include", os.path.join(KERNEL_DIR, "cpu_emulation.h"), "-I", KERNEL_DIR,
            cpp, "-o", lib + ".tmp"]
     return lib, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -111,19 +111,22 @@ def assert_parity(op, direction, ours, theirs, what=""):
 
 
 def table_markdown():
-    lines = ["| op | forward | backward | other | tolerance (fwd / bwd / other) |",
+    """One row per op: worst forward, backward and other (named) comparison, and the limits."""
+    lines = ["| op | forward | backward | other check | tolerance (fwd / bwd / other) |",
              "|---|---|---|---|---|"]
     for op, tols in TOLERANCES.items():
-        cells, limits = [], []
         other = [d for d in tols if d not in ("forward", "backward")]
+        cells, limits = [], []
         for direction in ("forward", "backward", other[0] if other else None):
-            if direction in tols and (op, direction) in _worst:
-                cells.append(f"{_worst[(op, direction)]:.1e}")
-            else:
-                cells.append("-" if direction not in tols else "not run")
-            limits.append(f"{tols[direction]:g}" if direction in tols else "-")
-        label = op + (f" ({other[0]})" if other else "")
-        lines.append(f"| {label} | {' | '.join(cells)} | {' / '.join(limits)} |")
+            if direction not in tols:
+                cells.append("-")
+                limits.append("-")
+                continue
+            worst = _worst.get((op, direction))
+            cell = "not run" if worst is None else f"{worst:.1e}"
+            cells.append(cell + (f" ({direction})" if direction in other else ""))
+            limits.append(f"{tols[direction]:g}")
+        lines.append(f"| {op} | {' | '.join(cells)} | {' / '.join(limits)} |")
     return "\n".join(lines)
 
 

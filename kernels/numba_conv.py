@@ -1,0 +1,99 @@
+"""numba twins of conv's hot primitives: im2col and its adjoint col2im.
+
+Shapes as tinybn.ops.conv: x (N, H, W, C), kernel KH x KW, strides SH, SW,
+dilations DH, DW, pads ((top, bottom), (left, right)), output OH x OW;
+cols (N*OH*OW, KH*KW*C) viewed here as (N, OH, OW, KH, KW, C).
+
+    im2col   cols[n, i, j, a, b, c] = x[n, i*SH + a*DH - top, j*SW + b*DW - left, c]  (0 outside x)
+    col2im   dx[n, h, w, c] = sum over taps (a, b), in row-major order, of
+             cols[n, i, j, a, b, c] with i*SH + a*DH - top = h and j*SW + b*DW - left = w
+
+col2im is written as a gather (each dx pixel pulls its taps) instead of the
+reference's scatter, so threads never write the same pixel. It visits the taps
+in the reference's (a, b) order and adds in x's dtype, so it repeats the
+reference's float additions one for one: the result is bit-identical.
+Both loops run in parallel over (n, row) and copy channel runs in the inner loop.
+"""
+import numpy as np
+from numba import njit, prange
+
+from . import numba_setup  # noqa: F401  (before the first parallel call)
+
+from tinybn.backend import primitive
+
+
+def _im2col_plain(x, cols, KH, KW, SH, SW, DH, DW, top, left):
+    N, H, W, C = x.shape
+    _, OH, OW = cols.shape[:3]
+    for row in prange(N * OH):
+        n, i = row // OH, row % OH
+        for j in range(OW):
+            for a in range(KH):
+                h = i * SH + a * DH - top
+                for b in range(KW):
+                    w = j * SW + b * DW - left
+                    if 0 <= h < H and 0 <= w < W:
+                        for c in range(C):
+                            cols[n, i, j, a, b, c] = x[n, h, w, c]
+                    else:
+                        for c in range(C):
+                            cols[n, i, j, a, b, c] = 0
+
+
+def _col2im_plain(cols, dx, KH, KW, SH, SW, DH, DW, top, left):
+    N, H, W, C = dx.shape
+    _, OH, OW = cols.shape[:3]
+    for row in prange(N * H):
+        n, h = row // H, row % H
+        for w in range(W):
+            for c in range(C):
+                dx[n, h, w, c] = 0
+            for a in range(KH):
+                hi = h + top - a * DH           # = i*SH for the window row i that tap a reads h in
+                if hi < 0 or hi % SH != 0 or hi // SH >= OH:
+                    continue
+                i = hi // SH
+                for b in range(KW):
+                    wj = w + left - b * DW
+                    if wj < 0 or wj % SW != 0 or wj // SW >= OW:
+                        continue
+                    j = wj // SW
+                    for c in range(C):
+                        dx[n, h, w, c] += cols[n, i, j, a, b, c]
+
+
+_im2col_kernel = njit(parallel=True, cache=True)(_im2col_plain)
+_col2im_kernel = njit(parallel=True, cache=True)(_col2im_plain)
+
+
+def _ints(*values):
+    """Python ints, so numpy integer geometry does not compile another specialisation."""
+    return tuple(int(v) for v in values)
+
+
+def _is_pointwise(KH, KW, SH, SW, pads):
+    (pt, pb), (pl, pr) = pads
+    return KH == KW == SH == SW == 1 and not (pt or pb or pl or pr)
+
+
+@primitive("im2col", backend="numba")
+def im2col(x, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+    """As tinybn.ops.conv.im2col: cols (N*OH*OW, KH*KW*C), columns ordered (a, b, c)."""
+    N, H, W, C = x.shape
+    if _is_pointwise(KH, KW, SH, SW, pads):
+        return x.reshape(N * H * W, C)
+    cols = np.empty((N, OH, OW, KH, KW, C), x.dtype)
+    _im2col_kernel(np.ascontiguousarray(x), cols, *_ints(KH, KW, SH, SW, DH, DW, pads[0][0], pads[1][0]))
+    return cols.reshape(N * OH * OW, KH * KW * C)
+
+
+@primitive("col2im", backend="numba")
+def col2im(cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+    """As tinybn.ops.conv.col2im: the adjoint of im2col, an x_shape array."""
+    N, H, W, C = x_shape
+    if _is_pointwise(KH, KW, SH, SW, pads):
+        return cols.reshape(N, H, W, C)
+    dx = np.empty((N, H, W, C), cols.dtype)
+    cols = np.ascontiguousarray(cols).reshape(N, OH, OW, KH, KW, C)
+    _col2im_kernel(cols, dx, *_ints(KH, KW, SH, SW, DH, DW, pads[0][0], pads[1][0]))
+    return dx

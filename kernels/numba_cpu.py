@@ -1,0 +1,28 @@
+"""numba CPU kernels for tinybn's hot primitives: `tinybn.use_backend("numba")` imports this.
+
+Importing registers a twin of each primitive under the backend "numba", with the
+reference's signature and return values (tinybn/ops/* hold the references):
+
+    numba_conv   im2col, col2im                                   bit-identical
+    numba_pool   max_pool_forward/backward, avg_pool_forward/backward   bit-identical
+    numba_norm   batch_norm_train_forward/backward, batch_norm_inference
+                 (float64 block sums: within an ulp of the reference's sums)
+    numba_lrn    lrn_forward, lrn_backward                         float32 rounding
+    numba_loss   softmax_cross_entropy                             float32 rounding
+
+Conventions shared by every kernel module:
+- Each kernel is a plain Python function `_name_plain`, bound as
+  `_name_kernel = njit(parallel=True, cache=True)(_name_plain)`, so the plain one
+  stays importable and NUMBA_DISABLE_JIT=1 runs the same code as Python.
+- The registered wrapper allocates the outputs, makes inputs C-contiguous and
+  geometry Python ints (one compiled specialisation per dtype), and calls the kernel.
+- GEMMs stay on BLAS in the ops; kernels do the memory-bound parts only.
+- Parallel loops (prange) run over batch x rows (or row blocks for (M, C) arrays);
+  the channel loop is innermost and contiguous, so it vectorises.
+- Long reductions accumulate in float64; float32 and float64 inputs both work.
+- numba_setup (imported first by each) sets OMP_WAIT_POLICY=passive unless set:
+  spinning OpenMP workers starved the BLAS threads between kernels (6x slower steps).
+- cache=True writes the compiled code next to these files (__pycache__), so only
+  the first process pays the compile time (a few seconds per dtype).
+"""
+from . import numba_conv, numba_loss, numba_lrn, numba_norm, numba_pool  # noqa: F401  (they register)

@@ -1,0 +1,119 @@
+"""numba twins of the local response normalization primitives.
+
+Shapes as tinybn.ops.lrn: x, y, norm, dy, dx (N, H, W, C); r = depth_radius; the
+channel window |j - k| <= r is clipped at 0 and C - 1.
+
+    forward    norm[k] = bias + alpha * sum_{|j-k| <= r} x[j]^2,   y[k] = x[k] * norm[k]^(-beta)
+    backward   dx[k] = dy[k] * norm[k]^(-beta) - 2 alpha beta x[k] * sum_{|j-k| <= r} dy[j] y[j] / norm[j]
+
+Each window sum is a direct sum of its at most 2r+1 terms in x's dtype, in
+ascending j: short sums, so float32 is accurate enough, and no running prefix sum
+(which would subtract large sums and lose the small ones, see tinybn/ops/lrn.py).
+The reference gets the same sums from a GEMM with a 0/1 band matrix, whose
+summation order BLAS chooses, so results agree to float32 rounding, not bit for bit.
+
+norm^(-beta) is most of the cost: pow does not vectorise. For beta 0.5 and 0.75
+(the CIFAR tutorial's) it is built from sqrt and division in float64, which
+vectorise and round to the float32 a correctly rounded pow gives (numpy's float32
+pow, the reference's, is within 0.5 ulp too); other betas call pow.
+Parallel over (n, row); the channel loops are innermost.
+"""
+import numpy as np
+from numba import njit, prange
+
+from . import numba_setup  # noqa: F401  (before the first parallel call)
+
+from tinybn.backend import primitive
+
+_POW, _RSQRT, _RSQRT_3_4 = 0, 1, 2
+_SPECIAL_BETAS = {0.5: _RSQRT, 0.75: _RSQRT_3_4}
+
+
+def _window_sums_plain(v, radius, out):
+    """out[k] = sum_{|j-k| <= radius, 0 <= j < C} v[j], ascending j, in v's dtype."""
+    channels = v.shape[0]
+    for k in range(channels):
+        lo, hi = max(0, k - radius), min(channels, k + radius + 1)
+        s = v[lo]
+        for j in range(lo + 1, hi):
+            s += v[j]
+        out[k] = s
+
+
+# The power loops are written out in both kernels, with the mode tested outside
+# the channel loop: moved into a helper they stopped vectorising (2x slower).
+
+def _lrn_forward_plain(x, radius, bias, alpha, neg_beta, mode, y, norm):
+    N, H, W, C = x.shape
+    t = x.dtype.type
+    for row in prange(N * H):
+        n, h = row // H, row % H
+        terms, sums = np.empty(C, x.dtype), np.empty(C, x.dtype)
+        for w in range(W):
+            for c in range(C):
+                terms[c] = x[n, h, w, c] * x[n, h, w, c]
+            _window_sums(terms, radius, sums)
+            for c in range(C):
+                norm[n, h, w, c] = bias + alpha * sums[c]
+            if mode == _RSQRT_3_4:
+                for c in range(C):
+                    s = np.sqrt(np.float64(norm[n, h, w, c]))
+                    y[n, h, w, c] = x[n, h, w, c] * t(1.0 / (s * np.sqrt(s)))
+            elif mode == _RSQRT:
+                for c in range(C):
+                    y[n, h, w, c] = x[n, h, w, c] * t(1.0 / np.sqrt(np.float64(norm[n, h, w, c])))
+            else:
+                for c in range(C):
+                    y[n, h, w, c] = x[n, h, w, c] * norm[n, h, w, c] ** neg_beta
+
+
+def _lrn_backward_plain(dy, x, y, norm, radius, coef, neg_beta, mode, dx):
+    N, H, W, C = x.shape
+    t = x.dtype.type
+    for row in prange(N * H):
+        n, h = row // H, row % H
+        terms, sums = np.empty(C, x.dtype), np.empty(C, x.dtype)
+        for w in range(W):
+            for c in range(C):
+                terms[c] = dy[n, h, w, c] * y[n, h, w, c] / norm[n, h, w, c]
+            _window_sums(terms, radius, sums)
+            if mode == _RSQRT_3_4:
+                for c in range(C):
+                    s = np.sqrt(np.float64(norm[n, h, w, c]))
+                    dx[n, h, w, c] = dy[n, h, w, c] * t(1.0 / (s * np.sqrt(s))) - coef * x[n, h, w, c] * sums[c]
+            elif mode == _RSQRT:
+                for c in range(C):
+                    power = t(1.0 / np.sqrt(np.float64(norm[n, h, w, c])))
+                    dx[n, h, w, c] = dy[n, h, w, c] * power - coef * x[n, h, w, c] * sums[c]
+            else:
+                for c in range(C):
+                    dx[n, h, w, c] = dy[n, h, w, c] * norm[n, h, w, c] ** neg_beta - coef * x[n, h, w, c] * sums[c]
+
+
+_window_sums = njit(cache=True)(_window_sums_plain)
+_lrn_forward_kernel = njit(parallel=True, cache=True)(_lrn_forward_plain)
+_lrn_backward_kernel = njit(parallel=True, cache=True)(_lrn_backward_plain)
+
+
+def _power_args(beta, t):
+    return t(-beta), _SPECIAL_BETAS.get(float(beta), _POW)
+
+
+@primitive("lrn_forward", backend="numba")
+def lrn_forward(x, depth_radius, bias, alpha, beta):
+    """As tinybn.ops.lrn.lrn_forward: (y, norm), both (N, H, W, C)."""
+    x = np.ascontiguousarray(x)
+    t = x.dtype.type
+    y, norm = np.empty_like(x), np.empty_like(x)
+    _lrn_forward_kernel(x, int(depth_radius), t(bias), t(alpha), *_power_args(beta, t), y, norm)
+    return y, norm
+
+
+@primitive("lrn_backward", backend="numba")
+def lrn_backward(dy, x, y, norm, depth_radius, alpha, beta):
+    """As tinybn.ops.lrn.lrn_backward: dx (N, H, W, C)."""
+    t = dy.dtype.type
+    dy, x, y, norm = (np.ascontiguousarray(a) for a in (dy, x, y, norm))
+    dx = np.empty_like(dy)
+    _lrn_backward_kernel(dy, x, y, norm, int(depth_radius), t(2 * alpha * beta), *_power_args(beta, t), dx)
+    return dx

@@ -1,0 +1,150 @@
+"""numba twins of the fused batch norm primitives (train forward/backward, inference).
+
+Shapes as tinybn.ops.fused_batch_norm: x, dy, y, dx (M, C) with M = N*H*W;
+scale, offset, mean, variance, inv_std (C,). Per channel:
+
+    forward    mean = sum(x) / M,  variance = sum((x - mean)^2) / M    (two passes)
+               inv_std = 1 / sqrt(variance + eps),  y = (x - mean) * (inv_std * scale) + offset
+    backward   xhat = (x - mean) * inv_std,  doffset = sum(dy),  dscale = sum(dy * xhat)
+               dx = (scale * inv_std) * (dy - doffset/M - xhat * dscale/M)
+    inference  y = (x - mean) * (scale / sqrt(variance + eps)) + offset
+
+Each sum over M is a pass in parallel over a fixed number of row blocks, each block
+accumulating float64 column sums; the block sums are added in numpy. The block
+count does not depend on the thread count, so results are reproducible on any
+machine. The elementwise terms are computed in x's dtype in the reference's order,
+and the (C,) arithmetic is the reference's own numpy code, so outputs differ from
+the reference only where the float64 sums round differently (<= 1 float32 ulp of
+mean, variance, dscale, doffset, and what follows from them).
+"""
+import numpy as np
+from numba import njit, prange
+
+from . import numba_setup  # noqa: F401  (before the first parallel call)
+
+from tinybn.backend import primitive
+
+_BLOCKS = 64        # row blocks of every reduction: enough to keep a few cores busy
+
+
+def _column_sums_plain(x, partial):
+    """partial[b, c] = float64 sum of x[r, c] over the rows r of block b."""
+    m, channels = x.shape
+    blocks = partial.shape[0]
+    for b in prange(blocks):
+        lo, hi = b * m // blocks, (b + 1) * m // blocks
+        for c in range(channels):
+            partial[b, c] = 0.0
+        for r in range(lo, hi):
+            for c in range(channels):
+                partial[b, c] += x[r, c]
+
+
+def _squared_deviation_sums_plain(x, mean, partial):
+    """partial[b, c] = float64 sum of (x - mean)^2 (the square taken in x's dtype) over block b."""
+    m, channels = x.shape
+    blocks = partial.shape[0]
+    for b in prange(blocks):
+        lo, hi = b * m // blocks, (b + 1) * m // blocks
+        for c in range(channels):
+            partial[b, c] = 0.0
+        for r in range(lo, hi):
+            for c in range(channels):
+                d = x[r, c] - mean[c]
+                partial[b, c] += d * d
+
+
+def _normalize_plain(x, mean, factor, offset, y):
+    """y = (x - mean) * factor + offset, row blocks in parallel."""
+    m, channels = x.shape
+    for b in prange(_BLOCKS):
+        lo, hi = b * m // _BLOCKS, (b + 1) * m // _BLOCKS
+        for r in range(lo, hi):
+            for c in range(channels):
+                y[r, c] = (x[r, c] - mean[c]) * factor[c] + offset[c]
+
+
+def _grad_sums_plain(dy, x, mean, inv_std, partial_dy, partial_dy_xhat):
+    """Block float64 sums of dy and of dy * xhat, xhat = (x - mean) * inv_std in x's dtype."""
+    m, channels = x.shape
+    blocks = partial_dy.shape[0]
+    for b in prange(blocks):
+        lo, hi = b * m // blocks, (b + 1) * m // blocks
+        for c in range(channels):
+            partial_dy[b, c] = 0.0
+            partial_dy_xhat[b, c] = 0.0
+        for r in range(lo, hi):
+            for c in range(channels):
+                g = dy[r, c]
+                partial_dy[b, c] += g
+                partial_dy_xhat[b, c] += g * ((x[r, c] - mean[c]) * inv_std[c])
+
+
+def _grad_input_plain(dy, x, mean, inv_std, k, mean_dy, mean_dy_xhat, dx):
+    """dx = k * ((dy - mean_dy) - xhat * mean_dy_xhat), the reference's operation order."""
+    m, channels = x.shape
+    for b in prange(_BLOCKS):
+        lo, hi = b * m // _BLOCKS, (b + 1) * m // _BLOCKS
+        for r in range(lo, hi):
+            for c in range(channels):
+                xhat = (x[r, c] - mean[c]) * inv_std[c]
+                dx[r, c] = k[c] * ((dy[r, c] - mean_dy[c]) - xhat * mean_dy_xhat[c])
+
+
+_column_sums_kernel = njit(parallel=True, cache=True)(_column_sums_plain)
+_squared_deviation_sums_kernel = njit(parallel=True, cache=True)(_squared_deviation_sums_plain)
+_normalize_kernel = njit(parallel=True, cache=True)(_normalize_plain)
+_grad_sums_kernel = njit(parallel=True, cache=True)(_grad_sums_plain)
+_grad_input_kernel = njit(parallel=True, cache=True)(_grad_input_plain)
+
+
+def _partial(x):
+    return np.empty((min(_BLOCKS, max(x.shape[0], 1)), x.shape[1]), np.float64)
+
+
+def _vec(v, dtype):
+    """A (C,) parameter as a contiguous array of x's dtype (as the reference's broadcasting keeps it)."""
+    return np.ascontiguousarray(v, dtype=dtype)
+
+
+@primitive("batch_norm_train_forward", backend="numba")
+def batch_norm_train_forward(x, scale, offset, epsilon):
+    """As the reference: (y, mean, variance (population), inv_std), all in x's dtype."""
+    x = np.ascontiguousarray(x)
+    t, m = x.dtype.type, x.shape[0]
+    partial = _partial(x)
+    _column_sums_kernel(x, partial)
+    mean = (partial.sum(axis=0) / m).astype(x.dtype)
+    _squared_deviation_sums_kernel(x, mean, partial)
+    variance = (partial.sum(axis=0) / m).astype(x.dtype)
+    inv_std = t(1) / np.sqrt(variance + t(epsilon))
+    y = np.empty_like(x)
+    _normalize_kernel(x, mean, _vec(inv_std * scale, x.dtype), _vec(offset, x.dtype), y)
+    return y, mean, variance, inv_std
+
+
+@primitive("batch_norm_train_backward", backend="numba")
+def batch_norm_train_backward(dy, x, scale, mean, inv_std):
+    """As the reference: (dx (M, C), dscale (C,), doffset (C,))."""
+    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    mean, inv_std = _vec(mean, x.dtype), _vec(inv_std, x.dtype)
+    partial_dy, partial_dy_xhat = _partial(x), _partial(x)
+    _grad_sums_kernel(dy, x, mean, inv_std, partial_dy, partial_dy_xhat)
+    doffset = partial_dy.sum(axis=0).astype(x.dtype)
+    dscale = partial_dy_xhat.sum(axis=0).astype(x.dtype)
+    one_over_m = x.dtype.type(1.0 / x.shape[0])
+    dx = np.empty_like(x)
+    _grad_input_kernel(dy, x, mean, inv_std, _vec(scale * inv_std, x.dtype),
+                       _vec(doffset * one_over_m, x.dtype), _vec(dscale * one_over_m, x.dtype), dx)
+    return dx, dscale, doffset
+
+
+@primitive("batch_norm_inference", backend="numba")
+def batch_norm_inference(x, scale, offset, mean, variance, epsilon):
+    """As the reference: y = (x - mean) * (rsqrt(variance + eps) * scale) + offset."""
+    x = np.ascontiguousarray(x)
+    t = x.dtype.type
+    factor = t(1) / np.sqrt(variance + t(epsilon)) * scale
+    y = np.empty_like(x)
+    _normalize_kernel(x, _vec(mean, x.dtype), _vec(factor, x.dtype), _vec(offset, x.dtype), y)
+    return y

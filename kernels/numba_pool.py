@@ -1,0 +1,184 @@
+"""numba twins of the pooling primitives (max and average, forward and backward).
+
+Shapes as tinybn.ops.pool: x (N, H, W, C), window KH x KW, strides SH, SW, pads
+((top, bottom), (left, right)), output (N, OH, OW, C). Window (i, j) covers
+rows i*SH - top + di and columns j*SW - left + dj, di < KH, dj < KW.
+
+    max forward   y = the window's maximum; argmax = di*KW + dj of the FIRST maximum in
+                  row-major order (strictly-greater updates, as the reference)
+    max backward  dx[p] = sum of dy over the windows whose argmax is p
+    avg forward   y = window sum / count, count = real (non-padded) pixels in the window
+    avg backward  dx[p] = sum over the windows that hold p of dy / count
+
+Every kernel is bit-identical to the reference, not just close: the forward
+passes visit the window offsets in the reference's (di, dj) order with the same
+comparisons and additions, in x's dtype. The backward passes are gathers (each dx
+pixel pulls from the windows that hold it, so parallel threads never write the same
+pixel) that add the contributions in the reference's offset order. Padding takes
+no part: the reference's -inf never wins a strict comparison (except at offset
+(0, 0), which is reproduced), and its zeros add nothing.
+Parallel over (n, output row) in the forward passes and (n, input row) in the backward.
+"""
+import numpy as np
+from numba import njit, prange
+
+from . import numba_setup  # noqa: F401  (before the first parallel call)
+
+from tinybn.backend import primitive
+from tinybn.ops.pool import _out_size, _real_counts
+
+
+def _max_pool_forward_plain(x, y, argmax, KH, KW, SH, SW, top, left):
+    N, H, W, C = x.shape
+    _, OH, OW, _ = y.shape
+    for row in prange(N * OH):
+        n, i = row // OH, row % OH
+        for j in range(OW):
+            h0, w0 = i * SH - top, j * SW - left
+            # the reference starts from offset (0, 0), padding (-inf) included
+            if 0 <= h0 < H and 0 <= w0 < W:
+                for c in range(C):
+                    y[n, i, j, c] = x[n, h0, w0, c]
+            else:
+                for c in range(C):
+                    y[n, i, j, c] = -np.inf
+            for c in range(C):
+                argmax[n, i, j, c] = 0
+            for di in range(KH):
+                h = h0 + di
+                if h < 0 or h >= H:
+                    continue
+                for dj in range(KW):
+                    w = w0 + dj
+                    if w < 0 or w >= W:
+                        continue
+                    k = di * KW + dj
+                    for c in range(C):
+                        v = x[n, h, w, c]
+                        if v > y[n, i, j, c]:
+                            y[n, i, j, c] = v
+                            argmax[n, i, j, c] = k
+
+
+def _max_pool_backward_plain(dy, argmax, dx, KH, KW, SH, SW, top, left):
+    N, H, W, C = dx.shape
+    _, OH, OW, _ = dy.shape
+    for row in prange(N * H):
+        n, h = row // H, row % H
+        for w in range(W):
+            for c in range(C):
+                dx[n, h, w, c] = 0
+            for di in range(KH):
+                hi = h + top - di                # = i*SH for the window row i holding h at di
+                if hi < 0 or hi % SH != 0 or hi // SH >= OH:
+                    continue
+                i = hi // SH
+                for dj in range(KW):
+                    wj = w + left - dj
+                    if wj < 0 or wj % SW != 0 or wj // SW >= OW:
+                        continue
+                    j = wj // SW
+                    k = di * KW + dj
+                    for c in range(C):
+                        if argmax[n, i, j, c] == k:
+                            dx[n, h, w, c] += dy[n, i, j, c]
+
+
+def _avg_pool_forward_plain(x, counts, y, KH, KW, SH, SW, top, left):
+    N, H, W, C = x.shape
+    _, OH, OW, _ = y.shape
+    for row in prange(N * OH):
+        n, i = row // OH, row % OH
+        for j in range(OW):
+            for c in range(C):
+                y[n, i, j, c] = 0
+            for di in range(KH):
+                h = i * SH - top + di
+                if h < 0 or h >= H:
+                    continue
+                for dj in range(KW):
+                    w = j * SW - left + dj
+                    if w < 0 or w >= W:
+                        continue
+                    for c in range(C):
+                        y[n, i, j, c] += x[n, h, w, c]
+            for c in range(C):
+                y[n, i, j, c] /= counts[i, j]
+
+
+def _avg_pool_backward_plain(dy, counts, dx, KH, KW, SH, SW, top, left):
+    N, H, W, C = dx.shape
+    _, OH, OW, _ = dy.shape
+    for row in prange(N * H):
+        n, h = row // H, row % H
+        for w in range(W):
+            for c in range(C):
+                dx[n, h, w, c] = 0
+            for di in range(KH):
+                hi = h + top - di
+                if hi < 0 or hi % SH != 0 or hi // SH >= OH:
+                    continue
+                i = hi // SH
+                for dj in range(KW):
+                    wj = w + left - dj
+                    if wj < 0 or wj % SW != 0 or wj // SW >= OW:
+                        continue
+                    j = wj // SW
+                    for c in range(C):
+                        dx[n, h, w, c] += dy[n, i, j, c] / counts[i, j]
+
+
+_max_pool_forward_kernel = njit(parallel=True, cache=True)(_max_pool_forward_plain)
+_max_pool_backward_kernel = njit(parallel=True, cache=True)(_max_pool_backward_plain)
+_avg_pool_forward_kernel = njit(parallel=True, cache=True)(_avg_pool_forward_plain)
+_avg_pool_backward_kernel = njit(parallel=True, cache=True)(_avg_pool_backward_plain)
+
+
+def _geometry(ksize, strides, pads):
+    """Python ints (KH, KW, SH, SW, top, left): one compiled specialisation per dtype."""
+    return tuple(int(v) for v in (*ksize, *strides, pads[0][0], pads[1][0]))
+
+
+def _counts(in_hw, ksize, strides, pads, dtype):
+    """(OH, OW) real-pixel counts in `dtype`, the reference's own divisor."""
+    return np.ascontiguousarray(_real_counts(np, in_hw, ksize, strides, pads, dtype)[:, :, 0])
+
+
+@primitive("max_pool_forward", backend="numba")
+def max_pool_forward(x, ksize, strides, pads):
+    """As tinybn.ops.pool.max_pool_forward: (y, argmax int32), the first maximum's offset."""
+    N, H, W, C = x.shape
+    OH, OW = _out_size((H, W), ksize, strides, pads)
+    y = np.empty((N, OH, OW, C), x.dtype)
+    argmax = np.empty((N, OH, OW, C), np.int32)
+    _max_pool_forward_kernel(np.ascontiguousarray(x), y, argmax, *_geometry(ksize, strides, pads))
+    return y, argmax
+
+
+@primitive("max_pool_backward", backend="numba")
+def max_pool_backward(dy, argmax, in_shape, ksize, strides, pads):
+    """As tinybn.ops.pool.max_pool_backward: dx of in_shape."""
+    dx = np.empty(tuple(in_shape), dy.dtype)
+    _max_pool_backward_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(argmax, dtype=np.int32), dx,
+                              *_geometry(ksize, strides, pads))
+    return dx
+
+
+@primitive("avg_pool_forward", backend="numba")
+def avg_pool_forward(x, ksize, strides, pads):
+    """As tinybn.ops.pool.avg_pool_forward: window sums / real-pixel counts."""
+    N, H, W, C = x.shape
+    OH, OW = _out_size((H, W), ksize, strides, pads)
+    y = np.empty((N, OH, OW, C), x.dtype)
+    _avg_pool_forward_kernel(np.ascontiguousarray(x), _counts((H, W), ksize, strides, pads, x.dtype), y,
+                             *_geometry(ksize, strides, pads))
+    return y
+
+
+@primitive("avg_pool_backward", backend="numba")
+def avg_pool_backward(dy, in_shape, ksize, strides, pads):
+    """As tinybn.ops.pool.avg_pool_backward: dx of in_shape."""
+    dx = np.empty(tuple(in_shape), dy.dtype)
+    counts = _counts(tuple(in_shape[1:3]), ksize, strides, pads, dy.dtype)
+    _avg_pool_backward_kernel(np.ascontiguousarray(dy), counts, dx, *_geometry(ksize, strides, pads))
+    return dx

@@ -1,0 +1,310 @@
+"""numba kernels (tinybn/kernels/numba_*.py) against the numpy reference primitives.
+
+Every registered numba twin is run on the arguments its reference gets, over
+hypothesis-generated and hand-picked awkward shapes, in float32 and float64. The
+window primitives (im2col, col2im, pooling) must be bit-identical, including the
+max-pool first-maximum tie rule (inputs full of ties); BN, LRN and softmax
+cross-entropy must agree to a few ulps of their dtype. Then the ops end to end
+under `backend("numba")`, the plain (non-jitted) kernel functions, and
+NUMBA_DISABLE_JIT=1 in a subprocess.
+"""
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinybn.backend as backend
+from tinybn import Tensor
+from tinybn.kernels import numba_conv, numba_loss, numba_lrn, numba_norm, numba_pool
+from tinybn.ops.conv import conv2d, depthwise_conv2d
+from tinybn.ops.fused_batch_norm import fused_batch_norm
+from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
+from tinybn.ops.lrn import local_response_normalization
+from tinybn.ops.padding import window_padding
+from tinybn.ops.pool import avg_pool2d, max_pool2d
+
+backend.use_backend("numba")      # loads the kernels (registration is global, the choice is reset below)
+backend.use_backend("numpy")
+
+MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss)
+WINDOW = ("im2col", "col2im", "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward")
+OTHER = ("lrn_forward", "lrn_backward", "batch_norm_train_forward", "batch_norm_train_backward",
+         "batch_norm_inference", "softmax_cross_entropy")
+EXACT = set(WINDOW)
+DTYPES = (np.float32, np.float64)
+ULPS = 8       # BN/LRN/xent: float64 block sums vs sequential ones, BLAS band sums, libm vs numpy exp
+
+
+def test_every_hot_primitive_has_a_numba_kernel():
+    assert sorted(name for name, impls in backend._registry.items() if "numba" in impls) == sorted(WINDOW + OTHER)
+
+
+# ---- argument builders: one per primitive, shared by every test below ------------
+
+def _geometry(shape, ksize, strides, dilations, padding):
+    pads, (oh, ow) = window_padding(shape[1:3], ksize, strides, dilations, padding)
+    return pads, oh, ow
+
+
+def _ties(rng, shape, dtype):
+    """Small integers: most pooling windows hold several equal maxima."""
+    return rng.integers(-2, 3, shape).astype(dtype)
+
+
+def window_args(name, rng, dtype, shape, ksize, strides, dilations, padding):
+    pads, oh, ow = _geometry(shape, ksize, strides, dilations, padding)
+    normal = lambda *s: rng.standard_normal(s).astype(dtype)  # noqa: E731
+    n, _, _, c = shape
+    if name == "im2col":
+        return (normal(*shape), *ksize, *strides, *dilations, pads, oh, ow)
+    if name == "col2im":
+        return (normal(n * oh * ow, ksize[0] * ksize[1] * c), shape, *ksize, *strides, *dilations, pads, oh, ow)
+    if name in ("max_pool_forward", "avg_pool_forward"):
+        return (_ties(rng, shape, dtype), ksize, strides, pads)
+    if name == "max_pool_backward":
+        _, argmax = backend.implementation("max_pool_forward", "numpy")(_ties(rng, shape, dtype), ksize, strides, pads)
+        return (normal(n, oh, ow, c), argmax, shape, ksize, strides, pads)
+    return (normal(n, oh, ow, c), shape, ksize, strides, pads)           # avg_pool_backward
+
+
+def other_args(name, rng, dtype, size, channels, radius, beta):
+    normal = lambda *s: rng.standard_normal(s).astype(dtype)  # noqa: E731
+    if name.startswith("lrn"):
+        x = normal(1 + size % 2, 1 + size % 3, 1 + size % 4, channels) * dtype(3)
+        if name == "lrn_forward":
+            return (x, radius, 1.0 + size % 3, 0.5 / (size % 4 + 1), beta)
+        y, norm = backend.implementation("lrn_forward", "numpy")(x, radius, 2.0, 0.3, beta)
+        return (normal(*x.shape), x, y, norm, radius, 0.3, beta)
+    if name.startswith("batch_norm"):
+        x = normal(size, channels) * dtype(2) + dtype(5)      # an offset mean: centering matters
+        scale, offset = normal(channels), normal(channels)
+        if name == "batch_norm_train_forward":
+            return (x, scale, offset, 1e-3)
+        _, mean, variance, inv_std = backend.implementation("batch_norm_train_forward", "numpy")(x, scale, offset, 1e-3)
+        if name == "batch_norm_train_backward":
+            return (normal(size, channels), x, scale, mean, inv_std)
+        return (x, scale, offset, mean, variance + dtype(0.5), 1e-3)
+    logits = normal(size, channels) * dtype(4)
+    logits[0] += dtype(1e4)                              # the max shift must keep this row finite
+    labels = rng.random((size, channels)).astype(dtype)  # soft labels, rows not summing to 1
+    return (labels, logits)
+
+
+def assert_same(name, ours, ref, dtype):
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype, (name, a.shape, b.shape, a.dtype, b.dtype)
+        if name in EXACT:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            eps = np.finfo(dtype).eps
+            scale = float(np.max(np.abs(b))) if b.size else 0.0
+            np.testing.assert_allclose(a, b, rtol=ULPS * eps, atol=ULPS * eps * scale, err_msg=name)
+
+
+def check(name, dtype, args):
+    ours = backend.implementation(name, "numba")(*args)
+    assert_same(name, ours, backend.implementation(name, "numpy")(*args), dtype)
+
+
+# ---- kernel vs reference ---------------------------------------------------------
+
+@st.composite
+def window_geometries(draw, pool):
+    """(shape, ksize, strides, dilations, padding): even/odd/1-wide kernels, stride > kernel,
+    dilation 2 (conv only), SAME/VALID/explicit padding (below the window size for pools)."""
+    ksize = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    strides = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dilations = (1, 1) if pool else (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    reach = [(k - 1) * d + 1 for k, d in zip(ksize, dilations)]
+    kind = draw(st.sampled_from(["SAME", "VALID", "explicit"]))
+    if kind == "explicit":
+        padding = tuple((draw(st.integers(0, k - 1 if pool else 3)), draw(st.integers(0, k - 1 if pool else 3)))
+                        for k in ksize)
+        least = [max(1, r - sum(p)) for r, p in zip(reach, padding)]
+    else:
+        padding = kind
+        least = reach if kind == "VALID" else [1, 1]
+    shape = (draw(st.integers(1, 3)), draw(st.integers(least[0], least[0] + 6)),
+             draw(st.integers(least[1], least[1] + 6)), draw(st.integers(1, 5)))
+    return shape, ksize, strides, dilations, padding
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", WINDOW)
+@settings(max_examples=25)
+@given(data=st.data())
+def test_window_kernel_equals_reference(name, dtype, data):
+    geometry = data.draw(window_geometries(pool=name not in ("im2col", "col2im")))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    check(name, dtype, window_args(name, rng, dtype, *geometry))
+
+
+AWKWARD = [   # (shape, ksize, strides, dilations (conv only), padding)
+    ((2, 6, 7, 3), (4, 4), (1, 1), (1, 1), "SAME"),          # even kernel: SAME pads (1, 2)
+    ((2, 5, 7, 2), (2, 2), (1, 1), (1, 1), "SAME"),
+    ((1, 7, 7, 2), (2, 2), (3, 3), (1, 1), "VALID"),         # stride > kernel, batch 1
+    ((2, 5, 6, 3), (3, 1), (1, 2), (1, 1), "SAME"),          # 3x1
+    ((2, 5, 6, 3), (1, 3), (2, 1), (1, 1), "SAME"),          # 1x3
+    ((1, 9, 8, 2), (3, 3), (1, 1), (2, 2), "SAME"),          # dilation 2
+    ((2, 5, 5, 3), (3, 2), (2, 1), (2, 1), ((1, 0), (1, 1))),  # explicit padding
+    ((2, 4, 4, 5), (1, 1), (1, 1), (1, 1), "VALID"),         # pointwise: the no-copy path
+    ((2, 24, 24, 3), (5, 5), (1, 1), (1, 1), "SAME"),        # the CIFAR tutorial's conv1
+    ((2, 24, 24, 8), (3, 3), (2, 2), (1, 1), "SAME"),        # its pools: pads (0, 1)
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", WINDOW)
+@pytest.mark.parametrize("case", range(len(AWKWARD)))
+def test_window_kernel_awkward_geometries(name, dtype, case):
+    shape, ksize, strides, dilations, padding = AWKWARD[case]
+    if name not in ("im2col", "col2im"):
+        dilations = (1, 1)
+    check(name, dtype, window_args(name, np.random.default_rng(case), dtype, shape, ksize, strides, dilations, padding))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", OTHER)
+@settings(max_examples=25)
+@given(size=st.integers(1, 300), channels=st.integers(1, 70), radius=st.integers(0, 8),
+       beta=st.sampled_from([0.5, 0.75, 1.0, 0.3]), seed=st.integers(0, 2**32 - 1))
+def test_kernel_equals_reference(name, dtype, size, channels, radius, beta, seed):
+    check(name, dtype, other_args(name, np.random.default_rng(seed), dtype, size, channels, radius, beta))
+
+
+@pytest.mark.parametrize("name", WINDOW + OTHER)
+def test_non_contiguous_inputs(name):
+    """Views (a channel slice of a wider array) give the same answer as their copies."""
+    rng = np.random.default_rng(3)
+    if name in WINDOW:
+        args = window_args(name, rng, np.float32, (2, 7, 6, 3), (3, 3), (2, 2), (1, 1), "SAME")
+    else:
+        args = other_args(name, rng, np.float32, 12, 9, 2, 0.75)
+    strided = tuple(np.repeat(a, 2, axis=-1)[..., ::2] if isinstance(a, np.ndarray) and a.ndim > 1
+                    and a.dtype.kind == "f" else a for a in args)
+    assert not strided[0].flags.c_contiguous
+    assert_same(name, backend.implementation(name, "numba")(*strided),
+                backend.implementation(name, "numpy")(*args), np.float32)
+
+
+def test_max_pool_tie_rule_and_padding_first_offset():
+    """Ties go to the first maximum in row-major order; a window of nothing but -inf and
+    padding keeps offset 0 (its padded (0, 0) tap), as the reference does."""
+    x = np.full((1, 4, 4, 1), -np.inf, np.float32)
+    x[0, 2:, 2:, 0] = 7.0
+    args = (x, (3, 3), (2, 2), ((1, 0), (1, 0)))
+    y, argmax = backend.implementation("max_pool_forward", "numba")(*args)
+    y_ref, argmax_ref = backend.implementation("max_pool_forward", "numpy")(*args)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    np.testing.assert_array_equal(y, y_ref)
+    assert argmax[0, 0, 0, 0] == 0 and y[0, 0, 0, 0] == -np.inf
+    assert argmax[0, 1, 1, 0] == 4 and y[0, 1, 1, 0] == 7     # rows 1..3, cols 1..3: first 7 at (2, 2)
+
+
+# ---- the ops end to end under backend("numba") ------------------------------------
+
+def _forward_backward(op, arrays, grad_seed):
+    tensors = [Tensor(a.copy(), requires_grad=a.dtype.kind == "f") for a in arrays]
+    out = op(*tensors)
+    out = out[0] if isinstance(out, tuple) else out
+    out.backward(np.random.default_rng(grad_seed).standard_normal(out.shape).astype(out.dtype))
+    return [out.data] + [t.grad for t in tensors if t.requires_grad]
+
+
+def _op_cases(dtype, rng):
+    normal = lambda *s: rng.standard_normal(s).astype(dtype)  # noqa: E731
+    x = normal(3, 10, 9, 4)
+    return {
+        "conv2d": (lambda a, w: conv2d(a, w, (2, 1), "SAME"), [x, normal(4, 3, 4, 5)]),
+        "conv2d_dilated": (lambda a, w: conv2d(a, w, 1, [(1, 2), (0, 1)], dilations=2), [x, normal(3, 2, 4, 2)]),
+        "depthwise_conv2d": (lambda a, f: depthwise_conv2d(a, f, (1, 1), "VALID"), [x, normal(3, 3, 4, 2)]),
+        "max_pool2d": (lambda a: max_pool2d(a, 3, 2, "SAME"), [_ties(rng, x.shape, dtype)]),
+        "avg_pool2d": (lambda a: avg_pool2d(a, (2, 3), (2, 1), "SAME"), [x]),
+        "lrn": (lambda a: local_response_normalization(a, 2, 1.0, 0.1, 0.75), [x]),
+        "fused_batch_norm": (lambda a, s, o: fused_batch_norm(a, s, o),
+                             [x * dtype(3) + dtype(1), normal(4), normal(4)]),
+        "fused_batch_norm_inference": (
+            lambda a, s, o, m, v: fused_batch_norm(a, s, o, m, v, is_training=False),
+            [x, normal(4), normal(4), normal(4), np.abs(normal(4)) + dtype(0.5)]),
+        "sparse_xent": (sparse_softmax_cross_entropy_with_logits, [rng.integers(0, 7, (5, 3)), normal(5, 3, 7)]),
+        "xent": (softmax_cross_entropy_with_logits, [rng.random((6, 5)).astype(dtype), normal(6, 5)]),
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("op", list(_op_cases(np.float32, np.random.default_rng(0))))
+def test_ops_forward_backward_under_numba_backend(op, dtype):
+    fn, arrays = _op_cases(dtype, np.random.default_rng(11))[op]
+    reference = _forward_backward(fn, arrays, 5)
+    with backend.backend("numba"):
+        assert backend.current_backend() == "numba"
+        ours = _forward_backward(fn, arrays, 5)
+    assert backend.current_backend() == "numpy"
+    eps = np.finfo(dtype).eps
+    for a, b in zip(ours, reference):
+        np.testing.assert_allclose(a, b, rtol=ULPS * eps, atol=ULPS * eps * float(np.max(np.abs(b))), err_msg=op)
+
+
+# ---- without the JIT -------------------------------------------------------------
+
+def _plain_kernels(monkeypatch):
+    """Point every `_x_kernel` (and jitted helper `_x`) at its plain function `_x_plain`."""
+    for module in MODULES:
+        for attr in dir(module):
+            if attr.endswith("_plain"):
+                base = attr[:-len("_plain")]
+                target = base + "_kernel" if hasattr(module, base + "_kernel") else base
+                monkeypatch.setattr(module, target, getattr(module, attr))
+
+
+@pytest.mark.parametrize("name", WINDOW + OTHER)
+def test_plain_python_kernels_equal_reference(name, monkeypatch):
+    """The functions the JIT compiles, run as Python (what NUMBA_DISABLE_JIT=1 runs)."""
+    _plain_kernels(monkeypatch)
+    rng = np.random.default_rng(7)
+    for dtype in DTYPES:
+        if name in WINDOW:
+            args = window_args(name, rng, dtype, (2, 5, 4, 2), (3, 2), (2, 1), (1, 1), "SAME")
+        else:
+            args = other_args(name, rng, dtype, 5, 6, 2, 0.75 if dtype == np.float32 else 0.3)
+        check(name, dtype, args)
+
+
+def test_kernels_are_plain_functions_bound_by_njit():
+    for module in MODULES:
+        for attr in dir(module):
+            if attr.endswith("_kernel"):
+                assert getattr(module, attr).py_func is getattr(module, attr[:-len("_kernel")] + "_plain")
+
+
+def test_numba_disable_jit_runs_the_python_kernels():
+    script = """
+import numpy as np
+import tinybn.backend as b
+from tinybn.kernels import numba_pool
+b.use_backend("numba")
+assert numba_pool._max_pool_forward_kernel is numba_pool._max_pool_forward_plain
+x = np.random.default_rng(0).integers(-2, 3, (2, 5, 5, 3)).astype(np.float32)
+args = (x, (3, 3), (2, 2), ((0, 1), (0, 1)))
+y, a = b.implementation("max_pool_forward")(*args)
+y_ref, a_ref = b.implementation("max_pool_forward", "numpy")(*args)
+assert np.array_equal(y, y_ref) and np.array_equal(a, a_ref)
+print("plain ok")
+"""
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "plain ok" in result.stdout
+
+
+def test_use_backend_numba_loads_this_module():
+    assert importlib.import_module("tinybn.kernels.numba_cpu").numba_conv is numba_conv
+    assert backend.implementation("im2col", "numba") is numba_conv.im2col

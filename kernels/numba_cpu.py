@@ -17,7 +17,8 @@ Conventions shared by every kernel module:
 - The registered wrapper allocates the outputs, makes inputs C-contiguous and
   geometry Python ints (one compiled specialisation per dtype), and calls the kernel.
 - GEMMs stay on BLAS in the ops; kernels do the memory-bound parts only.
-- Parallel loops (prange) run over batch x rows (or row blocks for (M, C) arrays);
+- Parallel loops (prange) run over batch x rows (or row blocks for (M, C) arrays;
+  softmax cross-entropy, a few thousand values, runs serially);
   the channel loop is innermost and contiguous, so it vectorises.
 - Long reductions accumulate in float64; float32 and float64 inputs both work.
 - numba_setup (imported first by each) sets OMP_WAIT_POLICY=passive unless set:

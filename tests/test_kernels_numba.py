@@ -28,8 +28,9 @@ from tinybn.ops.lrn import local_response_normalization
 from tinybn.ops.padding import window_padding
 from tinybn.ops.pool import avg_pool2d, max_pool2d
 
-backend.use_backend("numba")      # loads the kernels (registration is global, the choice is reset below)
-backend.use_backend("numpy")
+_previous = backend.current_backend()
+backend.use_backend("numba")      # loads and registers the kernels; the choice itself is put back
+backend.use_backend(_previous)
 
 MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss)
 WINDOW = ("im2col", "col2im", "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward")
@@ -255,11 +256,12 @@ def _op_cases(dtype, rng):
 @pytest.mark.parametrize("op", list(_op_cases(np.float32, np.random.default_rng(0))))
 def test_ops_forward_backward_under_numba_backend(op, dtype):
     fn, arrays = _op_cases(dtype, np.random.default_rng(11))[op]
-    reference = _forward_backward(fn, arrays, 5)
+    with backend.backend("numpy"):
+        reference = _forward_backward(fn, arrays, 5)
     with backend.backend("numba"):
         assert backend.current_backend() == "numba"
         ours = _forward_backward(fn, arrays, 5)
-    assert backend.current_backend() == "numpy"
+    assert backend.current_backend() == _previous
     eps = np.finfo(dtype).eps
     tolerance = ULPS * eps
     if dtype == np.float64 and op.startswith("fused_batch_norm"):     # see ulps(): M rows summed in float64

@@ -25,7 +25,6 @@ from numba import njit, prange
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 
 from tinybn.backend import primitive
-from tinybn.ops.pool import _out_size, _real_counts
 
 
 def _max_pool_forward_plain(x, y, argmax, KH, KW, SH, SW, top, left):
@@ -139,9 +138,19 @@ def _geometry(ksize, strides, pads):
     return tuple(int(v) for v in (*ksize, *strides, pads[0][0], pads[1][0]))
 
 
+def _out_size(in_hw, ksize, strides, pads):
+    return tuple((n + p0 + p1 - k) // s + 1 for n, k, s, (p0, p1) in zip(in_hw, ksize, strides, pads))
+
+
 def _counts(in_hw, ksize, strides, pads, dtype):
-    """(OH, OW) real-pixel counts in `dtype`, the reference's own divisor."""
-    return np.ascontiguousarray(_real_counts(np, in_hw, ksize, strides, pads, dtype)[:, :, 0])
+    """(OH, OW) real-pixel counts in `dtype`, as the reference's _real_counts (a product of
+    1-D counts). Not imported from tinybn.ops: TINYBN_BACKEND=numba loads this module while
+    tinybn itself is still importing."""
+    counts = []
+    for n, k, s, (before, _), out in zip(in_hw, ksize, strides, pads, _out_size(in_hw, ksize, strides, pads)):
+        start = np.arange(out) * s - before
+        counts.append(np.minimum(start + k, n) - np.maximum(start, 0))
+    return np.ascontiguousarray((counts[0][:, None] * counts[1][None, :]).astype(dtype))
 
 
 @primitive("max_pool_forward", backend="numba")

@@ -14,7 +14,10 @@ Every kernel is bit-identical to the reference, not just close: the forward
 passes visit the window offsets in the reference's (di, dj) order with the same
 comparisons and additions, in x's dtype. The backward passes are gathers (each dx
 pixel pulls from the windows that hold it, so parallel threads never write the same
-pixel) that add the contributions in the reference's offset order. Padding takes
+pixel) that add the contributions in the reference's offset order. The max pool
+channel loops read and write 1-D views of one pixel (x[n, h, w]) and store
+selects instead of branching: so written, LLVM vectorises them (forward 1.2-1.7x,
+backward 1.3-2.6x faster than indexing the 4-D arrays under an `if`). Padding takes
 no part: the reference's -inf never wins a strict comparison (except at offset
 (0, 0), which is reproduced), and its zeros add nothing.
 Parallel over (n, output row) in the forward passes and (n, input row) in the backward.
@@ -52,16 +55,17 @@ def _max_pool_forward_plain(x, y, argmax, KH, KW, SH, SW, top, left):
                     if w < 0 or w >= W:
                         continue
                     k = di * KW + dj
+                    pixel, best, arg = x[n, h, w], y[n, i, j], argmax[n, i, j]
                     for c in range(C):
-                        v = x[n, h, w, c]
-                        if v > y[n, i, j, c]:
-                            y[n, i, j, c] = v
-                            argmax[n, i, j, c] = k
+                        better = pixel[c] > best[c]
+                        best[c] = pixel[c] if better else best[c]
+                        arg[c] = k if better else arg[c]
 
 
 def _max_pool_backward_plain(dy, argmax, dx, KH, KW, SH, SW, top, left):
     N, H, W, C = dx.shape
     _, OH, OW, _ = dy.shape
+    zero = dx.dtype.type(0)
     for row in prange(N * H):
         n, h = row // H, row % H
         for w in range(W):
@@ -78,9 +82,9 @@ def _max_pool_backward_plain(dy, argmax, dx, KH, KW, SH, SW, top, left):
                         continue
                     j = wj // SW
                     k = di * KW + dj
-                    for c in range(C):
-                        if argmax[n, i, j, c] == k:
-                            dx[n, h, w, c] += dy[n, i, j, c]
+                    grad, arg, into = dy[n, i, j], argmax[n, i, j], dx[n, h, w]
+                    for c in range(C):       # + 0 off the argmax, as the reference's where()
+                        into[c] += grad[c] if arg[c] == k else zero
 
 
 def _avg_pool_forward_plain(x, counts, y, KH, KW, SH, SW, top, left):

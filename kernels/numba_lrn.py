@@ -46,6 +46,8 @@ def _window_sums_plain(v, radius, out):
 
 # The power loops are written out in both kernels, with the mode tested outside
 # the channel loop: moved into a helper they stopped vectorising (2x slower).
+# The channel loops index 1-D views of one pixel (x[n, h, w]): 1.5-2x faster than
+# indexing the 4-D arrays, which LLVM did not vectorise as well.
 
 def _lrn_forward_plain(x, radius, bias, alpha, neg_beta, mode, y, norm):
     N, H, W, C = x.shape
@@ -54,21 +56,22 @@ def _lrn_forward_plain(x, radius, bias, alpha, neg_beta, mode, y, norm):
         n, h = row // H, row % H
         terms, sums = np.empty(C, x.dtype), np.empty(C, x.dtype)
         for w in range(W):
+            xv, yv, nv = x[n, h, w], y[n, h, w], norm[n, h, w]
             for c in range(C):
-                terms[c] = x[n, h, w, c] * x[n, h, w, c]
+                terms[c] = xv[c] * xv[c]
             _window_sums(terms, radius, sums)
             for c in range(C):
-                norm[n, h, w, c] = bias + alpha * sums[c]
+                nv[c] = bias + alpha * sums[c]
             if mode == _RSQRT_3_4:
                 for c in range(C):
-                    s = np.sqrt(np.float64(norm[n, h, w, c]))
-                    y[n, h, w, c] = x[n, h, w, c] * t(1.0 / (s * np.sqrt(s)))
+                    s = np.sqrt(np.float64(nv[c]))
+                    yv[c] = xv[c] * t(1.0 / (s * np.sqrt(s)))
             elif mode == _RSQRT:
                 for c in range(C):
-                    y[n, h, w, c] = x[n, h, w, c] * t(1.0 / np.sqrt(np.float64(norm[n, h, w, c])))
+                    yv[c] = xv[c] * t(1.0 / np.sqrt(np.float64(nv[c])))
             else:
                 for c in range(C):
-                    y[n, h, w, c] = x[n, h, w, c] * norm[n, h, w, c] ** neg_beta
+                    yv[c] = xv[c] * nv[c] ** neg_beta
 
 
 def _lrn_backward_plain(dy, x, y, norm, radius, coef, neg_beta, mode, dx):
@@ -78,20 +81,20 @@ def _lrn_backward_plain(dy, x, y, norm, radius, coef, neg_beta, mode, dx):
         n, h = row // H, row % H
         terms, sums = np.empty(C, x.dtype), np.empty(C, x.dtype)
         for w in range(W):
+            g, xv, yv, nv, into = dy[n, h, w], x[n, h, w], y[n, h, w], norm[n, h, w], dx[n, h, w]
             for c in range(C):
-                terms[c] = dy[n, h, w, c] * y[n, h, w, c] / norm[n, h, w, c]
+                terms[c] = g[c] * yv[c] / nv[c]
             _window_sums(terms, radius, sums)
             if mode == _RSQRT_3_4:
                 for c in range(C):
-                    s = np.sqrt(np.float64(norm[n, h, w, c]))
-                    dx[n, h, w, c] = dy[n, h, w, c] * t(1.0 / (s * np.sqrt(s))) - coef * x[n, h, w, c] * sums[c]
+                    s = np.sqrt(np.float64(nv[c]))
+                    into[c] = g[c] * t(1.0 / (s * np.sqrt(s))) - coef * xv[c] * sums[c]
             elif mode == _RSQRT:
                 for c in range(C):
-                    power = t(1.0 / np.sqrt(np.float64(norm[n, h, w, c])))
-                    dx[n, h, w, c] = dy[n, h, w, c] * power - coef * x[n, h, w, c] * sums[c]
+                    into[c] = g[c] * t(1.0 / np.sqrt(np.float64(nv[c]))) - coef * xv[c] * sums[c]
             else:
                 for c in range(C):
-                    dx[n, h, w, c] = dy[n, h, w, c] * norm[n, h, w, c] ** neg_beta - coef * x[n, h, w, c] * sums[c]
+                    into[c] = g[c] * nv[c] ** neg_beta - coef * xv[c] * sums[c]
 
 
 _window_sums = njit(cache=True)(_window_sums_plain)

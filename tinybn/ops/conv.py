@@ -87,10 +87,12 @@ def col2im(cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
 # ---- ops ---------------------------------------------------------------------------------
 
 # conv2d runs im2col + GEMM on a few images at a time, so the window buffers (cols
-# and dcols) stay about this size, near the cache, instead of the whole batch's
-# (2 x 118 MB for the CIFAR tutorial's conv2 at batch 128); backward gathers the
-# windows again rather than keeping them (measured: faster, not just smaller).
-CHUNK_BYTES = 4 << 20
+# and dcols) stay about this size instead of the whole batch's (2 x 118 MB for the
+# CIFAR tutorial's conv2 at batch 128); backward gathers the windows again rather
+# than keeping them (measured: faster, not just smaller). Smaller chunks were a
+# little faster on one thread but much slower on two busy cores (each chunk is
+# another BLAS and kernel thread hand-off): 16 MB is the compromise.
+CHUNK_BYTES = 16 << 20
 
 
 def _batch_chunks(x_shape, cols_per_image, dtype):

@@ -27,7 +27,7 @@ depthwise_conv2d refuses dilations > 1 with strides > 1, as TF's wrapper warns.
 """
 from ..backend import array_module, dispatch, primitive
 from ..function import Function
-from .padding import check_rank, pair, window_padding
+from .padding import check_data_format, check_rank, pair, window_padding
 
 
 # ---- hot primitives: plain arrays, explicit geometry (kernels implement the same signatures) ----
@@ -111,11 +111,6 @@ def _check_operands(op, x, w, name):
                          f"but {name} expects {w.shape[2]} (HWIO {w.shape})")
     if x.dtype != w.dtype:
         raise ValueError(f"{op}: input dtype {x.dtype} and {name} dtype {w.dtype} differ")
-
-
-def _check_format(op, data_format):
-    if data_format not in (None, "NHWC"):
-        raise ValueError(f"{op}: only data_format='NHWC' is supported, got {data_format!r}")
 
 
 class _Window(Function):
@@ -204,11 +199,11 @@ class DepthwiseConv2D(_Window):
 
 def conv2d(input, filters, strides, padding, data_format="NHWC", dilations=None):
     """tf.nn.conv2d: input (N, H, W, C), filters (KH, KW, C, O) -> (N, OH, OW, O). Tensors or arrays."""
-    _check_format("conv2d", data_format)
+    check_data_format(data_format, "conv2d")
     return Conv2D(strides, padding, dilations)(input, filters)
 
 
 def depthwise_conv2d(input, filter, strides, padding, data_format=None, dilations=None):
     """tf.nn.depthwise_conv2d: filter (KH, KW, C, CM) -> (N, OH, OW, C*CM), channel c*CM + q."""
-    _check_format("depthwise_conv2d", data_format)
+    check_data_format(data_format, "depthwise_conv2d")
     return DepthwiseConv2D(strides, padding, dilations)(input, filter)

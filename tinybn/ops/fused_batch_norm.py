@@ -37,6 +37,7 @@ sequential in float32, about sqrt(n) times worse than TF's tree reductions).
 from ..backend import array_module, dispatch, primitive
 from ..function import Function
 from ..tensor import as_tensor
+from .padding import check_data_format
 
 
 def _sum_rows(a):
@@ -151,8 +152,7 @@ def fused_batch_norm(x, scale, offset, mean=None, variance=None, epsilon=0.001, 
     Inference: y from the given mean/variance, which are returned unchanged.
     """
     x, scale, offset = as_tensor(x), as_tensor(scale), as_tensor(offset)
-    if data_format != "NHWC":
-        raise ValueError(f"fused_batch_norm: data_format must be 'NHWC' (channels last), got {data_format!r}")
+    check_data_format(data_format, "fused_batch_norm")
     if x.ndim < 2:
         raise ValueError(f"fused_batch_norm: x must have rank >= 2 ((N, C) or NHWC), got shape {x.shape}")
     c = x.shape[-1]

@@ -87,3 +87,9 @@ def check_rank(x, rank, op, name="input"):
     if x.ndim != rank:
         layout = {4: "NHWC", 2: "(N, C)"}.get(rank, f"rank {rank}")
         raise ValueError(f"{op}: {name} must be rank {rank} ({layout}), got shape {x.shape}")
+
+
+def check_data_format(data_format, op):
+    """tinybn is NHWC only; None means TF's default, NHWC."""
+    if data_format not in (None, "NHWC"):
+        raise ValueError(f"{op}: data_format must be 'NHWC' (channels last), got {data_format!r}")

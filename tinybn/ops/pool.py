@@ -29,7 +29,7 @@ window whose first element is NaN gives NaN.
 """
 from ..backend import array_module, dispatch, primitive
 from ..function import Function
-from .padding import check_rank, pair, window_padding
+from .padding import check_data_format, check_rank, pair, window_padding
 
 
 def _window(xpad, di, dj, strides, out_size):
@@ -177,7 +177,7 @@ def max_pool2d(input, ksize, strides, padding, data_format="NHWC"):  # noqa: A00
     ksize, strides: int, (h, w) or [1, h, w, 1]. padding: "SAME", "VALID" or
     [(top, bottom), (left, right)] (TF's 4-entry NHWC list too).
     """
-    _check_format(data_format, "max_pool2d")
+    check_data_format(data_format, "max_pool2d")
     return MaxPool2D(ksize, strides, padding)(input)
 
 
@@ -187,10 +187,5 @@ def avg_pool2d(input, ksize, strides, padding, data_format="NHWC"):  # noqa: A00
     Arguments as max_pool2d. Explicit padding is an extension (TF's avg_pool2d takes
     only "SAME"/"VALID"); it keeps the real-count divisor.
     """
-    _check_format(data_format, "avg_pool2d")
+    check_data_format(data_format, "avg_pool2d")
     return AvgPool2D(ksize, strides, padding)(input)
-
-
-def _check_format(data_format, op):
-    if data_format != "NHWC":
-        raise ValueError(f"{op}: data_format must be 'NHWC', got {data_format!r}")

@@ -193,24 +193,17 @@ def flatten(tree):
             raise ValueError(f"tree: two entries flatten to the same name {key!r}")
         flat[key] = value
 
-    def walk(prefix, node):
+    def walk(prefix, node, sep="/"):
         for k, v in node.items():
             if not isinstance(k, str):
-                raise ValueError(f"tree: keys must be strings, got {k!r}")
-            name = f"{prefix}/{k}"
+                raise ValueError(f"tree[{prefix!r}]: keys must be strings, got {k!r}")
+            name = f"{prefix}{sep}{k}"
             walk(name, v) if isinstance(v, dict) else put(name, v)
 
     for ns, value in tree.items():
         if not isinstance(ns, str) or NAMESPACE_SEP in ns:
             raise ValueError(f"tree: namespace {ns!r} must be a string without {NAMESPACE_SEP!r}")
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    raise ValueError(f"tree[{ns!r}]: keys must be strings, got {k!r}")
-                key = f"{ns}{NAMESPACE_SEP}{k}"
-                walk(key, v) if isinstance(v, dict) else put(key, v)
-        else:
-            put(ns, value)
+        walk(ns, value, NAMESPACE_SEP) if isinstance(value, dict) else put(ns, value)
     return flat
 
 

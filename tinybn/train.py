@@ -182,7 +182,7 @@ def train_cifar(args):
                      "wall_time"])
     progress = Progress(args.max_steps, start=run.step)
     last_saved = run.step
-    with queue, writer, StopFlag() as stop:
+    with queue, writer, csv, StopFlag() as stop:
         tick = time.time()
         while run.step < args.max_steps and not stop.requested:
             images, labels = queue.next_batch()
@@ -206,7 +206,6 @@ def train_cifar(args):
         if run.step != last_saved:
             path = run.save(queue)
             print(f"saved {path}", flush=True)
-    csv.close()
     progress.close()
     return run
 

@@ -36,6 +36,19 @@ def _check_channels(layer, x, expected, axis_name):
                          f"(shape {x.shape}), the layer was built for {expected}")
 
 
+def _optional_bias(layer, use_bias, size, initializer, rng, dtype):
+    """The layer's "bias" parameter (zeros unless `initializer` says otherwise), or None."""
+    if not use_bias:
+        return None
+    return layer.add_parameter("bias", (initializer or initializers.zeros())((size,), rng, dtype))
+
+
+def _bias_and_activation(layer, y):
+    if layer.bias is not None:
+        y = bias_add(y, layer.bias)
+    return layer.activation(y) if layer.activation else y
+
+
 class Conv2D(Module):
     def __init__(self, in_channels, filters, kernel_size, strides=1, padding="SAME", dilations=1,
                  use_bias=True, activation=None, kernel_initializer=None, bias_initializer=None,
@@ -45,19 +58,14 @@ class Conv2D(Module):
         rng = _rng(rng)
         kinit = kernel_initializer or initializers.glorot_uniform()
         self.kernel = self.add_parameter("kernel", kinit((kh, kw, in_channels, filters), rng, dtype))
-        self.bias = None
-        if use_bias:
-            binit = bias_initializer or initializers.zeros()
-            self.bias = self.add_parameter("bias", binit((filters,), rng, dtype))
+        self.bias = _optional_bias(self, use_bias, filters, bias_initializer, rng, dtype)
         self.in_channels, self.strides, self.padding, self.dilations = in_channels, strides, padding, dilations
         self.activation = activation
 
     def forward(self, x):
         _check_channels(self, x, self.in_channels, "channels")
         y = conv2d(x, self.kernel, self.strides, self.padding, dilations=self.dilations)
-        if self.bias is not None:
-            y = bias_add(y, self.bias)
-        return self.activation(y) if self.activation else y
+        return _bias_and_activation(self, y)
 
     def extra_repr(self):
         return f"kernel={self.kernel.shape}, strides={self.strides}, padding={self.padding!r}"
@@ -82,18 +90,13 @@ class SeparableConv2D(Module):
         kinit = kernel_initializer or initializers.glorot_uniform()
         self.kernel_kx1 = self.add_parameter("kernel_kx1", kinit((k, 1, in_channels, m), rng, dtype))
         self.kernel_1xk = self.add_parameter("kernel_1xk", kinit((1, k, m, filters), rng, dtype))
-        self.bias = None
-        if use_bias:
-            binit = bias_initializer or initializers.zeros()
-            self.bias = self.add_parameter("bias", binit((filters,), rng, dtype))
+        self.bias = _optional_bias(self, use_bias, filters, bias_initializer, rng, dtype)
         self.in_channels, self.strides, self.padding, self.activation = in_channels, strides, padding, activation
 
     def forward(self, x):
         _check_channels(self, x, self.in_channels, "channels")
         y = spatially_separable_conv2d(x, self.kernel_kx1, self.kernel_1xk, self.strides, self.padding)
-        if self.bias is not None:
-            y = bias_add(y, self.bias)
-        return self.activation(y) if self.activation else y
+        return _bias_and_activation(self, y)
 
 
 class Dense(Module):
@@ -103,10 +106,7 @@ class Dense(Module):
         rng = _rng(rng)
         kinit = kernel_initializer or initializers.glorot_uniform()
         self.kernel = self.add_parameter("kernel", kinit((in_features, units), rng, dtype))
-        self.bias = None
-        if use_bias:
-            binit = bias_initializer or initializers.zeros()
-            self.bias = self.add_parameter("bias", binit((units,), rng, dtype))
+        self.bias = _optional_bias(self, use_bias, units, bias_initializer, rng, dtype)
         self.in_features, self.activation = in_features, activation
 
     def forward(self, x):
@@ -114,9 +114,7 @@ class Dense(Module):
             raise ValueError(f"Dense: input must be rank 2 (N, features), got shape {x.shape}")
         _check_channels(self, x, self.in_features, "features")
         y = matmul(x, self.kernel)
-        if self.bias is not None:
-            y = bias_add(y, self.bias)
-        return self.activation(y) if self.activation else y
+        return _bias_and_activation(self, y)
 
     def extra_repr(self):
         return f"kernel={self.kernel.shape}"

@@ -103,6 +103,7 @@ def eval_cifar(args):
 
 
 def main(argv=None):
+    from .train_mnist import eval_mnist, mnist_eval_parser   # not at the top: train_mnist imports this module
     parser = argparse.ArgumentParser(prog="python -m tinybn.eval", description="Evaluate a tinybn model.")
     sub = parser.add_subparsers(dest="task", required=True)
     p = sub.add_parser("cifar", help="CIFAR-10 precision@1", description=__doc__,
@@ -118,9 +119,12 @@ def main(argv=None):
     p.add_argument("--stop-at-step", type=int, default=0, help="with --watch: stop after this step")
     p.add_argument("--backend", default=os.environ.get("TINYBN_BACKEND", "numpy"), choices=backend.BACKENDS)
     p.add_argument("--no-download", action="store_true")
+    mnist_eval_parser(sub)
     args = parser.parse_args(argv)
     if args.task == "cifar":
         eval_cifar(args)
+    elif args.task == "mnist":
+        eval_mnist(args)
 
 
 if __name__ == "__main__":

@@ -211,12 +211,16 @@ def train_cifar(args):
 
 
 def main(argv=None):
+    from .train_mnist import mnist_parser, train_mnist   # not at the top: train_mnist imports this module
     parser = argparse.ArgumentParser(prog="python -m tinybn.train", description="Train a tinybn model.")
     sub = parser.add_subparsers(dest="task", required=True)
     cifar_parser(sub)
+    mnist_parser(sub)
     args = parser.parse_args(argv)
     if args.task == "cifar":
         train_cifar(args)
+    elif args.task == "mnist":
+        train_mnist(args)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,10 @@ TOLERANCES = {
     "model tutorial":    {"forward": 1e-5, "backward": 5e-5, "after 20 steps": 1e-13},
     "model tutorial_bn": {"forward": 1e-5, "backward": 5e-5, "after 20 steps": 1e-13},
     "model bn":          {"forward": 1e-5, "backward": 5e-5, "after 20 steps": 2e-10},
+    # MNIST models (tinybn.models.mnist) vs tf.nn in test_tf_mnist.py: one step at batch 8, float32
+    # (cnn_bn's conv gradients in float64: max-pool near-ties); worst seen 1.5e-6 / 4.4e-6 / 5.5e-7
+    "model cnn_bn":      {"forward": 1e-5, "backward": 5e-5, "moving statistics": 1e-5},
+    "model fc-bn":       {"forward": 1e-5, "backward": 5e-5, "moving statistics": 1e-5},
     # optimizers and schedules (tinybn.optim), after 10 steps
     "GradientDescent":   {"parameters": 1e-6},
     "Momentum":          {"parameters": 1e-6},

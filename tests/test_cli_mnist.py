@@ -72,7 +72,8 @@ def test_train_then_eval_prints_precision_for_both_sets(data, tmp_path, capsys, 
 
     eval_main(["mnist", "--data-dir", str(data), "--train-dir", str(out), "--no-download", "--batch-size", "16"])
     again = eval_lines(capsys.readouterr().out)
-    assert again[0].endswith(f"precision @ 1 = {precision:.4f}") and "step 6: eval set test[0:40] (40 examples" in again[0]
+    assert again[0].endswith(f"precision @ 1 = {precision:.4f}")
+    assert "step 6: eval set test[0:40] (40 examples" in again[0]
     assert again[1].endswith(lines[3].rpartition(" = ")[2]) and "train set train[0:48] (48 examples" in again[1]
 
 

@@ -256,4 +256,5 @@ def test_eval_batches_are_sequential_and_complete():
     images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
     batches = list(eval_batches(images, np.arange(10), 4))
     assert [len(lab) for _, lab in batches] == [4, 4, 2]
-    np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]).ravel(), np.arange(10, dtype=np.float32) * np.float32(1 / 255))
+    pixels = np.concatenate([x for x, _ in batches]).ravel()
+    np.testing.assert_array_equal(pixels, np.arange(10, dtype=np.float32) * np.float32(1 / 255))

@@ -144,6 +144,31 @@ def test_skips_gradient_of_input_that_needs_none():
     assert x.grad is None and w.grad[1, 1, 0, 0] == 16.0 and w.grad[0, 0, 0, 0] == 9.0
 
 
+@given(conv_case(), st.booleans())
+@FAST
+def test_input_gradient_equals_col2im_of_dy_times_filters(case, stride_one):
+    """dx = col2im(dy @ W^T), whichever way conv2d computes it (a convolution of dy when the
+    strides are 1, col2im otherwise, and for explicit pads wider than the kernel)."""
+    x, w, strides, padding, dilations = case
+    if stride_one:
+        strides = (1, 1)
+    KH, KW, _, O = w.shape
+    pads, (OH, OW) = window_padding(x.shape[1:3], (KH, KW), strides, dilations, padding)
+    gy = np.random.default_rng(5).standard_normal((x.shape[0], OH, OW, O))
+    X = Tensor(x, requires_grad=True)
+    conv2d(X, w, strides, padding, dilations=dilations).backward(gy)
+    expected = dispatch("col2im", gy.reshape(-1, O) @ w.reshape(-1, O).T, x.shape,
+                        KH, KW, *strides, *dilations, pads, OH, OW)
+    np.testing.assert_allclose(X.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_input_gradient_with_padding_wider_than_the_kernel():
+    """Pads beyond the kernel's reach make the convolution form's pads negative: col2im takes over."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((1, 4, 5, 2)), rng.standard_normal((2, 1, 2, 3))
+    check_gradients(lambda x, w: conv2d(x, w, 1, [(3, 1), (2, 0)]), x, w)
+
+
 # ---- primitives ------------------------------------------------------------------------------
 
 @given(conv_case())

@@ -17,6 +17,14 @@ The backward is two GEMMs:
                                               scatter-adds each row back onto the
                                               window it came from and crops the
                                               padding (padded positions get no gradient)
+With strides 1 the same dx is itself a convolution, which is cheaper: the
+(P, KH*KW*C) dcols buffer and the scatter-add go away.
+    dx[n,h,w,c] = sum_{a,b,o} dy[n, h + pt - a*DH, w + pl - b*DW, o] * w[a,b,c,o]
+                = conv2d(dy, w[::-1, ::-1].transpose(0, 1, 3, 2), strides 1, dilations (DH, DW),
+                         pads ((KH-1)*DH - pt, (KH-1)*DH - pb), ((KW-1)*DW - pl, (KW-1)*DW - pr))
+(the kernel flipped in both spatial axes, its C and O swapped; "full" padding
+less the forward's). Explicit padding wider than the dilated kernel makes those
+pads negative; such convs, and strided ones, use col2im.
 Depthwise does the same per channel: a batched GEMM over C of (P, KH*KW) @ (KH*KW, CM).
 
 TF conventions (TF-SEMANTICS.md section 1, 2): padding "SAME" (out = ceil(in/s),
@@ -103,6 +111,23 @@ def _batch_chunks(x_shape, cols_per_image, dtype):
     return [slice(i, i + step) for i in range(0, x_shape[0], step)]
 
 
+def _correlate(x, w, geometry):
+    """conv2d's forward on arrays: y (N, OH, OW, O) = im2col(x) @ w, a chunk of the batch at a time."""
+    KH, KW, C, O = w.shape
+    OH, OW = geometry[-2:]
+    w2 = w.reshape(KH * KW * C, O)
+    y = array_module(x).empty((x.shape[0], OH, OW, O), x.dtype)
+    for part in _batch_chunks(x.shape, OH * OW * KH * KW, x.dtype):
+        cols = dispatch("im2col", x[part], *geometry)
+        y[part] = (cols @ w2).reshape(-1, OH, OW, O)
+    return y
+
+
+def _adjoint_kernel(w):
+    """w (KH, KW, C, O) flipped in both spatial axes with C and O swapped: (KH, KW, O, C)."""
+    return array_module(w).ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+
+
 def _check_operands(op, x, w, name):
     check_rank(x, 4, op, "input")
     check_rank(w, 4, op, name)
@@ -139,30 +164,45 @@ class Conv2D(_Window):
     def forward(self, x, w):
         _check_operands("conv2d", x, w, "filters")
         KH, KW, C, O = w.shape
-        OH, OW = self._geometry(x, KH, KW)
-        w2 = w.reshape(KH * KW * C, O)
-        y = array_module(x).empty((x.shape[0], OH, OW, O), x.dtype)
-        for part in _batch_chunks(x.shape, OH * OW * KH * KW, x.dtype):
-            cols = dispatch("im2col", x[part], *self.geometry)
-            y[part] = (cols @ w2).reshape(-1, OH, OW, O)
+        self._geometry(x, KH, KW)
         self.save_for_backward(x, w)
-        return y
+        return _correlate(x, w, self.geometry)
 
     def backward(self, gy):
         x, w = self.saved
+        gx = self._input_gradient(gy, w) if self._wants(0) else None
+        gw = self._filter_gradient(x, gy, w) if self._wants(1) else None
+        return gx, gw
+
+    def _filter_gradient(self, x, gy, w):
+        """dW = sum over batch chunks of im2col(x)^T @ dy (the windows gathered again, not kept)."""
         KH, KW, C, O = w.shape
         OH, OW = self.geometry[-2:]
-        xp = array_module(gy)
-        w2 = w.reshape(-1, O)
-        gx = xp.empty(x.shape, x.dtype) if self._wants(0) else None
-        gw = xp.zeros_like(w2) if self._wants(1) else None
+        gw = array_module(gy).zeros((KH * KW * C, O), gy.dtype)
         for part in _batch_chunks(x.shape, OH * OW * KH * KW, x.dtype):
-            g = gy[part].reshape(-1, O)
-            if gw is not None:
-                gw += dispatch("im2col", x[part], *self.geometry).T @ g
-            if gx is not None:
-                gx[part] = dispatch("col2im", g @ w2.T, x[part].shape, *self.geometry)
-        return gx, None if gw is None else gw.reshape(w.shape)
+            gw += dispatch("im2col", x[part], *self.geometry).T @ gy[part].reshape(-1, O)
+        return gw.reshape(w.shape)
+
+    def _input_gradient(self, gy, w):
+        """dx: a convolution of dy when the strides are 1, else col2im(dy @ W^T) a chunk at a time."""
+        adjoint = self._adjoint_geometry()
+        if adjoint is not None:
+            return _correlate(gy, _adjoint_kernel(w), adjoint)
+        KH, KW, C, O = w.shape
+        OH, OW = self.geometry[-2:]
+        w2t = w.reshape(-1, O).T
+        gx = array_module(gy).empty(self.x_shape, gy.dtype)
+        for part in _batch_chunks(self.x_shape, OH * OW * KH * KW, gy.dtype):
+            gx[part] = dispatch("col2im", gy[part].reshape(-1, O) @ w2t, gx[part].shape, *self.geometry)
+        return gx
+
+    def _adjoint_geometry(self):
+        """The geometry of dx as a convolution of dy (strides 1 only), or None when col2im must do it."""
+        KH, KW, SH, SW, DH, DW, ((pt, pb), (pl, pr)), OH, OW = self.geometry
+        pads = (((KH - 1) * DH - pt, (KH - 1) * DH - pb), ((KW - 1) * DW - pl, (KW - 1) * DW - pr))
+        if SH != 1 or SW != 1 or min(pads[0] + pads[1]) < 0:
+            return None
+        return (KH, KW, 1, 1, DH, DW, pads, *self.x_shape[1:3])
 
 
 class DepthwiseConv2D(_Window):

@@ -25,7 +25,8 @@ the same networks rebuilt in bench/_peers.py from the same initial weights):
 
 Every (framework, model) runs in its own subprocess, one after the other, with the
 same thread count everywhere: OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS in the environment
-before numpy is imported, tf.config.threading intra/inter-op, torch.set_num_threads.
+before numpy is imported, tf.config.threading intra/inter-op, torch.set_num_threads;
+and OPENBLAS_THREAD_TIMEOUT=4 as tinybn sets it on import (tinybn/__init__.py).
 
 GFLOP/s counts only the GEMM-shaped work, analytically (pooling, LRN, BN, relu and
 the optimizer are memory-bound and left out):
@@ -212,6 +213,9 @@ def thread_env(threads):
                 "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         env[var] = str(threads)
     env["TINYBN_BACKEND"] = "numpy"                  # the worker switches backend itself, catching ImportError
+    # what tinybn/__init__.py sets when it is imported first; workers import numpy before tinybn.
+    # TF and PyTorch do not use numpy's OpenBLAS for their own math, so this touches only tinybn.
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 

@@ -1,4 +1,15 @@
 """tinybn: a readable deep learning engine in numpy, proven equal to TensorFlow op by op."""
+import os as _os
+import sys as _sys
+
+# OpenBLAS reads this once, when numpy loads it, hence here, before numpy is imported.
+# By default its idle threads busy-wait about 2**28 cycles (~0.1 s) after every GEMM,
+# on the very cores the numba kernels that follow each GEMM need: a numba training
+# step of the CIFAR models took 1.2-1.6x as long (2 cores, bench/bench_cifar.py).
+# 4, OpenBLAS's minimum, puts idle threads to sleep at once. numpy-only steps: no change.
+openblas_spin_limited = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 from .tensor import Tensor, as_tensor, no_grad, grad_enabled  # noqa: F401
 from .backend import use_backend, current_backend  # noqa: F401
 from . import ops, nn, optim  # noqa: F401

@@ -59,7 +59,8 @@ def format_table(report, markdown=False):
     gemm = report["gemm"]
     lines = [f"Machine: {report['machine']}",
              f"Batch {report['batch_size']}, {report['threads']} threads for every framework, "
-             f"{report['warmup']} warm-up + {report['steps']} timed steps (mean ± stddev)."]
+             f"{report['warmup']} warm-up + {report['steps']} timed steps per run, "
+             f"{report.get('rounds', 1)} run(s) each, frameworks taking turns (mean ± stddev of all timed steps)."]
     if gemm.get("status") == "ok":
         shapes = ", ".join(f"{g['shape']} ({g['m']}x{g['k']} @ {g['k']}x{g['n']}) {g['gflops']:.1f}"
                            for g in gemm["gemm"])

@@ -1,7 +1,7 @@
 """Time the CIFAR-10 models side by side: tinybn (numpy, numba), TensorFlow CPU, PyTorch CPU.
 
     python bench/bench_cifar.py [--steps 10] [--warmup 3] [--models tutorial,bn]
-        [--frameworks tinybn-numpy,tinybn-numba,tf,torch] [--batch-size 128]
+        [--frameworks tinybn-numpy,tinybn-numba,tf,torch] [--batch-size 128] [--rounds 3]
         [--threads N] [--markdown] [--json out.json]
 
 What is measured, per framework and model (tinybn.models.cifar10 tutorial and bn,
@@ -12,7 +12,9 @@ the same networks rebuilt in bench/_peers.py from the same initial weights):
             bn), on one fixed random batch (N, 24, 24, 3) float32.
     fwd     the forward pass alone, in inference mode (no gradient recording,
             batch norm on its moving statistics).
-    Each is `warmup` uncounted calls then `steps` timed calls: mean and stddev.
+    Each is `warmup` uncounted calls then `steps` timed calls, in each of `rounds`
+    runs (the frameworks take turns, round after round); mean and stddev of all
+    the timed calls.
     first   the first training step of a fresh process. For tinybn it comes from a
             second fresh process started after the timed one, so numba's on-disk
             cache is warm ("JIT included, cache warm"); `proc` is that whole
@@ -188,7 +190,7 @@ def run_worker(args):
         t = time.perf_counter()
         loss = train_step()
         times.append(time.perf_counter() - t)
-    result.update(train_s=statistics.fmean(times), train_sd=_sd(times), loss_last=loss)
+    result.update(train_times=times, loss_last=loss)
     for _ in range(args.warmup):
         forward()
     times = []
@@ -197,7 +199,7 @@ def run_worker(args):
         forward()
         times.append(time.perf_counter() - t)
     peak = peak_rss_mb()
-    result.update(fwd_s=statistics.fmean(times), fwd_sd=_sd(times), peak_rss_mb=peak, delta_rss_mb=peak - base_mb)
+    result.update(fwd_times=times, peak_rss_mb=peak, delta_rss_mb=peak - base_mb)
     return result
 
 
@@ -245,15 +247,38 @@ def spawn(args, worker, model=None, first_step_only=False):
     return {"status": "error", "reason": f"exit code {proc.returncode}: {tail}"}
 
 
+def merge_rounds(runs):
+    """One result from a worker's rounds: all timed steps pooled, the first round's first step, peak memory."""
+    failed = [r for r in runs if r["status"] != "ok"]
+    if failed:
+        return failed[0]
+    merged = dict(runs[0], loss_last=runs[-1]["loss_last"], rounds=len(runs),
+                  peak_rss_mb=max(r["peak_rss_mb"] for r in runs), delta_rss_mb=max(r["delta_rss_mb"] for r in runs))
+    for kind in ("train", "fwd"):
+        times = [t for r in runs for t in r[f"{kind}_times"]]
+        merged.update({f"{kind}_times": times, f"{kind}_s": statistics.fmean(times), f"{kind}_sd": _sd(times)})
+    return merged
+
+
 def run_all(args, log=print):
-    """Every worker, one at a time; the report dict that `format_table` prints."""
+    """Every worker, one at a time, in rounds; the report dict that `format_table` prints.
+
+    A shared machine's speed drifts by 10-20% over minutes. Running the frameworks in
+    turn, `rounds` times over, spreads each slow spell over all of them, so the
+    ratios are fairer than one long run per framework would make them.
+    """
     log(f"GEMM ceiling (numpy float32, {args.threads} threads) ...")
     gemm = spawn(args, "gemm")
+    runs = {}
+    for round_ in range(1, args.rounds + 1):
+        for model in args.models:
+            for fw in args.frameworks:
+                log(f"{fw} {model} (round {round_} of {args.rounds}) ...")
+                runs.setdefault((fw, model), []).append(spawn(args, fw, model))
     rows = []
     for model in args.models:
         for fw in args.frameworks:
-            log(f"{fw} {model} ...")
-            r = spawn(args, fw, model)
+            r = merge_rounds(runs[(fw, model)])
             if r["status"] == "ok" and fw.startswith("tinybn-"):
                 fresh = spawn(args, fw, model, first_step_only=True)
                 if fresh["status"] == "ok":
@@ -262,7 +287,7 @@ def run_all(args, log=print):
             fwd_flops, train_flops = model_flops(model, args.batch_size)
             rows.append(dict(r, framework=fw, model=model, fwd_flops=fwd_flops, train_flops=train_flops))
     return {"machine": machine_info(), "threads": args.threads, "batch_size": args.batch_size,
-            "steps": args.steps, "warmup": args.warmup, "gemm": gemm, "rows": rows}
+            "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "gemm": gemm, "rows": rows}
 
 
 def machine_info():
@@ -279,6 +304,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="uncounted steps before timing (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="times each worker runs, frameworks taking turns "
+                   "(default 3); its timed steps are pooled")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"comma list from {','.join(FRAMEWORKS)}")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
     p.add_argument("--batch-size", type=int, default=128)
@@ -297,7 +324,7 @@ def parse_args(argv=None):
         bad = [g for g in given if g not in allowed]
         if bad or not given:
             p.error(f"{what}: unknown or empty {bad or given}; choose from {','.join(allowed)}")
-    for name in ("steps", "warmup", "batch_size", "threads", "gemm_square"):
+    for name in ("steps", "warmup", "rounds", "batch_size", "threads", "gemm_square"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args

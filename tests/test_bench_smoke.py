@@ -74,6 +74,17 @@ def test_missing_framework_is_a_row_not_a_crash(monkeypatch):
     assert bench.run_worker(args) == {"status": "not installed", "reason": "No module named 'torch'"}
 
 
+def test_rounds_pool_their_timed_steps_and_a_failed_round_fails_the_row():
+    def run(train, fwd, peak):
+        return {"status": "ok", "train_times": train, "fwd_times": fwd, "peak_rss_mb": peak,
+                "delta_rss_mb": peak - 50, "loss0": 2.3, "loss_last": 2.0, "first_step_s": 1.0}
+    merged = bench.merge_rounds([run([1.0, 3.0], [0.5], 200), run([2.0, 2.0], [1.5], 300)])
+    assert (merged["train_s"], merged["fwd_s"], merged["peak_rss_mb"], merged["rounds"]) == (2.0, 1.0, 300, 2)
+    assert merged["train_sd"] == pytest.approx((2 / 3) ** 0.5)            # sample stddev of 1, 3, 2, 2
+    broken = {"status": "error", "reason": "exit code 1: boom"}
+    assert bench.merge_rounds([run([1.0], [1.0], 1), broken]) == broken
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
         bench.parse_args(["--frameworks", "tinybn-numpy,jax"])
@@ -84,7 +95,7 @@ def test_bad_arguments_are_refused():
 def test_tiny_run_tinybn_numpy(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, SCRIPT, "--frameworks", "tinybn-numpy", "--models", "tutorial,bn",
-                           "--batch-size", "4", "--steps", "2", "--warmup", "1", "--gemm-square", "64",
+                           "--batch-size", "4", "--steps", "2", "--warmup", "1", "--rounds", "2", "--gemm-square", "64",
                            "--markdown", "--json", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
@@ -103,6 +114,8 @@ def test_tiny_run_tinybn_numpy(tmp_path):
     labels = rng.integers(0, 10, 4).astype(np.int32)
     for r in report["rows"]:
         assert r["train_s"] > 0 and r["fwd_s"] > 0 and r["first_step_s"] > 0 and r["first_proc_s"] > 0
+        assert r["rounds"] == 2 and len(r["train_times"]) == len(r["fwd_times"]) == 4     # 2 rounds x 2 steps
+        assert r["train_s"] == pytest.approx(sum(r["train_times"]) / 4)
         assert r["peak_rss_mb"] >= r["delta_rss_mb"] >= 0 and math.isfinite(r["loss_last"])
         assert (r["fwd_flops"], r["train_flops"]) == bench.model_flops(r["model"], 4)
         net = bench.initial_state(r["model"])[0]

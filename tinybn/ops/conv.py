@@ -94,14 +94,14 @@ def col2im(cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
 
 # ---- ops ---------------------------------------------------------------------------------
 
-# conv2d runs im2col + GEMM on a few images at a time, so the window buffers (cols
-# and dcols) stay about this size instead of the whole batch's (2 x 118 MB for the
-# CIFAR tutorial's conv2 at batch 128); backward gathers the windows again rather
-# than keeping them (measured: faster, not just smaller). bench/bench_cifar.py on
-# the quiet 2-core machine, numba training step at batch 128 (tutorial / bn):
-# 4 MB 0.24 / 0.35 s, 16 MB 0.34 / 0.39 s, 64 MB 0.38 / 0.33 s. When other processes
-# hold the cores, small chunks lose (each is another BLAS and kernel thread hand-off).
-CHUNK_BYTES = 4 << 20
+# conv2d runs im2col + GEMM on a few images at a time, so the window buffers stay
+# about this size, in cache for the GEMM that reads them, instead of the whole
+# batch's (118 MB for the CIFAR models' conv2 at batch 128); backward gathers the
+# windows again rather than keeping them (measured: faster, not just smaller).
+# Quiet 2-core machine, numba, CIFAR bn model's conv2 forward at batch 128: 2, 4, 8,
+# 32 images per chunk 33, 35, 42, 56 ms; the whole batch 61 ms. Training step (bn):
+# 2 MB 262-292 ms, 4 MB 319-326 ms; tutorial: equal.
+CHUNK_BYTES = 2 << 20
 
 
 def _batch_chunks(x_shape, cols_per_image, dtype):

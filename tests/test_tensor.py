@@ -146,6 +146,30 @@ def test_second_backward_through_freed_graph_is_an_error():
     np.testing.assert_array_equal(x.grad, [4.0, 8.0])
 
 
+def test_graph_frees_intermediate_arrays_backward_does_not_need():
+    """Add's backward needs none of its inputs and Relu's only its output: the array of
+    h = x + 1 is freed once the caller drops h, and the gradient is still right."""
+    import gc
+    import weakref
+    x = Tensor(np.array([-2.0, -0.5, 0.5, 2.0]), requires_grad=True)
+    h = x + 1.0
+    y = basic.relu(h) * 3.0
+    freed = weakref.ref(h.data)
+    del h
+    gc.collect()
+    assert freed() is None
+    y.backward(np.ones(4))
+    np.testing.assert_array_equal(x.grad, [0.0, 3.0, 3.0, 3.0])
+
+
+def test_multi_output_function_routes_each_gradient_to_its_output():
+    x = Tensor(np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), requires_grad=True)
+    mean, var = tinybn.ops.moments(x, axes=[0])          # one Function, two outputs
+    (mean * 2.0 + var * 10.0).sum().backward()
+    # d mean/dx = 1/2; d var/dx = (x - mean) for N = 2 (population variance: 2 (x - mean) / N)
+    np.testing.assert_allclose(x.grad, 2.0 * 0.5 + 10.0 * (x.data - x.data.mean(axis=0)), rtol=1e-12)
+
+
 def test_backward_seed_rules():
     x = Tensor(np.ones((2, 3)), requires_grad=True)
     y = x * 2.0

@@ -65,6 +65,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.grad = None
         self.creator = None
+        self.output_index = 0       # which output of its creator this tensor is
 
     # --- what it is -------------------------------------------------------
     shape = property(lambda self: self.data.shape)
@@ -113,10 +114,9 @@ class Tensor:
         if self.creator is None:
             _accumulate(self, grad)
             return
-        grads = {id(self): grad}
+        grads = {(id(self.creator), self.output_index): grad}      # keyed by (Function, output)
         for fn in _reverse_topological(self.creator):
-            outputs = [ref() for ref in fn.output_refs]
-            gys = [grads.pop(id(o), None) if o is not None else None for o in outputs]
+            gys = [grads.pop((id(fn), i), None) for i in range(len(fn.output_meta))]
             if all(g is None for g in gys):
                 continue
             if fn.released:
@@ -139,10 +139,9 @@ class Tensor:
                                        f"for an input of shape {x.shape}")
                 if x.creator is None:
                     _accumulate(x, gx)
-                elif id(x) in grads:
-                    grads[id(x)] = grads[id(x)] + gx
                 else:
-                    grads[id(x)] = gx
+                    key = (id(x.creator), x.output_index)
+                    grads[key] = grads[key] + gx if key in grads else gx
             if not retain_graph:
                 fn.release()
 

@@ -115,11 +115,12 @@ def _correlate(x, w, geometry):
     """conv2d's forward on arrays: y (N, OH, OW, O) = im2col(x) @ w, a chunk of the batch at a time."""
     KH, KW, C, O = w.shape
     OH, OW = geometry[-2:]
+    xp = array_module(x)
     w2 = w.reshape(KH * KW * C, O)
-    y = array_module(x).empty((x.shape[0], OH, OW, O), x.dtype)
+    y = xp.empty((x.shape[0], OH, OW, O), x.dtype)
     for part in _batch_chunks(x.shape, OH * OW * KH * KW, x.dtype):
         cols = dispatch("im2col", x[part], *geometry)
-        y[part] = (cols @ w2).reshape(-1, OH, OW, O)
+        xp.matmul(cols, w2, out=y[part].reshape(-1, O))       # the GEMM writes into y: no copy
     return y
 
 

@@ -33,7 +33,7 @@ from tinybn.kernels import cuda_build
 from tinybn.kernels.cuda_build import EmulatedDevice
 from tinybn.kernels.cuda_primitives import KERNELS, PRIMITIVES, CudaPrimitives, name_expressions
 from tinybn.models import cifar10
-from tinybn.ops.conv import col2im, im2col
+from tinybn.ops.conv import col2im, conv2d, im2col
 from tinybn.ops.fused_batch_norm import batch_norm_inference, batch_norm_train_backward, batch_norm_train_forward
 from tinybn.ops.losses import softmax_cross_entropy
 from tinybn.ops.lrn import lrn_backward, lrn_forward
@@ -401,11 +401,19 @@ def test_cupy_loader_runs_the_models_on_the_kernels(monkeypatch, emulation_dir):
         grads = [p.grad for p in model.parameters()]
         return [loss.data, *grads, model.eval()(Tensor(images)).data]
 
-    for builder in (cifar10.tutorial_bn, cifar10.bn):
+    def strided_conv_input_gradient():
+        """The CIFAR convs have strides 1 (dx is a convolution there); col2im serves strided ones."""
+        x = Tensor(images[:2], requires_grad=True)
+        conv2d(x, images[0, :3, :3, :, None] * np.ones(5, np.float32), 2, "SAME").backward(
+            np.ones((2, 12, 12, 5), np.float32))
+        return [x.grad]
+
+    for case in (lambda: step_and_eval(cifar10.tutorial_bn), lambda: step_and_eval(cifar10.bn),
+                 strided_conv_input_gradient):
         with backend.backend("numpy"):
-            ref = step_and_eval(builder)
+            ref = case()
         with backend.backend("cupy"):
-            ours = step_and_eval(builder)
+            ours = case()
         for a, b in zip(ours, ref):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
     for name in PRIMITIVES:

@@ -73,22 +73,28 @@ def load_checkpoint_or_fail(path):
                          "to resume from an older checkpoint, or use another --train-dir)")
 
 
-class CifarRun:
-    """Everything a training run holds, and how it goes into and out of a checkpoint."""
+class TrainingRun:
+    """A model, its optimizer (and moving averages, if any) and checkpoints, with the
+    input position going into and out of each checkpoint alongside them.
 
-    def __init__(self, args):
-        self.args = args
-        self.model = cifar_models.MODELS[args.model](rng=np.random.default_rng(args.seed))
+    Subclasses give `meta()` (what a checkpoint records of the run) and `resume_keys`
+    (the meta entries that must match to resume)."""
+
+    resume_keys = ("task", "model", "batch_size", "seed")
+
+    def __init__(self, args, model, make_optimizer, ema_decay=None):
+        self.args, self.model = args, model
         self.model.to_backend(args.backend)
         self.named = list(self.model.named_parameters())
-        self.opt = make_optimizer(args.model, self.named, args.batch_size)
-        self.ema = optim.ExponentialMovingAverage(EMA_DECAY, num_updates=lambda: self.opt.iterations)
+        self.opt = make_optimizer(self.named)
+        self.ema = None if ema_decay is None else optim.ExponentialMovingAverage(
+            ema_decay, num_updates=lambda: self.opt.iterations)
         self.manager = checkpoint.CheckpointManager(args.train_dir, max_to_keep=args.max_to_keep)
         self.queue_state = None
         latest = self.manager.latest()
         if latest:
             self.restore(latest)
-        else:
+        elif self.ema is not None:
             self.ema.apply(self.named, num_updates=0)       # shadows start as the initial weights
 
     @property
@@ -96,18 +102,18 @@ class CifarRun:
         return self.opt.iterations
 
     def meta(self):
-        a = self.args
-        return {"task": "cifar", "model": a.model, "batch_size": a.batch_size, "seed": a.seed}
+        raise NotImplementedError
 
     def save(self, queue):
-        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                 "ema": self.ema.state_dict(), "queue": queue.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "queue": queue.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         return self.manager.save(self.step, checkpoint.flatten(state), self.meta())
 
     def restore(self, path):
         arrays, meta = load_checkpoint_or_fail(path)
         mine = self.meta()
-        for key in ("task", "model", "batch_size", "seed"):
+        for key in self.resume_keys:
             if meta.get(key) != mine[key]:
                 raise SystemExit(f"error: {path} was written with {key}={meta.get(key)!r}, this run has "
                                  f"{key}={mine[key]!r}; use the same flags or another --train-dir")
@@ -115,7 +121,8 @@ class CifarRun:
         try:
             self.model.load_state_dict(state.get("model", {}))
             self.opt.load_state_dict(state.get("optimizer", {}))
-            self.ema.load_state_dict(state.get("ema", {}), params=self.named)
+            if self.ema is not None:
+                self.ema.load_state_dict(state.get("ema", {}), params=self.named)
         except ValueError as e:
             raise SystemExit(f"error: {path} does not match the {mine['model']!r} model: {e}")
         self.queue_state = state.get("queue")
@@ -129,9 +136,23 @@ class CifarRun:
         loss.backward()
         lr = self.opt.current_learning_rate()
         self.opt.step()
-        self.ema.apply(self.named)
+        if self.ema is not None:
+            self.ema.apply(self.named)
         accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == backend.to_numpy(labels)))
         return float(loss.item()), accuracy, float(lr)
+
+
+class CifarRun(TrainingRun):
+    """The tutorial's run: the model, its optimizer and the weights' moving averages (EMA_DECAY)."""
+
+    def __init__(self, args):
+        model = cifar_models.MODELS[args.model](rng=np.random.default_rng(args.seed))
+        super().__init__(args, model, lambda named: make_optimizer(args.model, named, args.batch_size),
+                         ema_decay=EMA_DECAY)
+
+    def meta(self):
+        a = self.args
+        return {"task": "cifar", "model": a.model, "batch_size": a.batch_size, "seed": a.seed}
 
     def write_summaries(self, writer, loss, accuracy, lr):
         writer.scalars({"loss": loss, "learning_rate": lr, "train_accuracy": accuracy}, self.step)

@@ -38,8 +38,7 @@ from .eval import precision_at_1
 from .models import mnist as mnist_models
 from .progress import Progress
 from .summary import CSVLogger, SummaryWriter
-from .tensor import Tensor
-from .train import StopFlag, load_checkpoint_or_fail
+from .train import StopFlag, TrainingRun, load_checkpoint_or_fail
 
 RESUME_KEYS = ("task", "model", "batch_size", "seed", "bn_decay", "train_split")
 
@@ -106,60 +105,20 @@ def load_sets(args):
     return train, evaluation
 
 
-class MnistRun:
-    """The model, its optimizer and checkpoints; the data position comes and goes with them."""
+class MnistRun(TrainingRun):
+    """The model and its optimizer (no moving averages of the weights: the seeds have none)."""
+
+    resume_keys = RESUME_KEYS
 
     def __init__(self, args, train_split):
-        self.args, self.train_split = args, str(train_split)
-        self.model = mnist_models.MODELS[args.model](rng=np.random.default_rng(args.seed), bn_decay=args.bn_decay)
-        self.model.to_backend(args.backend)
-        self.named = list(self.model.named_parameters())
-        self.opt = make_optimizer(args.model, self.named)
-        self.manager = checkpoint.CheckpointManager(args.train_dir, max_to_keep=args.max_to_keep)
-        self.queue_state = None
-        latest = self.manager.latest()
-        if latest:
-            self.restore(latest)
-
-    @property
-    def step(self):
-        return self.opt.iterations
+        self.train_split = str(train_split)        # before the base class restores: meta() needs it
+        model = mnist_models.MODELS[args.model](rng=np.random.default_rng(args.seed), bn_decay=args.bn_decay)
+        super().__init__(args, model, lambda named: make_optimizer(args.model, named))
 
     def meta(self):
         a = self.args
         return {"task": "mnist", "model": a.model, "batch_size": a.batch_size, "seed": a.seed,
                 "bn_decay": a.bn_decay, "train_split": self.train_split, "eval_split": a.eval_split}
-
-    def save(self, queue):
-        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "queue": queue.state_dict()}
-        return self.manager.save(self.step, checkpoint.flatten(state), self.meta())
-
-    def restore(self, path):
-        arrays, meta = load_checkpoint_or_fail(path)
-        mine = self.meta()
-        for key in RESUME_KEYS:
-            if meta.get(key) != mine[key]:
-                raise SystemExit(f"error: {path} was written with {key}={meta.get(key)!r}, this run has "
-                                 f"{key}={mine[key]!r}; use the same flags or another --train-dir")
-        state = checkpoint.unflatten(arrays)
-        try:
-            self.model.load_state_dict(state.get("model", {}))
-            self.opt.load_state_dict(state.get("optimizer", {}))
-        except ValueError as e:
-            raise SystemExit(f"error: {path} does not match the {mine['model']!r} model: {e}")
-        self.queue_state = state.get("queue")
-        print(f"resumed from {path} at step {self.step}", flush=True)
-
-    def train_step(self, images, labels):
-        images, labels = backend.device_array(images), backend.device_array(labels)
-        logits = self.model(Tensor(images))
-        loss = self.model.loss(logits, labels)
-        self.model.zero_grad()
-        loss.backward()
-        lr = self.opt.current_learning_rate()
-        self.opt.step()
-        accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == backend.to_numpy(labels)))
-        return float(loss.item()), accuracy, float(lr)
 
 
 def evaluate(model, sets, batch_size, step, writer=None, csv=None):

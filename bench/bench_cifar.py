@@ -330,11 +330,12 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def worker_or_parent(args, worker, run_all, format_table):
+    """A benchmark script's main(): in a worker process run `worker(args)` and emit its result;
+    in the parent run every worker (`run_all`), print the table and the loss warnings."""
     if args.worker:
         try:
-            emit(gemm_worker(args) if args.worker == "gemm" else run_worker(args))
+            emit(worker(args))
         except Exception as e:                       # a broken framework is a row, not a crash
             emit({"status": "error", "reason": f"{type(e).__name__}: {e}"})
         return 0
@@ -346,6 +347,12 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return worker_or_parent(args, lambda a: gemm_worker(a) if a.worker == "gemm" else run_worker(a),
+                            run_all, format_table)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 CROSSCHECK = os.path.join(os.path.dirname(HERE), "crosscheck")
 sys.path.insert(0, HERE)
-from _report import _render, _seconds, check_losses  # noqa: E402
-from bench_cifar import MARK, emit, machine_info, thread_env, tinybn_prepare  # noqa: E402
+from _report import _render, _seconds  # noqa: E402
+from bench_cifar import MARK, machine_info, thread_env, tinybn_prepare, worker_or_parent  # noqa: E402
 
 FRAMEWORKS = ("tinybn-numpy", "tinybn-numba", "tf")
 NUM_CLASSES = 1000
@@ -193,21 +193,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.worker:
-        try:
-            emit(run_worker(args))
-        except Exception as e:                       # a broken framework is a row, not a crash
-            emit({"status": "error", "reason": f"{type(e).__name__}: {e}"})
-        return 0
-    report = run_all(args, log=lambda s: print(s, file=sys.stderr, flush=True))
-    print(format_table(report, markdown=args.markdown))
-    for warning in check_losses(report):
-        print("WARNING: " + warning)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return 0
+    return worker_or_parent(parse_args(argv), run_worker, run_all, format_table)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,55 @@ class TrainingRun:
         return float(loss.item()), accuracy, float(lr)
 
 
+    def progress_line(self, loss, accuracy, duration):
+        """The tutorial's log line."""
+        return (f"loss = {loss:.2f} ({self.args.batch_size / duration:.1f} examples/sec; "
+                f"{duration:.3f} sec/batch)")
+
+    def write_summaries(self, writer, loss, accuracy, lr):
+        writer.scalars({"loss": loss, "learning_rate": lr, "train_accuracy": accuracy}, self.step)
+        for name, p in self.named:
+            writer.histogram(f"weights/{name}", p.numpy(), self.step)
+        for name, b in self.model.named_buffers():       # BN's moving statistics: what inference uses
+            writer.histogram(f"batch_norm/{name}", b.numpy(), self.step)
+
+    def fit(self, queue, writer, after_step=None):
+        """Train to --max-steps from `queue` (a context manager with next_batch()): log, write
+        summaries and checkpoints at their intervals, stop cleanly on Ctrl-C (StopFlag), save
+        at the end. after_step(step), if given, runs after each step; returning True says it
+        took time that must not count in the next sec/batch."""
+        args = self.args
+        csv = CSVLogger(os.path.join(args.train_dir, "train.csv"),
+                        ["step", "loss", "train_accuracy", "learning_rate", "examples_per_sec", "sec_per_batch",
+                         "wall_time"])
+        progress = Progress(args.max_steps, start=self.step)
+        last_saved = self.step
+        with queue, csv, StopFlag() as stop:
+            tick = time.time()
+            while self.step < args.max_steps and not stop.requested:
+                loss, accuracy, lr = self.train_step(*queue.next_batch())
+                if not np.isfinite(loss):
+                    raise SystemExit(f"error: the loss diverged (loss = {loss}) at step {self.step}; "
+                                     f"the last good checkpoint is {self.manager.latest()}")
+                step = self.step
+                if step % args.log_every == 0:
+                    duration = (time.time() - tick) / args.log_every
+                    tick = time.time()
+                    csv.log(step=step, loss=loss, train_accuracy=accuracy, learning_rate=lr,
+                            examples_per_sec=args.batch_size / duration, sec_per_batch=duration, wall_time=tick)
+                    progress.log(step, self.progress_line(loss, accuracy, duration))
+                if step % args.summary_every == 0:
+                    self.write_summaries(writer, loss, accuracy, lr)
+                if step % args.checkpoint_every == 0:
+                    self.save(queue)
+                    last_saved = step
+                if after_step is not None and after_step(step):
+                    tick = time.time()
+            if self.step != last_saved:
+                print(f"saved {self.save(queue)}", flush=True)
+        progress.close()
+
+
 class CifarRun(TrainingRun):
     """The tutorial's run: the model, its optimizer and the weights' moving averages (EMA_DECAY)."""
 
@@ -153,13 +202,6 @@ class CifarRun(TrainingRun):
     def meta(self):
         a = self.args
         return {"task": "cifar", "model": a.model, "batch_size": a.batch_size, "seed": a.seed}
-
-    def write_summaries(self, writer, loss, accuracy, lr):
-        writer.scalars({"loss": loss, "learning_rate": lr, "train_accuracy": accuracy}, self.step)
-        for name, p in self.named:
-            writer.histogram(f"weights/{name}", p.numpy(), self.step)
-        for name, b in self.model.named_buffers():
-            writer.histogram(f"batch_norm/{name}", b.numpy(), self.step)
 
 
 class StopFlag:
@@ -197,37 +239,8 @@ def train_cifar(args):
                                             state=run.queue_state)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise SystemExit(f"error: {e}")
-    writer = SummaryWriter(args.train_dir)
-    csv = CSVLogger(os.path.join(args.train_dir, "train.csv"),
-                    ["step", "loss", "train_accuracy", "learning_rate", "examples_per_sec", "sec_per_batch",
-                     "wall_time"])
-    progress = Progress(args.max_steps, start=run.step)
-    last_saved = run.step
-    with queue, writer, csv, StopFlag() as stop:
-        tick = time.time()
-        while run.step < args.max_steps and not stop.requested:
-            images, labels = queue.next_batch()
-            loss, accuracy, lr = run.train_step(images, labels)
-            if not np.isfinite(loss):
-                raise SystemExit(f"error: the loss diverged (loss = {loss}) at step {run.step}; "
-                                 f"the last good checkpoint is {run.manager.latest()}")
-            step = run.step
-            if step % args.log_every == 0:
-                duration = (time.time() - tick) / args.log_every
-                tick = time.time()
-                csv.log(step=step, loss=loss, train_accuracy=accuracy, learning_rate=lr,
-                        examples_per_sec=args.batch_size / duration, sec_per_batch=duration, wall_time=tick)
-                progress.log(step, f"loss = {loss:.2f} ({args.batch_size / duration:.1f} examples/sec; "
-                                   f"{duration:.3f} sec/batch)")
-            if step % args.summary_every == 0:
-                run.write_summaries(writer, loss, accuracy, lr)
-            if step % args.checkpoint_every == 0:
-                run.save(queue)
-                last_saved = step
-        if run.step != last_saved:
-            path = run.save(queue)
-            print(f"saved {path}", flush=True)
-    progress.close()
+    with SummaryWriter(args.train_dir) as writer:
+        run.fit(queue, writer)
     return run
 
 

@@ -36,9 +36,8 @@ from . import backend, checkpoint, optim
 from .data import mnist as mnist_data
 from .eval import precision_at_1
 from .models import mnist as mnist_models
-from .progress import Progress
 from .summary import CSVLogger, SummaryWriter
-from .train import StopFlag, TrainingRun, load_checkpoint_or_fail
+from .train import TrainingRun, load_checkpoint_or_fail
 
 RESUME_KEYS = ("task", "model", "batch_size", "seed", "bn_decay", "train_split")
 
@@ -115,6 +114,10 @@ class MnistRun(TrainingRun):
         model = mnist_models.MODELS[args.model](rng=np.random.default_rng(args.seed), bn_decay=args.bn_decay)
         super().__init__(args, model, lambda named: make_optimizer(args.model, named))
 
+    def progress_line(self, loss, accuracy, duration):
+        return (f"loss = {loss:.4f}, batch accuracy = {accuracy:.3f} "
+                f"({self.args.batch_size / duration:.1f} examples/sec; {duration:.3f} sec/batch)")
+
     def meta(self):
         a = self.args
         return {"task": "mnist", "model": a.model, "batch_size": a.batch_size, "seed": a.seed,
@@ -173,39 +176,13 @@ def _train_loop(run, args, train_set, sets, writer, eval_csv):
         queue = mnist_data.train_batches(images, labels, args.batch_size, seed=args.seed, state=run.queue_state)
     except ValueError as e:
         raise SystemExit(f"error: cannot resume the input position: {e}")
-    csv = CSVLogger(os.path.join(args.train_dir, "train.csv"),
-                    ["step", "loss", "train_accuracy", "learning_rate", "examples_per_sec", "sec_per_batch",
-                     "wall_time"])
-    progress = Progress(args.max_steps, start=run.step)
-    last_saved = run.step
-    with queue, csv, StopFlag() as stop:
-        tick = time.time()
-        while run.step < args.max_steps and not stop.requested:
-            loss, accuracy, lr = run.train_step(*queue.next_batch())
-            if not np.isfinite(loss):
-                raise SystemExit(f"error: the loss diverged (loss = {loss}) at step {run.step}; "
-                                 f"the last good checkpoint is {run.manager.latest()}")
-            step = run.step
-            if step % args.log_every == 0:
-                duration = (time.time() - tick) / args.log_every
-                tick = time.time()
-                csv.log(step=step, loss=loss, train_accuracy=accuracy, learning_rate=lr,
-                        examples_per_sec=args.batch_size / duration, sec_per_batch=duration, wall_time=tick)
-                progress.log(step, f"loss = {loss:.4f}, batch accuracy = {accuracy:.3f} "
-                                   f"({args.batch_size / duration:.1f} examples/sec; {duration:.3f} sec/batch)")
-            if step % args.summary_every == 0:
-                writer.scalars({"loss": loss, "learning_rate": lr, "train_accuracy": accuracy}, step)
-                for name, b in run.model.named_buffers():    # what inference mode will normalise with
-                    writer.histogram(f"batch_norm/{name}", b.numpy(), step)
-            if step % args.checkpoint_every == 0:
-                run.save(queue)
-                last_saved = step
-            if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
-                evaluate(run.model, sets, args.batch_size, step, writer, eval_csv)
-                tick = time.time()
-        if run.step != last_saved:
-            print(f"saved {run.save(queue)}", flush=True)
-    progress.close()
+
+    def evaluate_now_and_then(step):
+        if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
+            evaluate(run.model, sets, args.batch_size, step, writer, eval_csv)
+            return True
+        return False
+    run.fit(queue, writer, after_step=evaluate_now_and_then)
 
 
 def eval_mnist(args):

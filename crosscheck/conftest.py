@@ -69,7 +69,7 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if parity._worst:
+    if parity._worst and parity.complete():     # a partial run leaves the last full table in place
         parity.write_table()
     if _skipped:   # parity that was not checked is not proven: a skip fails the run
         session.exitstatus = 1
@@ -79,7 +79,8 @@ def pytest_terminal_summary(terminalreporter):
     if parity._worst:
         terminalreporter.section("tinybn vs TensorFlow parity (worst max|diff|/max|tf|)")
         terminalreporter.write_line(parity.table_markdown())
-        terminalreporter.write_line(f"(written to {parity.TABLE_PATH})")
+        terminalreporter.write_line(f"(written to {parity.TABLE_PATH})" if parity.complete() else
+                                    f"(a partial run: {parity.TABLE_PATH} keeps the last full run's table)")
     if _skipped:
         terminalreporter.section("crosscheck tests were skipped: this run fails", red=True)
         for nodeid in _skipped:

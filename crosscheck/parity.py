@@ -139,6 +139,11 @@ def table_markdown():
     return "\n".join(lines)
 
 
+def complete():
+    """Whether this session checked every (op, direction) of TOLERANCES: a whole-suite run."""
+    return all((op, d) in _worst for op, tols in TOLERANCES.items() for d in tols)
+
+
 def write_table():
     with open(TABLE_PATH, "w") as f:
         f.write("Worst error max|tinybn - tf| / max|tf| over every case of `pytest crosscheck/`\n\n")

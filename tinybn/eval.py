@@ -119,12 +119,10 @@ def main(argv=None):
     p.add_argument("--stop-at-step", type=int, default=0, help="with --watch: stop after this step")
     p.add_argument("--backend", default=os.environ.get("TINYBN_BACKEND", "numpy"), choices=backend.BACKENDS)
     p.add_argument("--no-download", action="store_true")
-    mnist_eval_parser(sub)
+    p.set_defaults(run=eval_cifar)
+    mnist_eval_parser(sub).set_defaults(run=eval_mnist)
     args = parser.parse_args(argv)
-    if args.task == "cifar":
-        eval_cifar(args)
-    elif args.task == "mnist":
-        eval_mnist(args)
+    args.run(args)
 
 
 if __name__ == "__main__":

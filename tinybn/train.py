@@ -248,13 +248,10 @@ def main(argv=None):
     from .train_mnist import mnist_parser, train_mnist   # not at the top: train_mnist imports this module
     parser = argparse.ArgumentParser(prog="python -m tinybn.train", description="Train a tinybn model.")
     sub = parser.add_subparsers(dest="task", required=True)
-    cifar_parser(sub)
-    mnist_parser(sub)
+    cifar_parser(sub).set_defaults(run=train_cifar)
+    mnist_parser(sub).set_defaults(run=train_mnist)
     args = parser.parse_args(argv)
-    if args.task == "cifar":
-        train_cifar(args)
-    elif args.task == "mnist":
-        train_mnist(args)
+    args.run(args)
 
 
 if __name__ == "__main__":

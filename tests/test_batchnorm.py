@@ -240,19 +240,30 @@ def test_renorm_gradients_with_saturated_corrections(shape_seed, scale):
 def test_renorm_step_closed_form():
     rng = np.random.default_rng(6)
     x, dy = rng.standard_normal((5, 3, 3, 4)) * 2 + 1, rng.standard_normal((5, 3, 3, 4))
+    rmin, rmax, dmax = 1 / 1.5, 1.5, 0.5
     layer = BatchNorm(4, decay=0.95, renorm=True, renorm_decay=0.9, dtype=np.float64,
-                      renorm_clipping={"rmax": 1.5, "rmin": 1 / 1.5, "dmax": 0.5})
-    rm0, rs0, ms0 = rng.standard_normal(4) * 0.5, rng.uniform(0.8, 2.5, 4), rng.uniform(0.5, 2, 4)
+                      renorm_clipping={"rmax": rmax, "rmin": rmin, "dmax": dmax})
+    mu, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    sd = np.sqrt(var + 1e-3)
+    # The renorm state is set from this batch's statistics so that, per channel, the unclipped
+    # r = sd/rs0 and d = (mu - rm0)/rs0 are: r above rmax, below rmin, inside, inside; d inside,
+    # below -dmax, above dmax, inside. Every bound clips one channel and one channel clips nothing.
+    r_raw, d_raw = np.array([2.0, 0.5, 1.2, 0.9]), np.array([0.3, -0.9, 0.8, -0.2])
+    rs0 = sd / r_raw
+    rm0, ms0 = mu - d_raw * rs0, rng.uniform(0.5, 2, 4)
     layer.renorm_mean.data, layer.renorm_stddev.data, layer.moving_stddev.data = rm0.copy(), rs0.copy(), ms0.copy()
     layer.gamma.data, layer.beta.data = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
     gamma, beta = layer.gamma.data.copy(), layer.beta.data.copy()
     xt = Tensor(x, requires_grad=True)
     y = layer(xt)
     y.backward(dy)
-    mu, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
-    sd = np.sqrt(var + 1e-3)
-    r, d = np.clip(sd / rs0, 1 / 1.5, 1.5), np.clip((mu - rm0) / rs0, -0.5, 0.5)
-    assert 1 / 1.5 < r.min() or r.max() < 1.5 or abs(d).max() < 0.5   # not every entry clipped
+    r, d = np.clip(sd / rs0, rmin, rmax), np.clip((mu - rm0) / rs0, -dmax, dmax)
+    np.testing.assert_array_equal(r == rmax, [True, False, False, False])     # clipped at rmax
+    np.testing.assert_array_equal(r == rmin, [False, True, False, False])     # clipped at rmin
+    np.testing.assert_array_equal(d == -dmax, [False, True, False, False])    # clipped at -dmax
+    np.testing.assert_array_equal(d == dmax, [False, False, True, False])     # clipped at +dmax
+    np.testing.assert_allclose(r[2:], r_raw[2:], rtol=1e-12)                  # r unclipped
+    np.testing.assert_allclose(d[[0, 3]], d_raw[[0, 3]], rtol=1e-12)          # d unclipped
     np.testing.assert_allclose(renorm_correction(mu, var, rm0, rs0, 1e-3, layer.renorm_clipping), (r, d), rtol=1e-12)
     xhat = (x - mu) / sd
     np.testing.assert_allclose(y.data, (xhat * r + d) * gamma + beta, rtol=1e-12, atol=1e-12)

@@ -5,7 +5,7 @@ training steps, plus its "bessel" rule and zero-debiased moving mean against TF1
 import numpy as np
 import tensorflow as tf
 import keras
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from tensorflow.python.training import moving_averages
 
 import parity
@@ -103,6 +103,12 @@ def _tf_fused(shape):
     return reshaped(tf.compat.v1.nn.fused_batch_norm)
 
 
+# n = N*H*W = 1 always runs: the variance is 0 and its Bessel factor n/(n-1) is taken as 1, as TF
+N_EQUALS_1 = [(1, 3), (1, 1, 1, 3)]
+
+
+@example(N_EQUALS_1[0], 1e-3)
+@example(N_EQUALS_1[1], 1e-5)
 @given(shapes, st.sampled_from([1e-3, 1e-5]))
 def test_fused_batch_norm_training(shape, epsilon):
     c = shape[-1]
@@ -124,13 +130,13 @@ def test_fused_batch_norm_training(shape, epsilon):
         parity.assert_parity("fused_batch_norm (training)", "backward", a, b, f"(input {i})")
 
 
+@example(N_EQUALS_1[0], 0.1)
+@example(N_EQUALS_1[1], 0.5)
 @given(shapes, st.sampled_from([0.1, 0.5]))
 def test_fused_batch_norm_exponential_avg_factor(shape, factor):
     c = shape[-1]
     x = _data(shape, 9)
     scale, offset, old_mean, old_var = _channel_inputs(c, 10)
-    if np.prod(shape[:-1]) == 1:
-        return
     outs_tf = [o.numpy() for o in _tf_fused(shape)(tf.constant(x), scale, offset, old_mean, old_var,
                                                    exponential_avg_factor=factor)]
     outs_tb = fused_batch_norm(x, scale, offset, old_mean, old_var, exponential_avg_factor=factor)
@@ -230,6 +236,8 @@ def test_batchnorm_renorm_vs_keras(shape):
 
 
 @settings(max_examples=5)
+@example(N_EQUALS_1[0])
+@example(N_EQUALS_1[1])
 @given(layer_shapes)
 def test_batchnorm_bessel_rule_vs_fused_exponential_avg_factor(shape):
     """moving_variance_rule="bessel" is TF1 fused batch norm's running variance."""

@@ -8,6 +8,8 @@ what TF's `_AddGrad` / `_MulGrad` do with `broadcast_gradient_args`.
     pow                z = x ** p (p a constant)  dx = p * x**(p-1) * gz
     matmul             Z = X @ Y  (..., M, K) @ (..., K, N)
                        dX = gZ @ Y^T,  dY = X^T @ gZ
+    transpose          z = x.transpose(perm), perm a permutation of range(ndim), negative
+                       axes counted from the end (as tf.transpose); dx = gz.transpose(argsort(perm))
     reduce_sum/mean    over `axis` (None = all), keepdims as tf.reduce_*
     reduce_max         dx goes to the maxima; ties share it equally (TF's _MaxGrad)
     relu               max(x, 0); dx = gz where x > 0 (TF's ReluGrad: 0 at x == 0)
@@ -125,17 +127,36 @@ class Reshape(Function):
         return gz.reshape(self.in_shape)
 
 
+def _permutation(perm, ndim):
+    """perm with negative axes counted from the end, checked to be a permutation of range(ndim)."""
+    if perm is None:
+        return tuple(reversed(range(ndim)))      # tf.transpose's default: reverse the axes
+    try:
+        axes = tuple(perm)
+    except TypeError:
+        axes = None
+    if axes is None or not all(isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
+                               for a in axes):
+        raise ValueError(f"transpose: perm must be a sequence of ints, got {perm!r}")
+    normalised = tuple(int(a) % ndim if -ndim <= a < ndim else None for a in axes)
+    if None in normalised or sorted(normalised) != list(range(ndim)):
+        raise ValueError(f"transpose: perm must be a permutation of range({ndim}) (negative axes count "
+                         f"from the end) for an input of rank {ndim}, got {perm!r}")
+    return normalised
+
+
 class Transpose(Function):
     def __init__(self, axes=None):
-        self.axes = None if axes is None else tuple(axes)
+        self.axes = axes
 
     def forward(self, x):
-        return x.transpose(self.axes)
+        # the inverse permutation must come from the normalised axes: argsort of (0, -1, 1)
+        # is (1, 2, 0), not the inverse (0, 2, 1) of (0, 2, 1)
+        self.perm = _permutation(self.axes, x.ndim)
+        return x.transpose(self.perm)
 
     def backward(self, gz):
-        if self.axes is None:
-            return gz.transpose()
-        return gz.transpose(tuple(np.argsort(self.axes)))
+        return gz.transpose(tuple(np.argsort(self.perm)))
 
 
 def _expand_reduced(g, in_shape, axis, keepdims):

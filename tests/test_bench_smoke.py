@@ -24,16 +24,29 @@ bench = _load()
 import _report  # noqa: E402  (bench/ is on sys.path once bench_cifar is loaded)
 
 
-def test_model_flops_closed_form():
-    conv1 = 2 * 128 * 24 * 24 * 5 * 5 * 3 * 64
-    conv2 = 2 * 128 * 12 * 12 * 5 * 5 * 64 * 64
-    dense = 2 * 128 * (2304 * 384 + 384 * 192 + 192 * 10)
-    assert conv1 == 707_788_800 and conv2 == 3_774_873_600
-    fwd, train = bench.model_flops("tutorial", 128)
-    assert fwd == conv1 + conv2 + dense
-    assert train == 2 * conv1 + 3 * (conv2 + dense)       # no input gradient for the first layer
-    conv3 = 2 * 128 * 6 * 6 * 5 * 5 * 64 * 10
-    assert bench.model_flops("bn", 128) == (conv1 + conv2 + conv3, 2 * conv1 + 3 * (conv2 + conv3))
+def _gemm_flops_of_model(name, n):
+    """2 x the multiply-adds of every conv and dense layer of the real model, from the shapes its
+    forward sees on a batch of n images: (forward, training step) FLOPs."""
+    from tinybn.models import cifar10
+    from tinybn.nn.layers import Conv2D, Dense
+    x = np.zeros((n,) + bench.IMAGE, np.float32)
+    per_layer = []
+    for _, layer in cifar10.MODELS[name](rng=np.random.default_rng(0)).net.named_children():
+        y = layer(x)
+        if isinstance(layer, Conv2D):
+            kh, kw, c, _ = layer.kernel.shape
+            per_layer.append(2 * y.size * kh * kw * c)         # one kh*kw*c dot product per output
+        elif isinstance(layer, Dense):
+            per_layer.append(2 * x.shape[0] * layer.kernel.size)
+        x = y
+    # backward: a weight gradient for every layer, an input gradient for all but the first
+    return sum(per_layer), 3 * sum(per_layer) - per_layer[0]
+
+
+@pytest.mark.parametrize("model", bench.MODELS)
+@pytest.mark.parametrize("n", [1, 3])
+def test_model_flops_match_the_models_layers(model, n):
+    assert bench.model_flops(model, n) == _gemm_flops_of_model(model, n)
 
 
 def _row(framework, model, train_s, fwd_s, loss0=2.3):

@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 from tinybn.nn.module import Parameter
 from tinybn.optim import (Adam, ExponentialDecay, ExponentialMovingAverage, GradientDescent, Momentum,
                           exponential_decay)
+from tinybn.train import make_optimizer
 
 f32 = np.float32
 
@@ -208,15 +209,25 @@ def test_ema_state_dict_round_trip_and_mismatch():
         ema.average(_param([0.0]))
 
 
-def test_exponential_decay_tutorial_staircase():
-    steps = int(50000 / 128 * 350)
-    assert steps == 136718
-    sched = ExponentialDecay(0.1, steps, 0.1, staircase=True)
-    assert sched(0) == f32(0.1) and sched(136717) == f32(0.1)
-    assert sched(136718) == f32(0.0100000007) and sched(136718).dtype == np.float32
-    assert sched(273435) == f32(0.0100000007)
-    assert sched(273436) == f32(0.00100000005)
-    assert exponential_decay(0.1, 136718, steps, 0.1, staircase=True) == f32(0.1) * f32(0.1)
+@pytest.mark.parametrize("batch_size, decay_steps", [(128, 136718), (100, 175000), (256, 68359)])
+def test_tutorial_schedule_decays_every_350_epochs(batch_size, decay_steps):
+    # decay_steps = int(50000 / batch_size * 350): the tutorial's 350 epochs of 50000 images, truncated
+    opt = make_optimizer("tutorial", [("w", _param([1.0]))], batch_size)
+    assert isinstance(opt, GradientDescent) and opt.learning_rate.decay_steps == decay_steps
+    for step, lr in [(0, f32(0.1)), (decay_steps - 1, f32(0.1)), (decay_steps, f32(0.0100000007)),
+                     (2 * decay_steps - 1, f32(0.0100000007)), (2 * decay_steps, f32(0.00100000005))]:
+        opt.iterations = step
+        assert opt.current_learning_rate() == lr and opt.current_learning_rate().dtype == np.float32
+    assert exponential_decay(0.1, decay_steps, decay_steps, 0.1, staircase=True) == f32(0.1) * f32(0.1)
+
+
+def test_bn_model_schedule_is_adam_decaying_every_1000_steps():
+    opt = make_optimizer("bn", [("w", _param([1.0]))], 128)
+    assert isinstance(opt, Adam) and isinstance(opt.learning_rate, ExponentialDecay)
+    for step, lr in [(0, f32(0.04)), (999, f32(0.04)), (1000, f32(0.04) * f32(0.9)),
+                     (2500, f32(0.04) * np.power(f32(0.9), f32(2)))]:
+        opt.iterations = step
+        assert opt.current_learning_rate() == lr
 
 
 @settings(max_examples=25, deadline=None)

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from .backend import array_module, to_numpy
-from .optim import _check_state, _named
+from .optim import _named
+from .state import checked_state
 
 
 class ExponentialMovingAverage:
@@ -96,6 +97,7 @@ class ExponentialMovingAverage:
             p = entry[1]
             p.data, entry[2] = entry[2], p.data
             entry[3] = not entry[3]
+            p.mark_modified("ExponentialMovingAverage.swap()", entry[0])
 
     @contextmanager
     def average_weights(self, params=None):
@@ -118,7 +120,7 @@ class ExponentialMovingAverage:
 
     def load_state_dict(self, state, params=None):
         """Load averages, registering `params` first (as after a restart, before any apply)."""
-        known = {e[0]: e[1].shape for e in self._entries.values()}
+        known = {e[0]: (e[1].shape, e[1].dtype) for e in self._entries.values()}
         pending = []
         for i, (name, p) in enumerate(_named(params or [], "ExponentialMovingAverage.load_state_dict")):
             if id(p) not in self._entries:
@@ -126,14 +128,17 @@ class ExponentialMovingAverage:
                 if name in known:
                     raise ValueError(f"ExponentialMovingAverage.load_state_dict: a different parameter "
                                      f"is already averaged as {name!r}")
-                known[name] = p.shape
+                known[name] = (p.shape, p.dtype)
                 pending.append((name, p))
         expected = OrderedDict((f"{n}/ExponentialMovingAverage", s) for n, s in known.items())
-        _check_state("ExponentialMovingAverage", expected, state)
+        arrays = checked_state("ExponentialMovingAverage.load_state_dict", expected, state)
         for name, p in pending:
             self._entries[id(p)] = [name, p, p.data.copy(), False]
-        for name, p, shadow, swapped in self._entries.values():
-            target = p.data if swapped else shadow
-            target[...] = array_module(target).asarray(np.asarray(state[f"{name}/ExponentialMovingAverage"]),
-                                                       dtype=target.dtype)
+        targets = [(e, e[1].data if e[3] else e[2]) for e in self._entries.values()]
+        values = [array_module(target).asarray(arrays[f"{e[0]}/ExponentialMovingAverage"], dtype=target.dtype)
+                  for e, target in targets]
+        for (entry, target), value in zip(targets, values):
+            target[...] = value
+            if entry[3]:        # swapped in: the average being loaded is the parameter's value
+                entry[1].mark_modified("ExponentialMovingAverage.load_state_dict", entry[0])
         return self

@@ -36,6 +36,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .backend import array_module, to_numpy
+from .state import checked_state
 from .tensor import Tensor
 
 
@@ -58,18 +59,6 @@ def _named(params, owner):
     return out
 
 
-def _check_state(owner, expected, state):
-    """ValueError listing missing, unexpected and mis-shaped keys of `state` vs {key: shape}."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k}: expected {expected[k]}, got {tuple(np.shape(state[k]))}"
-             for k in expected if k in state and tuple(np.shape(state[k])) != tuple(expected[k])]
-    problems = [f"{what} {keys}" for what, keys in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", wrong)) if keys]
-    if problems:
-        raise ValueError(f"{owner}.load_state_dict: " + "; ".join(problems))
-
-
 class Optimizer:
     slot_names = ()     # TF's slot variable names, one zero-initialised array per parameter each
 
@@ -78,6 +67,7 @@ class Optimizer:
         if not named:
             raise ValueError(f"{type(self).__name__}: params is empty")
         self.names = [str(i) if n is None else n for i, (n, _) in enumerate(named)]
+        self._given_names = [n for n, _ in named]     # what a modified-in-place error calls each one
         self.params = [p for _, p in named]
         if not callable(learning_rate):
             learning_rate = float(learning_rate)
@@ -101,6 +91,7 @@ class Optimizer:
                                  f"{p.grad.shape}, parameter has {p.shape}")
             dtype = p.dtype.type
             self._update(i, p.data, p.grad.astype(p.dtype, copy=False), dtype(lr), dtype)
+            p.mark_modified(f"{type(self).__name__}.step()", self._given_names[i])
         self._finish()
         self.iterations += 1
 
@@ -119,6 +110,9 @@ class Optimizer:
         return OrderedDict(iterations=np.array(self.iterations, dtype=np.int64))
 
     def _set_scalars(self, state):
+        if state["iterations"] < 0:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: iterations is {int(state['iterations'])}, "
+                             "a step count cannot be negative")
         self.iterations = int(state["iterations"])
 
     def state_dict(self):
@@ -130,16 +124,18 @@ class Optimizer:
         return state
 
     def load_state_dict(self, state):
-        """Load a state_dict(); on any missing, unexpected or mis-shaped key, change nothing."""
-        expected = OrderedDict((k, np.shape(v)) for k, v in self._scalars().items())
-        for s in self.slot_names:
-            for name, p in zip(self.names, self.params):
-                expected[f"{name}/{s}"] = p.shape
-        _check_state(type(self).__name__, expected, state)
-        self._set_scalars(state)
+        """Load a state_dict(); on any missing, unexpected, mis-shaped or non-real key, change nothing."""
+        expected = OrderedDict((k, (v.shape, v.dtype)) for k, v in self._scalars().items())
         for s in self.slot_names:
             for name, slot in zip(self.names, self.slots[s]):
-                slot[...] = array_module(slot).asarray(np.asarray(state[f"{name}/{s}"]), dtype=slot.dtype)
+                expected[f"{name}/{s}"] = (slot.shape, slot.dtype)
+        arrays = checked_state(f"{type(self).__name__}.load_state_dict", expected, state)
+        slots = {s: [array_module(slot).asarray(arrays[f"{name}/{s}"], dtype=slot.dtype)
+                     for name, slot in zip(self.names, self.slots[s])] for s in self.slot_names}
+        self._set_scalars(arrays)       # may still refuse a value (a negative step), before any slot changes
+        for s in self.slot_names:
+            for slot, value in zip(self.slots[s], slots[s]):
+                slot[...] = value
         return self
 
 

@@ -19,6 +19,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..backend import array_module, device_array, to_numpy
+from ..state import checked_state
 from ..tensor import Tensor
 
 
@@ -110,25 +111,16 @@ class Module:
         return state
 
     def load_state_dict(self, state):
-        """Load arrays by name. Missing, unexpected or mis-shaped entries are a ValueError
-        that lists them, and then nothing is changed."""
+        """Load arrays by name. Missing, unexpected or mis-shaped entries, and values that are not
+        real numbers (complex, string, None, object), are a ValueError that lists them all; every
+        entry is checked before the first is assigned, so then nothing is changed."""
+        owner = f"load_state_dict into {type(self).__name__}"
         targets = OrderedDict(list(self.named_parameters()) + list(self.named_buffers()))
-        missing = [k for k in targets if k not in state]
-        unexpected = [k for k in state if k not in targets]
-        wrong = [f"{k}: expected {targets[k].shape}, got {tuple(np.shape(state[k]))}"
-                 for k in targets if k in state and tuple(np.shape(state[k])) != targets[k].shape]
-        if missing or unexpected or wrong:
-            problems = []
-            if missing:
-                problems.append(f"missing keys {missing}")
-            if unexpected:
-                problems.append(f"unexpected keys {unexpected}")
-            if wrong:
-                problems.append(f"shape mismatch {wrong}")
-            raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
+        arrays = checked_state(owner, {k: (t.shape, t.dtype) for k, t in targets.items()}, state)
+        values = {k: array_module(t.data).asarray(arrays[k], dtype=t.dtype).copy() for k, t in targets.items()}
         for name, t in targets.items():
-            xp = array_module(t.data)
-            t.data = xp.asarray(np.asarray(state[name]), dtype=t.dtype).copy()
+            t.data = values[name]
+            t.mark_modified(owner, name)
         return self
 
     # --- calling -----------------------------------------------------------

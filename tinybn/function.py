@@ -10,7 +10,10 @@ Non-tensor arguments (strides, padding, epsilon ...) go to the constructor.
 Whatever backward needs is kept with `self.save_for_backward(...)` and read
 back from `self.saved`; after the graph is walked once those buffers are
 freed, so a second backward through the same graph is a clear error unless
-the first one asked for `retain_graph=True`.
+the first one asked for `retain_graph=True`. For each leaf (a parameter, an input)
+whose array, or a view of it, was saved, the Function keeps the leaf's version
+(Tensor.version): backward refuses the graph once an optimizer step or a load has
+changed that leaf in place, since the saved array now holds the new value.
 
 Calling a Function on Tensors (or arrays) runs forward, wraps the results in
 Tensors and, when gradients are being recorded and some input requires one,
@@ -25,6 +28,18 @@ class _Edge:
 
     def __init__(self, t):
         self.creator, self.output_index, self.requires_grad, self.shape = t.creator, t.output_index, True, t.shape
+
+
+def _owner(array):
+    """The array that owns `array`'s memory (numpy and cupy views point to it by .base)."""
+    base = getattr(array, "base", None)
+    return array if base is None else base
+
+
+def _holds(saved, array):
+    """Whether `saved` (what forward kept) holds `array` or a view of its memory."""
+    owner = _owner(array)
+    return any(s is array or _owner(s) is owner for s in saved if hasattr(s, "shape"))
 
 
 class Function:
@@ -44,6 +59,10 @@ class Function:
             self.output_meta = [(y.shape, y.dtype) for y in outputs]
             for i, r in enumerate(results):
                 r.creator, r.output_index = self, i
+            saved = getattr(self, "saved", None)
+            if saved:
+                self.saved_versions = [(i, t, t.version) for i, t in enumerate(tensors)
+                                       if t.creator is None and _holds(saved, t.data)]
         else:
             self.saved = None
         return results[0] if single else tuple(results)
@@ -63,6 +82,7 @@ class Function:
         self.released = True
 
     released = False
+    saved_versions = ()     # (input index, leaf Tensor, its version at forward) per saved leaf
 
     def __repr__(self):
         return f"<{type(self).__name__}>"

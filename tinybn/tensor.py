@@ -12,6 +12,15 @@ aggregation of several losses and PyTorch's .grad). Intermediate tensors get
 no `.grad`. The order is computed iteratively, so a graph thousands of layers
 deep does not hit Python's recursion limit.
 
+In-place changes: the optimizers, ExponentialMovingAverage's swap and
+load_state_dict change a parameter's value after a forward pass may have saved
+its array for backward. Each of them calls `t.mark_modified(by, name)`, which
+counts up `t.version` (PyTorch's version counter, shared with `t.detach()`).
+A Function records the version of every leaf whose array it saved, and
+backward() refuses a graph whose saved leaves changed since: with
+retain_graph=True and an optimizer step in between, it would otherwise walk the
+graph with the new weights and return a gradient of no function at all.
+
 Dtypes: Python floats and lists of them become float32 (TF's default);
 numpy arrays keep their dtype, so float64 works everywhere (the gradient
 checks use it) and integer arrays stay integers (labels).
@@ -55,8 +64,17 @@ def _to_array(data, dtype=None):
     return array
 
 
+class _Version:
+    """How often a tensor's value was changed in place, and by what the last time."""
+    __slots__ = ("count", "by", "name")
+
+    def __init__(self):
+        self.count, self.by, self.name = 0, None, None
+
+
 class Tensor:
     __array_priority__ = 100     # numpy defers `array * tensor` to Tensor.__rmul__
+    _version = None              # a _Version once first modified (or detached); most tensors never are
 
     def __init__(self, data, requires_grad=False, dtype=None):
         self.data = _to_array(data, dtype)
@@ -84,8 +102,27 @@ class Tensor:
         return self.numpy().item()
 
     def detach(self):
-        """The same data, cut from the graph."""
-        return Tensor(self.data)
+        """The same data, cut from the graph (and sharing its version counter)."""
+        out = Tensor(self.data)
+        out._version = self._version_counter()
+        return out
+
+    # --- in-place changes ---------------------------------------------------
+    @property
+    def version(self):
+        """How many times the value was changed in place (by mark_modified)."""
+        return 0 if self._version is None else self._version.count
+
+    def mark_modified(self, by, name=None):
+        """Record that `by` (say "GradientDescent.step()") changed the value of this tensor,
+        known to it as `name`: graphs that saved the old value refuse to backward."""
+        counter = self._version_counter()
+        counter.count, counter.by, counter.name = counter.count + 1, by, name
+
+    def _version_counter(self):
+        if self._version is None:
+            self._version = _Version()
+        return self._version
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -114,8 +151,10 @@ class Tensor:
         if self.creator is None:
             _accumulate(self, grad)
             return
+        order = _reverse_topological(self.creator)
+        _check_versions(order)          # before any gradient is accumulated
         grads = {(id(self.creator), self.output_index): grad}      # keyed by (Function, output)
-        for fn in _reverse_topological(self.creator):
+        for fn in order:
             gys = [grads.pop((id(fn), i), None) for i in range(len(fn.output_meta))]
             if all(g is None for g in gys):
                 continue
@@ -206,6 +245,18 @@ def _reverse_topological(root):
                 stack.append((x.creator, False))
     order.reverse()
     return order
+
+
+def _check_versions(functions):
+    """RuntimeError if a leaf whose array some function saved was changed in place since."""
+    for fn in functions:
+        for i, t, version in fn.saved_versions:
+            if t.version != version and not fn.released:
+                v = t._version
+                what = f"{v.name!r}, shape {t.shape}" if v.name is not None else f"shape {t.shape}"
+                raise RuntimeError(
+                    f"{type(fn).__name__}'s input {i} ({what}) was modified in place by {v.by} after the "
+                    f"forward pass saved it for backward; run the forward pass again before backward()")
 
 
 def _accumulate(leaf, grad):

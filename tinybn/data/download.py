@@ -10,21 +10,23 @@ it streams into a temporary file in the same directory, checks the md5, and
 only then renames it into place (os.replace is atomic on one file system). A
 checksum mismatch deletes the temporary file and keeps whatever was there.
 Without a network the download fails at once, naming the folder to fill by hand.
+An archive already in the data directory is checked against the same md5
+before it is extracted; a mismatch is refused, naming both sums, and the file
+is left where it is (it is the user's: never deleted or replaced).
 
-Extraction refuses members with absolute paths, `..` components, links that
-point outside the target, and device files, and uses tarfile's "data" filter
-where Python has it; it unpacks into a temporary folder and renames the result
-into place, so an interrupted extraction leaves no partial dataset folder.
+Extraction is tinybn.data.extract.safe_extract: plain files and folders only,
+each resolved inside the target, unpacked into a temporary folder and renamed
+into place, so a refused or interrupted extraction leaves no partial folder.
 """
 import hashlib
 import http.client
 import os
-import posixpath
-import shutil
-import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+
+from .extract import UnsafeArchiveError, safe_extract   # noqa: F401  (safe_extract is part of this API)
+from .files import DataPermissionError, open_binary, path_kind
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
@@ -57,7 +59,7 @@ def where_to_put(data_dir):
 
 def md5_of(path, block=1 << 20):
     digest = hashlib.md5()
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         for chunk in iter(lambda: f.read(block), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -67,8 +69,11 @@ def download(url, path, md5, urlopen=None, timeout=60.0, block=1 << 20):
     """Fetch `url` to `path` atomically if its md5 is `md5`; `urlopen` is injectable for tests."""
     urlopen = urlopen or urllib.request.urlopen
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".part")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".part")
+    except PermissionError:
+        raise DataPermissionError(folder, "write the download into") from None
     try:
         digest = hashlib.md5()
         with os.fdopen(fd, "wb") as out:
@@ -91,58 +96,36 @@ def download(url, path, md5, urlopen=None, timeout=60.0, block=1 << 20):
     return path
 
 
-def _check_member(member, archive):
-    name = member.name
-    if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise ValueError(f"{archive}: member {name!r} would be written outside the target folder")
-    if member.issym() or member.islnk():
-        link = member.linkname
-        base = posixpath.dirname(name) if member.issym() else ""
-        target = posixpath.normpath(posixpath.join(base, link))
-        if link.startswith("/") or os.path.isabs(link) or target == ".." or target.startswith("../"):
-            raise ValueError(f"{archive}: link {name!r} -> {link!r} points outside the target folder")
-    elif not (member.isfile() or member.isdir()):
-        raise ValueError(f"{archive}: member {name!r} is not a regular file or folder")
-    return posixpath.normpath(name).split("/")[0]
-
-
-def safe_extract(archive, dest_dir):
-    """Extract `archive` into `dest_dir`; each top-level entry appears atomically, never over an existing one."""
-    os.makedirs(dest_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=dest_dir, prefix=".extract-")
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            tops = {_check_member(m, archive) for m in members} - {"."}
-            for top in tops:
-                if os.path.lexists(os.path.join(dest_dir, top)):
-                    raise FileExistsError(f"{archive}: {os.path.join(dest_dir, top)} already exists; "
-                                          "move it away to extract again")
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, members=members, filter="data")
-            else:   # Python without PEP 706: the checks above are the filter
-                tar.extractall(tmp, members=members)
-        for top in sorted(tops):
-            os.replace(os.path.join(tmp, top), os.path.join(dest_dir, top))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return sorted(tops)
+def verify_md5(path, md5):
+    """Refuse (ValueError) a file whose md5 is not `md5`; the file is left as it is."""
+    actual = md5_of(path)
+    if actual != md5:
+        raise ValueError(f"{path} has md5 {actual}, expected {md5} (the official {os.path.basename(path)}): "
+                         f"truncated or not the official file; it was left as it is, replace it with the "
+                         f"official one or move it away to download again")
+    return path
 
 
 def maybe_download_and_extract(data_dir=None, download_ok=True, urlopen=None,
                                url=CIFAR10_URL, md5=CIFAR10_MD5):
-    """The path of `cifar-10-batches-bin`, extracting or downloading the archive when it is absent."""
+    """The path of `cifar-10-batches-bin`, extracting the archive (md5-verified) or downloading it when absent.
+
+    `md5` is the archive's expected checksum, the official one unless a test passes its own archive's."""
     data_dir = data_dir or default_data_dir()
+    if path_kind(data_dir) not in (None, "dir"):
+        raise NotADirectoryError(f"the data directory {data_dir} is a file, not a folder")
     folder = os.path.join(data_dir, FOLDER_NAME)
-    if os.path.isdir(folder):
+    if path_kind(folder) == "dir":
         return folder
     archive = os.path.join(data_dir, ARCHIVE_NAME)
-    if not os.path.exists(archive):
+    if path_kind(archive) is None:
         if not download_ok:
             raise DatasetNotFoundError(f"CIFAR-10 not found in {data_dir} and download is off; "
                                        + where_to_put(data_dir))
         download(url, archive, md5, urlopen=urlopen)
+    else:
+        verify_md5(archive, md5)
     safe_extract(archive, data_dir)
-    if not os.path.isdir(folder):
+    if path_kind(folder) != "dir":
         raise DatasetNotFoundError(f"{archive} holds no {FOLDER_NAME}/ folder; " + where_to_put(data_dir))
     return folder

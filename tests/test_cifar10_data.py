@@ -19,8 +19,8 @@ from hypothesis import given, strategies as st
 from tinybn.data import image
 from tinybn.data.cifar10 import (EvalBatches, RECORD_BYTES, TEST_FILES, TRAIN_FILES, load_cifar10,
                                  parse_records, read_cifar10)
-from tinybn.data.download import (DatasetNotFoundError, default_data_dir, download,
-                                  maybe_download_and_extract, safe_extract)
+from tinybn.data.download import (CIFAR10_MD5, CIFAR10_URL, DatasetNotFoundError, default_data_dir, download,
+                                  maybe_download_and_extract)
 from tinybn.data.queue import ShuffleQueue
 
 
@@ -127,17 +127,72 @@ def test_checksum_mismatch_keeps_existing_file_and_leaves_no_partial(tmp_path):
     assert os.listdir(tmp_path) == ["cifar-10-binary.tar.gz"]
 
 
-def test_offline_fails_at_once_naming_the_folder(tmp_path):
+def test_offline_fails_at_once_naming_the_folder(tmp_path, monkeypatch):
+    calls = []
+
     def offline(url, timeout):
+        calls.append((url, timeout))
         raise urllib.error.URLError("Temporary failure in name resolution")
+
+    def no_sleep(seconds):
+        raise AssertionError(f"waited {seconds} s before giving up")
+
+    monkeypatch.setattr(time, "sleep", no_sleep)
     data_dir = tmp_path / "data"
-    start = time.monotonic()
-    with pytest.raises(DatasetNotFoundError, match="no network.*" + str(data_dir / "cifar-10-batches-bin")):
+    with pytest.raises(DatasetNotFoundError, match="could not download " + CIFAR10_URL
+                       + r" \(Temporary failure in name resolution\); no network.*"
+                       + str(data_dir / "cifar-10-batches-bin")):
         maybe_download_and_extract(str(data_dir), urlopen=offline)
-    assert time.monotonic() - start < 1.0
+    assert calls == [(CIFAR10_URL, 60.0)]       # "at once": one attempt, a finite timeout, no retry, no sleep
     assert os.listdir(data_dir) == []
     with pytest.raises(DatasetNotFoundError, match="download is off"):
         load_cifar10("train", str(data_dir), download=False)
+
+
+def test_archive_already_there_is_md5_checked_and_left_in_place(cifar_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    archive = make_archive(cifar_dir, data_dir / "cifar-10-binary.tar.gz")
+    content = archive.read_bytes()
+
+    def no_download(url, timeout):
+        raise AssertionError("the user's archive must not be replaced by a download")
+
+    for download_ok in (False, True):       # the official md5: this tiny archive is not the official file
+        with pytest.raises(ValueError) as info:
+            maybe_download_and_extract(str(data_dir), download_ok=download_ok, urlopen=no_download)
+        message = str(info.value)
+        assert f"{archive} has md5 {md5(content)}, expected {CIFAR10_MD5}" in message and "\n" not in message
+        assert os.listdir(data_dir) == ["cifar-10-binary.tar.gz"] and archive.read_bytes() == content
+    with pytest.raises(ValueError, match="expected 0{32}"):
+        load_cifar10("test", str(data_dir), md5="0" * 32)
+    labels = load_cifar10("test", str(data_dir), download=False, md5=md5(content))[1]   # its own md5: accepted
+    np.testing.assert_array_equal(labels, np.arange(20, 25) % 10)
+    assert sorted(os.listdir(data_dir)) == ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
+
+
+def test_data_dir_may_be_the_batches_folder_itself(cifar_dir, tmp_path):
+    expected = read_cifar10(str(cifar_dir), "test")[1]
+    for data_dir in (cifar_dir, cifar_dir.parent):      # the folder itself, or the folder holding it
+        np.testing.assert_array_equal(load_cifar10("test", str(data_dir), download=False)[1], expected)
+    renamed = cifar_dir.rename(tmp_path / "my-cifar")     # batch files in a folder under another name
+    np.testing.assert_array_equal(load_cifar10("test", str(renamed), download=False)[1], expected)
+    (renamed / "data_batch_2.bin").unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_cifar10("train", str(renamed), download=False)
+    assert str(info.value) == (f"CIFAR-10 file data_batch_2.bin not found: no {renamed / 'data_batch_2.bin'}; put "
+                               f"the official CIFAR-10 binary files (data_batch_1..5.bin, test_batch.bin) in {renamed}")
+
+
+def test_missing_batches_folder_is_extracted_into_its_parent(cifar_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    archive = make_archive(cifar_dir, data_dir / "cifar-10-binary.tar.gz")
+    target = data_dir / "cifar-10-batches-bin"          # --data-dir names the folder the archive makes
+    labels = load_cifar10("test", str(target), download=False, md5=md5(archive.read_bytes()))[1]
+    np.testing.assert_array_equal(labels, np.arange(20, 25) % 10)
+    assert sorted(os.listdir(data_dir)) == ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
+    assert sorted(os.listdir(target)) == sorted(TRAIN_FILES + TEST_FILES)   # not nested a second time
 
 
 def test_default_data_dir(monkeypatch, tmp_path):
@@ -146,34 +201,6 @@ def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("TINYBN_DATA")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert default_data_dir() == str(tmp_path / "cache" / "tinybn")
-
-
-def evil_archive(path, name, kind=tarfile.REGTYPE, linkname=""):
-    with tarfile.open(path, "w:gz") as tar:
-        ok = tarfile.TarInfo("cifar-10-batches-bin/readme.txt")
-        ok.size = 2
-        tar.addfile(ok, io.BytesIO(b"ok"))
-        bad = tarfile.TarInfo(name)
-        bad.type, bad.linkname, bad.size = kind, linkname, 0 if kind != tarfile.REGTYPE else 4
-        tar.addfile(bad, io.BytesIO(b"evil") if kind == tarfile.REGTYPE else None)
-    return path
-
-
-@pytest.mark.parametrize("name, kind, linkname, message", [
-    ("cifar-10-batches-bin/../../escape.txt", tarfile.REGTYPE, "", "outside the target"),
-    ("/tmp/tinybn-absolute.txt", tarfile.REGTYPE, "", "outside the target"),
-    ("cifar-10-batches-bin/link", tarfile.SYMTYPE, "../../outside", "points outside"),
-    ("cifar-10-batches-bin/abs-link", tarfile.SYMTYPE, "/etc/passwd", "points outside"),
-    ("cifar-10-batches-bin/hard", tarfile.LNKTYPE, "../x", "points outside"),
-    ("cifar-10-batches-bin/dev", tarfile.CHRTYPE, "", "not a regular file"),
-])
-def test_extraction_rejects_escaping_members(tmp_path, name, kind, linkname, message):
-    archive = evil_archive(tmp_path / "evil.tar.gz", name, kind, linkname)
-    dest = tmp_path / "data"
-    with pytest.raises(ValueError, match=message):
-        safe_extract(str(archive), str(dest))
-    assert os.listdir(dest) == []            # nothing extracted, temporary folder removed
-    assert not (tmp_path / "escape.txt").exists() and not os.path.exists("/tmp/tinybn-absolute.txt")
 
 
 # -- preprocessing --------------------------------------------------------------------------

@@ -5,11 +5,15 @@ each record is 3073 bytes, one label byte (0..9) then the 32x32 image as 1024
 red, 1024 green and 1024 blue bytes, each plane row by row, top to bottom. Train
 is data_batch_1..5.bin, eval is test_batch.bin. The record count of a file is
 its size / 3073 (the real-data builds here do not hold 10,000 per file); any
-other size, or a label byte above 9, is a ValueError naming the file.
+other size, or a label byte above 9, is a ValueError naming the file; a folder
+or file we may not read is a PermissionError naming it, never "not found".
 
     read_cifar10(source, split)   uint8 (N, 32, 32, 3) NHWC, int32 labels (N,),
                                   from the folder or from cifar-10-binary.tar.gz
-    load_cifar10(split, data_dir) the same, finding/downloading the data first
+    batches_folder(data_dir)      the folder of the batch files: data_dir itself
+                                  when it is one, else data_dir/cifar-10-batches-bin,
+                                  extracted (md5-verified) or downloaded if absent
+    load_cifar10(split, data_dir) read_cifar10 of batches_folder(data_dir)
     distorted_inputs(...)         the train ShuffleQueue, as the tutorial's
                                   min_after_dequeue = 0.4 * examples per epoch
     EvalBatches / inputs(...)     sequential eval batches, centre crop
@@ -23,7 +27,10 @@ import tarfile
 
 import numpy as np
 
-from .download import FOLDER_NAME, DatasetNotFoundError, maybe_download_and_extract, where_to_put
+from .download import (CIFAR10_MD5, FOLDER_NAME, DatasetNotFoundError, default_data_dir,
+                       maybe_download_and_extract, where_to_put)
+from .extract import BROKEN_ARCHIVE_ERRORS
+from .files import DataPermissionError, path_kind, read_bytes
 from .image import eval_transform, train_transform
 from .queue import ShuffleQueue
 
@@ -59,54 +66,80 @@ def parse_records(data, name):
 
 
 def read_batch_file(path):
-    with open(path, "rb") as f:
-        return parse_records(f.read(), path)
+    return parse_records(read_bytes(path), path)
 
 
 def _concat(parts):
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def _where_to_put_files(folder):
+    if os.path.basename(os.path.normpath(folder)) == FOLDER_NAME:
+        return where_to_put(os.path.dirname(os.path.abspath(folder)))
+    return f"put the official CIFAR-10 binary files (data_batch_1..5.bin, test_batch.bin) in {folder}"
+
+
 def read_cifar10(source, split="train"):
     """Read a split from a `cifar-10-batches-bin` folder (or its parent) or from the .tar.gz archive."""
     names = split_files(split)
-    if os.path.isfile(source):
+    kind = path_kind(source)
+    if kind == "file":
         return _read_archive(source, names)
+    if kind != "dir":
+        raise DatasetNotFoundError(f"CIFAR-10 not found: no folder {source}; " + _where_to_put_files(source))
     folder = source
-    if not os.path.exists(os.path.join(folder, names[0])) and os.path.isdir(os.path.join(folder, FOLDER_NAME)):
+    if path_kind(os.path.join(folder, names[0])) is None and path_kind(os.path.join(folder, FOLDER_NAME)) == "dir":
         folder = os.path.join(folder, FOLDER_NAME)
     parts = []
     for name in names:
         path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            parent = os.path.dirname(os.path.abspath(folder)) if os.path.basename(
-                os.path.normpath(folder)) == FOLDER_NAME else folder
-            raise DatasetNotFoundError(f"CIFAR-10 file {name} not found: no {path}; " + where_to_put(parent))
+        if path_kind(path) != "file":
+            raise DatasetNotFoundError(f"CIFAR-10 file {name} not found: no {path}; " + _where_to_put_files(folder))
         parts.append(read_batch_file(path))
     return _concat(parts)
 
 
 def _read_archive(archive, names):
     try:
-        tar = tarfile.open(archive, "r:*")
-    except tarfile.TarError as e:
-        raise ValueError(f"{archive}: not a readable tar archive ({e})") from e
-    with tar:
-        members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-        parts = []
-        for name in names:
-            if name not in members:
-                raise DatasetNotFoundError(f"{archive} holds no {FOLDER_NAME}/{name}; "
-                                           + where_to_put(os.path.dirname(os.path.abspath(archive))))
-            parts.append(parse_records(tar.extractfile(members[name]).read(), f"{archive}:{members[name].name}"))
+        with tarfile.open(archive, "r:*") as tar:
+            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+            parts = []
+            for name in names:
+                if name not in members:
+                    raise DatasetNotFoundError(f"{archive} holds no {FOLDER_NAME}/{name}; "
+                                               + where_to_put(os.path.dirname(os.path.abspath(archive))))
+                data = tar.extractfile(members[name]).read()
+                parts.append(parse_records(data, f"{archive}:{members[name].name}"))
+    except PermissionError:
+        raise DataPermissionError(archive) from None
+    except BROKEN_ARCHIVE_ERRORS as e:
+        raise ValueError(f"{archive}: truncated or corrupt archive ({e})") from None
     return _concat(parts)
 
 
-def load_cifar10(split="train", data_dir=None, download=True, urlopen=None):
-    """read_cifar10 on the data directory, downloading and extracting the archive if needed."""
+def holds_batch_files(folder):
+    """Whether `folder` is a batches folder: named cifar-10-batches-bin, or holding a batch file."""
+    return (os.path.basename(os.path.normpath(folder)) == FOLDER_NAME
+            or any(path_kind(os.path.join(folder, name)) == "file" for name in TRAIN_FILES + TEST_FILES))
+
+
+def batches_folder(data_dir=None, download=True, urlopen=None, md5=CIFAR10_MD5):
+    """The folder of the batch files. A data_dir that is such a folder itself (--data-dir pointed at
+    cifar-10-batches-bin, or at a folder of data_batch_*.bin under another name) is used as it is; a
+    cifar-10-batches-bin that does not exist yet is fetched into its parent; any other data_dir holds
+    (or gets: maybe_download_and_extract, the archive checked against `md5`) cifar-10-batches-bin/."""
+    data_dir = data_dir or default_data_dir()
+    if path_kind(data_dir) == "dir" and holds_batch_files(data_dir):
+        return data_dir
+    if os.path.basename(os.path.normpath(data_dir)) == FOLDER_NAME:
+        data_dir = os.path.dirname(os.path.abspath(data_dir))
+    return maybe_download_and_extract(data_dir, download_ok=download, urlopen=urlopen, md5=md5)
+
+
+def load_cifar10(split="train", data_dir=None, download=True, urlopen=None, md5=CIFAR10_MD5):
+    """read_cifar10 of batches_folder(data_dir); `md5` is the archive's, for tests with their own archive."""
     split_files(split)
-    folder = maybe_download_and_extract(data_dir, download_ok=download, urlopen=urlopen)
-    return read_cifar10(folder, split)
+    return read_cifar10(batches_folder(data_dir, download, urlopen, md5), split)
 
 
 class EvalBatches:

@@ -13,7 +13,10 @@ is a ValueError that names the file and the problem.
 Files: train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz (60,000 examples),
 t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (10,000), each looked for in
 the data directory as NAME.gz, then as NAME (uncompressed). The data directory is
-`data_dir` (the CLI's --data-dir), else $TINYBN_DATA/mnist, else ~/.cache/tinybn/mnist.
+`data_dir` (the CLI's --data-dir), else $TINYBN_DATA/mnist, else ~/.cache/tinybn/mnist;
+a data_dir holding no MNIST file but a `mnist/` folder that does (--data-dir pointed
+at $TINYBN_DATA, the folder above) means that folder. A file or folder we may not
+read is a PermissionError naming it, never "not found".
 A missing file is downloaded there (from the mirrors TF and torchvision use) through
 tinybn.data.download.download: streamed into a temporary file, its md5 checked
 against torchvision's published checksum, then renamed into place. download.py
@@ -41,6 +44,7 @@ import numpy as np
 
 from .cifar10 import EvalBatches
 from .download import DatasetNotFoundError, default_data_dir, download
+from .files import path_kind, read_bytes
 from .queue import ShuffleQueue
 
 IMAGE_SIZE = 28
@@ -84,8 +88,7 @@ def parse_idx(data, name, magic):
 
 def read_idx(path, magic):
     """parse_idx of a file, gunzipped first if its content is gzip."""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
@@ -112,8 +115,20 @@ def read_mnist(images_path, labels_path):
 
 
 # -- finding and fetching the files ----------------------------------------------------------
-def mnist_data_dir(data_dir=None):
-    return data_dir or os.path.join(default_data_dir(), "mnist")
+def _holds_any(folder, names):
+    return any(path_kind(os.path.join(folder, name)) == "file" for gz in names for name in (gz, gz[:-len(".gz")]))
+
+
+def mnist_data_dir(data_dir=None, names=None):
+    """data_dir, or its mnist/ folder when only that holds the files `names` (NAME.gz or NAME; default
+    all eight); $TINYBN_DATA/mnist when data_dir is not given."""
+    names = names or [n for pair in FILES.values() for n in pair]
+    if not data_dir:
+        return os.path.join(default_data_dir(), "mnist")
+    inner = os.path.join(data_dir, "mnist")
+    if not _holds_any(data_dir, names) and path_kind(inner) == "dir" and _holds_any(inner, names):
+        return inner
+    return data_dir
 
 
 def where_to_put(data_dir):
@@ -143,7 +158,7 @@ def locate(name, data_dir, download_ok=True, urlopen=None, mirrors=MIRRORS):
     """The path of NAME.gz or NAME in data_dir, downloading NAME.gz when neither is there."""
     for candidate in (name, name[:-len(".gz")]):
         path = os.path.join(data_dir, candidate)
-        if os.path.isfile(path):
+        if path_kind(path) == "file":
             return path
     if not download_ok:
         raise DatasetNotFoundError(f"MNIST file {name} not found in {data_dir} and download is off; "
@@ -155,7 +170,7 @@ def load_mnist(split="train", data_dir=None, download=True, urlopen=None, mirror
     """read_mnist of the "train" or "test" files in the data directory, downloading missing ones."""
     if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    data_dir = mnist_data_dir(data_dir)
+    data_dir = mnist_data_dir(data_dir, FILES[split])
     return read_mnist(*(locate(n, data_dir, download, urlopen, mirrors) for n in FILES[split]))
 
 

@@ -158,7 +158,7 @@ def test_data_filter_is_consulted_where_python_has_it(tmp_path, monkeypatch):
 def test_truncated_archive_is_one_line_and_leaves_no_partial_folder(tmp_path, mode):
     archive = tmp_path / "cut.tar"
     with tarfile.open(archive, mode) as tar:
-        for i in range(3):       # random bytes: gzip cannot shrink them, so the cut falls in the third file
+        for i in range(3):       # random bytes: gzip cannot shrink them, so the cut falls in the third file too
             info, data = regular(f"cifar-10-batches-bin/data_batch_{i + 1}.bin", np.random.default_rng(i).bytes(30000))
             tar.addfile(info, data)
     data = archive.read_bytes()
@@ -166,9 +166,30 @@ def test_truncated_archive_is_one_line_and_leaves_no_partial_folder(tmp_path, mo
     dest = tmp_path / "data"
     with pytest.raises(ValueError, match=r"cut\.tar: truncated or corrupt archive \(.*\); nothing was extracted$"):
         safe_extract(str(archive), str(dest))
-    assert os.listdir(dest) == []       # the plain tar fails while writing the third file: still nothing
+    assert os.listdir(dest) == []       # no partial cifar-10-batches-bin, no temporary folder
     with pytest.raises(ValueError, match=r"cut\.tar: truncated or corrupt archive \([^\n]*\)$"):
         read_cifar10(str(archive), "train")
+
+
+def test_failure_while_writing_leaves_no_partial_folder(tmp_path, monkeypatch):
+    archive = build(tmp_path / "a.tar.gz", [regular(f"cifar-10-batches-bin/data_batch_{i}.bin", b"x" * 10)
+                                            for i in range(1, 4)])
+    real_open, opened = os.open, []
+
+    def disk_full_at_third_file(path, flags, *args, **kwargs):
+        if str(path).endswith(".bin"):
+            opened.append(path)
+            if len(opened) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", disk_full_at_third_file)
+    dest = tmp_path / "data"
+    with pytest.raises(OSError, match="No space left on device"):
+        safe_extract(str(archive), str(dest))
+    monkeypatch.undo()
+    assert [os.path.basename(p) for p in opened] == ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin"]
+    assert os.listdir(dest) == []       # two files were written, none is left: not even the temporary folder
 
 
 # -- unreadable folders and files ----------------------------------------------------------

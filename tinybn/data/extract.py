@@ -107,7 +107,7 @@ def _extract_into(tar, archive, tmp, dest_dir):
         for member in members:
             try:
                 tarfile.data_filter(member, tmp)
-            except tarfile.FilterError as e:
+            except tarfile.TarError as e:   # FilterError and its kinds
                 raise _refuse(archive, member.name, f"is refused by tarfile's data filter ({e})") from None
     tops = sorted({parts[0] for parts in folders | files.keys()})
     for top in tops:

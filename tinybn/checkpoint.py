@@ -12,28 +12,28 @@ bytes, so a file whose members were swapped, renamed or damaged is refused even
 where the zip CRCs would not notice.
 
 Writing never leaves a half-written file under the final name: the archive is
-written to a hidden temporary file in the same directory, flushed and fsynced,
-then os.replace()d onto the name (atomic on POSIX and Windows), and the
-directory is fsynced. A previous checkpoint of the same name stays intact until
-the new one is complete.
+written to a hidden temporary file in the same directory
+(".<name>.<host>.<pid>.<random>.tmp"), flushed and fsynced, then os.replace()d
+onto the name (atomic on POSIX and Windows), and the directory is fsynced. A
+previous checkpoint of the same name stays intact until the new one is complete.
+A failed write removes its temporary file; one left by a killed process (kill -9)
+is removed by the next CheckpointManager on that directory, once the host and
+process id in its name show that its writer is gone.
 
 Structured trainer state goes through flatten()/unflatten(): top-level
 namespaces are joined to names with "::" ("model::conv1/kernel",
 "optimizer::conv1/kernel/Momentum", "step"), because state_dict() names already
 contain "/".
 
-CheckpointManager keeps the last `max_to_keep` checkpoints
-"<prefix>-<step>.npz" and a JSON index file "checkpoint" listing them oldest
-first. Order of a save: new checkpoint (atomic), index (atomic), then deletion
-of the oldest. A crash at any point leaves the previous good checkpoint on disk
-and reachable through the index or, if the index is missing or corrupt, through
-a scan of the directory.
+CheckpointManager (checkpoint_manager.py, part of this module's API) keeps a
+directory of numbered checkpoints and their index.
 """
 import hashlib
 import io
 import json
 import os
 import re
+import socket
 import tempfile
 import zipfile
 
@@ -42,7 +42,6 @@ import numpy as np
 FORMAT_VERSION = 1
 NAMESPACE_SEP = "::"
 _HEADER = "__tinybn__"
-_INDEX_FORMAT = 1
 
 
 class CheckpointError(ValueError):
@@ -60,13 +59,20 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def _host():
+    """This machine's name as it can appear in a file name."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
 def atomic_write(path, write):
     """Call write(binary file) on a temporary file next to `path`, then move it onto `path`.
 
-    On any exception the temporary file is removed and `path` is untouched."""
+    On any exception (a full disk: OSError ENOSPC; Ctrl-C) the temporary file is removed,
+    `path` is untouched, and the exception is re-raised."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.{_host()}.{os.getpid()}.",
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -130,14 +136,22 @@ def save(path, arrays, meta=None):
 def load(path):
     """(arrays, meta) from a file written by save(); CheckpointError if it cannot be trusted.
 
-    The file is only read, never modified. A missing file is FileNotFoundError."""
+    The file is only read, never modified; nothing in it is unpickled. A missing file is
+    FileNotFoundError."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        data = f.read()
 
     def fail(problem):
         return CheckpointError(f"checkpoint {path!r}: {problem}")
 
+    if os.path.isdir(path):
+        raise fail("is a directory, not a checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise fail(f"cannot be read ({e.strerror or e})") from None
     if not data:
         raise fail("file is empty")
     try:
@@ -145,9 +159,15 @@ def load(path):
         if not isinstance(npz, np.lib.npyio.NpzFile):   # a plain .npy file loads as one array
             raise fail("not an npz archive")
         with npz:
+            def member(key):
+                value = npz[key]    # a member that is not a .npy file comes back as raw bytes
+                if not isinstance(value, np.ndarray):
+                    raise fail(f"member {key!r} is not a numpy array")
+                return value
+
             if _HEADER not in npz.files:
                 raise fail("not a tinybn checkpoint (no header member)")
-            raw = npz[_HEADER]
+            raw = member(_HEADER)
             if raw.dtype != np.uint8 or raw.ndim != 1:
                 raise fail("malformed header member")
             header = json.loads(raw.tobytes().decode("utf-8"))
@@ -158,14 +178,16 @@ def load(path):
             names, meta_text, digest = header["names"], header["meta"], header["sha256"]
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise fail("malformed header names")
+            if not isinstance(meta_text, str) or not isinstance(digest, str):
+                raise fail("malformed header meta or checksum")
             expected = {_HEADER} | {f"a{i}" for i in range(len(names))}
             if set(npz.files) != expected:
                 raise fail(f"members {sorted(npz.files)} do not match the header's {len(names)} arrays")
-            values = [npz[f"a{i}"] for i in range(len(names))]
+            values = [member(f"a{i}") for i in range(len(names))]
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError, IndexError,
-            NotImplementedError, RuntimeError) as e:   # whatever a damaged zip or .npy header raises
+            NotImplementedError, RuntimeError, MemoryError) as e:   # whatever a damaged zip or .npy raises
         raise fail(f"unreadable or corrupt ({type(e).__name__}: {e})") from None
     if _digest(meta_text, names, values) != digest:
         raise fail("checksum mismatch: contents differ from what was saved")
@@ -224,92 +246,5 @@ def unflatten(flat):
     return tree
 
 
-# --- a directory of checkpoints -------------------------------------------------------------
-class CheckpointManager:
-    """Numbered checkpoints "<prefix>-<step>.npz" in `directory`, keeping the newest `max_to_keep`
-    (None keeps all), with a JSON index "checkpoint" listing them in save order, oldest first."""
-
-    INDEX = "checkpoint"
-
-    def __init__(self, directory, max_to_keep=5, prefix="model.ckpt"):
-        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
-            raise ValueError(f"max_to_keep: expected a positive int or None, got {max_to_keep!r}")
-        if not prefix or os.sep in prefix or "/" in prefix or prefix.startswith("."):
-            raise ValueError(f"prefix: expected a plain file name prefix, got {prefix!r}")
-        self.directory = os.fspath(directory)
-        self.max_to_keep = max_to_keep
-        self.prefix = prefix
-        self._pattern = re.compile(re.escape(prefix) + r"-(\d+)\.npz")
-        os.makedirs(self.directory, exist_ok=True)
-
-    def _path(self, name):
-        return os.path.join(self.directory, name)
-
-    def _scan(self):
-        """Our checkpoint files on disk (temporaries excluded), by step."""
-        found = [(int(m.group(1)), n) for n in os.listdir(self.directory)
-                 if (m := self._pattern.fullmatch(n)) and os.path.isfile(self._path(n))]
-        return [n for _, n in sorted(found)]
-
-    def _read_index(self):
-        """The index's names, or None if it is missing or not a valid index."""
-        try:
-            with open(self._path(self.INDEX), "rb") as f:
-                index = json.loads(f.read().decode("utf-8"))
-            names = index["all"]
-            if index.get("format") != _INDEX_FORMAT or not isinstance(names, list):
-                return None
-            if not all(isinstance(n, str) and self._pattern.fullmatch(n) for n in names):
-                return None
-            return names
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-    def all(self):
-        """Paths of the kept checkpoints that exist, oldest first (index order, else by step)."""
-        names = self._read_index()
-        on_disk = set(self._scan())
-        if names is None or not any(n in on_disk for n in names):
-            names = sorted(on_disk, key=lambda n: int(self._pattern.fullmatch(n).group(1)))
-        return [self._path(n) for n in dict.fromkeys(names) if n in on_disk]
-
-    def latest(self):
-        """Path of the most recently saved checkpoint, or None."""
-        paths = self.all()
-        return paths[-1] if paths else None
-
-    def restore_latest(self):
-        """(path, arrays, meta) of the newest checkpoint that loads, trying older ones when the
-        newest is corrupt; None when there is none. Corrupt files are left in place."""
-        for path in reversed(self.all()):
-            try:
-                return (path,) + load(path)
-            except (CheckpointError, FileNotFoundError):
-                continue
-        return None
-
-    def save(self, step, arrays, meta=None):
-        """Write "<prefix>-<step>.npz" (meta gains "step"), update the index, drop the oldest."""
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"step: expected a non-negative int, got {step!r}")
-        step = int(step)
-        meta = dict(meta or {})
-        if meta.setdefault("step", step) != step:
-            raise ValueError(f"meta: 'step' is {meta['step']!r} but the checkpoint step is {step}")
-        name = f"{self.prefix}-{step}.npz"
-        save(self._path(name), arrays, meta)
-
-        indexed = self._read_index() or []
-        on_disk = self._scan()
-        # files on disk but not in the index are leftovers of a crash before an index write: oldest
-        orphans = [n for n in on_disk if n not in indexed]
-        order = [n for n in dict.fromkeys(orphans + indexed) if n != name and n in on_disk] + [name]
-        keep = order if self.max_to_keep is None else order[-self.max_to_keep:]
-        index = {"format": _INDEX_FORMAT, "latest": name, "all": keep}
-        atomic_write(self._path(self.INDEX), lambda f: f.write(json.dumps(index, indent=1).encode("utf-8")))
-        for old in order[:len(order) - len(keep)]:
-            try:
-                os.unlink(self._path(old))
-            except FileNotFoundError:
-                pass
-        return self._path(name)
+# CheckpointManager lives in checkpoint_manager.py; it is part of this module's API.
+from .checkpoint_manager import CheckpointManager  # noqa: E402,F401

@@ -29,7 +29,11 @@ npz checkpoint. `load_state_dict` (or `state=` at construction) recomputes the
 buffered examples from their chunks (about as long as the first fill) and
 continues with batch `batches`. A state with only seed and batches (say, a
 global step) also works: the buffer bookkeeping is replayed on stream
-positions alone, without pixels, at well under a millisecond per batch.
+positions alone, without pixels, at well under a millisecond per batch
+(up to MAX_REPLAY_BATCHES). A restored state is checked first: its sizes must
+be this queue's (a data set of another size is named as such), and its
+position, chunk count and buffer must be ones the queue could have reached;
+anything else is a ValueError, not a hang or a silently different order.
 The same numpy version gives the same order (Generator streams are only
 guaranteed stable within a numpy version).
 """
@@ -41,6 +45,15 @@ from .image import train_transform
 
 _PERMUTATION, _CHUNK, _SELECT = 1, 2, 3
 _CONFIG = ("batch_size", "min_after_dequeue", "chunk_size", "num_examples")
+MAX_REPLAY_BATCHES = 10 ** 6     # a state without its buffer is replayed batch by batch (well under 1 ms each)
+
+
+def _integer(state, name):
+    """state[name] as a Python int, or a ValueError naming it."""
+    value = np.asarray(state[name])
+    if value.ndim != 0 or value.dtype.kind not in "iu":
+        raise ValueError(f"state {name} must be an integer, got {value.dtype} of shape {value.shape}")
+    return int(value)
 
 
 class ShuffleQueue:
@@ -213,17 +226,12 @@ class ShuffleQueue:
         self._start()
 
     def _restore(self, state):
-        missing = {"seed", "batches"} - set(state)
-        if missing:
-            raise ValueError(f"state lacks {sorted(missing)}")
-        for name in ("seed",) + _CONFIG:
-            if name in state and int(state[name]) != getattr(self, name):
-                raise ValueError(f"state {name} is {int(state[name])} but this queue has {getattr(self, name)}")
-        if "buffer" in state:
-            self._reset(int(state["batches"]), int(state["next_chunk"]), np.asarray(state["buffer"], np.int64))
+        batches, next_chunk, buffer = self._checked(state)
+        if buffer is not None:
+            self._reset(batches, next_chunk, buffer)
         else:   # replay the bookkeeping on stream positions only
             self._reset(0, 0, np.empty(0, np.int64))
-            for _ in range(int(state["batches"])):
+            for _ in range(batches):
                 self._top_up(None)
                 self._take(with_payload=False)
         positions = self._positions[:self._count]
@@ -233,6 +241,52 @@ class ShuffleQueue:
             images, labels = self._make_chunk(int(k))
             offsets = positions[rows] - k * self.chunk_size
             self._store(rows, images[offsets], labels[offsets])
+
+    def _checked(self, state):
+        """(batches, next_chunk, buffer or None) of `state`, refused with a ValueError unless it is
+        one this queue could have written: a checkpoint's numbers are not trusted blindly (an
+        absurd position would replay for hours, a wrong buffer would silently change the order)."""
+        missing = {"seed", "batches"} - set(state)
+        if missing:
+            raise ValueError(f"state lacks {sorted(missing)}")
+        values = {name: _integer(state, name) for name in ("seed", "batches", "next_chunk") + _CONFIG
+                  if name in state}
+        if "num_examples" in values and values["num_examples"] != self.num_examples:
+            raise ValueError(f"the checkpoint was made with a data set of {values['num_examples']} images, "
+                             f"this one has {self.num_examples}; resume with the same data")
+        if "min_after_dequeue" in values and values["min_after_dequeue"] != self.min_after_dequeue \
+                and "num_examples" not in values:
+            raise ValueError(f"state min_after_dequeue is {values['min_after_dequeue']} but this queue has "
+                             f"{self.min_after_dequeue}: the checkpoint was probably made with a data set of "
+                             f"another size than this one's {self.num_examples} images")
+        for name in ("seed",) + _CONFIG:
+            if name in values and values[name] != getattr(self, name):
+                raise ValueError(f"state {name} is {values[name]} but this queue has {getattr(self, name)}")
+        batches = values["batches"]
+        if batches < 0:
+            raise ValueError(f"state batches is {batches}: a position cannot be negative")
+        if "buffer" not in state:
+            if batches > MAX_REPLAY_BATCHES:
+                raise ValueError(f"state batches is {batches} without a buffer: replaying more than "
+                                 f"{MAX_REPLAY_BATCHES} batches is refused (a full state_dict() resumes at once)")
+            return batches, 0, None
+        if "next_chunk" not in values:
+            raise ValueError("state has a buffer but lacks next_chunk")
+        next_chunk, buffer = values["next_chunk"], np.asarray(state["buffer"])
+        inserted = next_chunk * self.chunk_size        # stream positions that went into the buffer so far
+        if buffer.ndim != 1 or buffer.dtype.kind not in "iu":
+            raise ValueError(f"state buffer must be a 1-D integer array, got {buffer.dtype} of shape {buffer.shape}")
+        low, high = (0, 0) if batches == 0 else (self.min_after_dequeue, self.min_after_dequeue + self.chunk_size - 1)
+        if not (0 <= next_chunk and inserted < 2 ** 62 and low <= len(buffer) <= high
+                and len(buffer) == inserted - batches * self.batch_size):
+            raise ValueError(f"state is inconsistent: {batches} batches of {self.batch_size} and {next_chunk} "
+                             f"chunks of {self.chunk_size} cannot leave {len(buffer)} examples in the buffer "
+                             f"(a damaged or edited checkpoint)")
+        buffer = buffer.astype(np.int64)
+        if len(buffer) and (buffer.min() < 0 or buffer.max() >= inserted or len(np.unique(buffer)) != len(buffer)):
+            raise ValueError(f"state buffer holds positions outside [0, {inserted}) or twice "
+                             f"(a damaged or edited checkpoint)")
+        return batches, next_chunk, buffer
 
     # -- shutdown ------------------------------------------------------------------------
     def _stop(self):

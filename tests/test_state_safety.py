@@ -329,7 +329,7 @@ def test_resume_with_a_smaller_data_set_or_an_absurd_position_is_one_line_error(
     arrays, meta = checkpoint.load(run / "model.ckpt-2.npz")
     arrays["queue::batches"] = np.array(10 ** 9)
     checkpoint.save(run / "model.ckpt-2.npz", arrays, meta)
-    with pytest.raises(SystemExit, match="^error: state is inconsistent: 1000000000 batches"):
+    with pytest.raises(SystemExit, match="^error: queue state is inconsistent: 1000000000 batches"):
         train(data, run, "--max-steps", "4")
 
 

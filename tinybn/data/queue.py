@@ -279,9 +279,9 @@ class ShuffleQueue:
         low, high = (0, 0) if batches == 0 else (self.min_after_dequeue, self.min_after_dequeue + self.chunk_size - 1)
         if not (0 <= next_chunk and inserted < 2 ** 62 and low <= len(buffer) <= high
                 and len(buffer) == inserted - batches * self.batch_size):
-            raise ValueError(f"state is inconsistent: {batches} batches of {self.batch_size} and {next_chunk} "
-                             f"chunks of {self.chunk_size} cannot leave {len(buffer)} examples in the buffer "
-                             f"(a damaged or edited checkpoint)")
+            raise ValueError(f"queue state is inconsistent: {batches} batches of {self.batch_size} and "
+                             f"{next_chunk} chunks of {self.chunk_size} cannot leave {len(buffer)} examples "
+                             f"in the buffer (a damaged or edited checkpoint)")
         buffer = buffer.astype(np.int64)
         if len(buffer) and (buffer.min() < 0 or buffer.max() >= inserted or len(np.unique(buffer)) != len(buffer)):
             raise ValueError(f"state buffer holds positions outside [0, {inserted}) or twice "

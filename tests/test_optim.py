@@ -1,7 +1,7 @@
 """Optimizers, schedules and moving averages: hand-computed steps and TF's documented values."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from tinybn.nn.module import Parameter
 from tinybn.optim import (Adam, ExponentialDecay, ExponentialMovingAverage, GradientDescent, Momentum,
@@ -231,9 +231,14 @@ def test_bn_model_schedule_is_adam_decaying_every_1000_steps():
 
 
 @settings(max_examples=25, deadline=None)
+@example(step=103, decay_steps=1, rate=0.8796256610342398)     # found by make fuzz (see below)
 @given(step=st.integers(0, 10 ** 6), decay_steps=st.integers(1, 10 ** 5), rate=st.floats(0.05, 0.99))
 def test_exponential_decay_continuous_closed_form(step, decay_steps, rate):
     lr = exponential_decay(0.5, step, decay_steps, rate)
-    np.testing.assert_allclose(lr, 0.5 * rate ** (step / decay_steps), rtol=2e-6, atol=1e-38)
+    # The closed form in float64 on TF's float32 operands: rate and p = step/decay_steps are rounded
+    # to float32 before the pow, and rate**p multiplies their rounding errors by up to |p ln rate|
+    # (~100 before the result underflows), so the float64 rate's value is 1e-5 away at worst.
+    p = np.float64(np.float32(step) / np.float32(decay_steps))
+    np.testing.assert_allclose(lr, 0.5 * np.float64(np.float32(rate)) ** p, rtol=4e-7, atol=1e-38)
     with pytest.raises(ValueError, match="decay_steps must be positive"):
         exponential_decay(0.5, step, 0, rate)

@@ -14,6 +14,8 @@ Parameter names follow Keras ("kernel", "bias"); a layer given `rng` (a numpy
 Generator) draws its initial weights from it, so a model built twice from the
 same seed is identical.
 """
+import numbers
+
 import numpy as np
 
 from ..ops.basic import bias_add, dropout, matmul, relu, reshape
@@ -28,6 +30,15 @@ from .module import Module
 
 def _rng(rng):
     return rng if rng is not None else np.random.default_rng()
+
+
+def _positive_ints(layer, **sizes):
+    """TypeError / ValueError naming the first size argument that is not a positive int."""
+    for name, value in sizes.items():
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise TypeError(f"{layer}: {name} must be a positive int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
 
 
 def _check_channels(layer, x, expected, axis_name):
@@ -54,7 +65,9 @@ class Conv2D(Module):
                  use_bias=True, activation=None, kernel_initializer=None, bias_initializer=None,
                  rng=None, dtype=np.float32):
         super().__init__()
-        kh, kw = pair(kernel_size, "kernel_size")
+        _positive_ints("Conv2D", in_channels=in_channels, filters=filters)
+        kh, kw = pair(kernel_size, "kernel_size", "Conv2D")
+        pair(strides, "strides", "Conv2D"), pair(dilations, "dilations", "Conv2D")
         rng = _rng(rng)
         kinit = kernel_initializer or initializers.glorot_uniform()
         self.kernel = self.add_parameter("kernel", kinit((kh, kw, in_channels, filters), rng, dtype))
@@ -85,6 +98,10 @@ class SeparableConv2D(Module):
         super().__init__()
         if not isinstance(kernel_size, int) or kernel_size < 1:
             raise ValueError(f"SeparableConv2D: kernel_size must be a positive int, got {kernel_size!r}")
+        _positive_ints("SeparableConv2D", in_channels=in_channels, filters=filters)
+        if intermediate_channels is not None:
+            _positive_ints("SeparableConv2D", intermediate_channels=intermediate_channels)
+        pair(strides, "strides", "SeparableConv2D")
         k, m = kernel_size, intermediate_channels or filters
         rng = _rng(rng)
         kinit = kernel_initializer or initializers.glorot_uniform()
@@ -103,6 +120,7 @@ class Dense(Module):
     def __init__(self, in_features, units, use_bias=True, activation=None, kernel_initializer=None,
                  bias_initializer=None, rng=None, dtype=np.float32):
         super().__init__()
+        _positive_ints("Dense", in_features=in_features, units=units)
         rng = _rng(rng)
         kinit = kernel_initializer or initializers.glorot_uniform()
         self.kernel = self.add_parameter("kernel", kinit((in_features, units), rng, dtype))
@@ -124,6 +142,7 @@ class _Pool(Module):
     def __init__(self, ksize=2, strides=None, padding="VALID"):
         super().__init__()
         self.ksize, self.strides, self.padding = ksize, strides if strides is not None else ksize, padding
+        pair(self.ksize, "ksize", type(self).__name__), pair(self.strides, "strides", type(self).__name__)
 
     def extra_repr(self):
         return f"ksize={self.ksize}, strides={self.strides}, padding={self.padding!r}"

@@ -32,10 +32,14 @@ the odd padding pixel at bottom/right), "VALID", or explicit [(top, bottom),
 (left, right)] (TF's 4-entry NHWC list too), computed by padding.window_padding;
 strides and dilations an int, a pair or TF's length-4 [1, h, w, 1].
 depthwise_conv2d refuses dilations > 1 with strides > 1, as TF's wrapper warns.
+Arguments are checked by tinybn.ops.padding before any array work: strides,
+dilations and pads must be ints (TF truncates 1.5 and 1.7 silently), filters have no
+zero-sized dimension (TF returns an empty output for O = 0; an empty sum is no
+convolution, so here it is an error). An empty batch (N = 0) gives (0, OH, OW, O).
 """
 from ..backend import array_module, dispatch, primitive
 from ..function import Function
-from .padding import check_data_format, check_rank, pair, window_padding
+from .padding import check_data_format, check_filter_dims, check_rank, pair, window_padding
 
 
 # ---- hot primitives: plain arrays, explicit geometry (kernels implement the same signatures) ----
@@ -129,9 +133,15 @@ def _adjoint_kernel(w):
     return array_module(w).ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
 
 
-def _check_operands(op, x, w, name):
-    check_rank(x, 4, op, "input")
-    check_rank(w, 4, op, name)
+CONV_DIMS = ("kernel height KH", "kernel width KW", "input channels C", "output channels O")
+DEPTHWISE_DIMS = ("kernel height KH", "kernel width KW", "input channels C", "channel multiplier CM")
+
+
+def _check_operands(op, x, w, name, dims):
+    """Rank 4 input (NHWC) and filter, no zero-sized filter dimension, matching channels and dtypes."""
+    check_rank(x, 4, op, "input", "NHWC")
+    check_rank(w, 4, op, name, "HWIO" if dims is CONV_DIMS else "HWCM")
+    check_filter_dims(op, name, w.shape, dims)
     if x.shape[3] != w.shape[2]:
         raise ValueError(f"{op}: channel mismatch: input has {x.shape[3]} channels (NHWC {x.shape}) "
                          f"but {name} expects {w.shape[2]} (HWIO {w.shape})")
@@ -141,14 +151,16 @@ def _check_operands(op, x, w, name):
 
 class _Window(Function):
     """Shared set-up: stride/dilation validation now, padding geometry once shapes are known."""
+    op = None
 
     def __init__(self, strides, padding, dilations):
         self.padding = padding
-        self.strides = pair(strides, "strides")
-        self.dilations = pair(1 if dilations is None else dilations, "dilations")
+        self.strides = pair(strides, "strides", self.op)
+        self.dilations = pair(1 if dilations is None else dilations, "dilations", self.op)
 
     def _geometry(self, x, KH, KW):
-        pads, (OH, OW) = window_padding(x.shape[1:3], (KH, KW), self.strides, self.dilations, self.padding)
+        pads, (OH, OW) = window_padding(x.shape[1:3], (KH, KW), self.strides, self.dilations, self.padding,
+                                        self.op)
         self.x_shape = x.shape
         self.geometry = (KH, KW, *self.strides, *self.dilations, pads, OH, OW)
         return OH, OW
@@ -159,11 +171,13 @@ class _Window(Function):
 
 
 class Conv2D(_Window):
+    op = "conv2d"
+
     def __init__(self, strides, padding, dilations=1):
         super().__init__(strides, padding, dilations)
 
     def forward(self, x, w):
-        _check_operands("conv2d", x, w, "filters")
+        _check_operands("conv2d", x, w, "filters", CONV_DIMS)
         KH, KW, C, O = w.shape
         self._geometry(x, KH, KW)
         self.save_for_backward(x, w)
@@ -207,6 +221,8 @@ class Conv2D(_Window):
 
 
 class DepthwiseConv2D(_Window):
+    op = "depthwise_conv2d"
+
     def __init__(self, strides, padding, dilations=None):
         super().__init__(strides, padding, dilations)
         if max(self.dilations) > 1 and max(self.strides) > 1:
@@ -214,7 +230,7 @@ class DepthwiseConv2D(_Window):
                              f"got strides {strides!r} and dilations {dilations!r}")
 
     def forward(self, x, f):
-        _check_operands("depthwise_conv2d", x, f, "filter")
+        _check_operands("depthwise_conv2d", x, f, "filter", DEPTHWISE_DIMS)
         KH, KW, C, CM = f.shape
         OH, OW = self._geometry(x, KH, KW)
         # (P, KH*KW*C) -> (C, P, KH*KW): one GEMM per channel, batched over C

@@ -130,15 +130,15 @@ class _Pool2D(Function):
     op = None
 
     def __init__(self, ksize, strides, padding):
-        self.ksize = pair(ksize, "ksize")
-        self.strides = pair(strides, "strides")
+        self.ksize = pair(ksize, "ksize", self.op)
+        self.strides = pair(strides, "strides", self.op)
         self.padding = padding
 
     def geometry(self, x):
-        check_rank(x, 4, self.op)
+        check_rank(x, 4, self.op, "input", "NHWC")
         if x.dtype.kind != "f":
             raise ValueError(f"{self.op}: input must be floating point, got {x.dtype}")
-        pads, _ = window_padding(x.shape[1:3], self.ksize, self.strides, (1, 1), self.padding)
+        pads, _ = window_padding(x.shape[1:3], self.ksize, self.strides, (1, 1), self.padding, self.op)
         for (before, after), k, dim in zip(pads, self.ksize, "HW"):
             # a window made only of padding has no maximum and no real pixel to average
             if max(before, after) >= k:

@@ -31,8 +31,8 @@ Gradients follow from the two ops' backward passes (autograd), nothing new to de
 """
 from ..backend import array_module
 from ..tensor import Tensor, as_tensor
-from .conv import conv2d, depthwise_conv2d
-from .padding import pair, window_padding
+from .conv import CONV_DIMS, DEPTHWISE_DIMS, conv2d, depthwise_conv2d
+from .padding import check_filter_dims, pair, window_padding
 
 
 def _array(x):
@@ -51,15 +51,26 @@ def separable_conv2d(input, depthwise_filter, pointwise_filter, strides, padding
     _shape_check("separable_conv2d", "depthwise_filter", dw.shape, "(KH, KW, C, CM)")
     _shape_check("separable_conv2d", "pointwise_filter", pw.shape, "(1, 1, C*CM, O)",
                  lambda s: s[:2] == (1, 1) and s[2] == dw.shape[2] * dw.shape[3])
+    check_filter_dims("separable_conv2d", "depthwise_filter", dw.shape, DEPTHWISE_DIMS)
+    check_filter_dims("separable_conv2d", "pointwise_filter", pw.shape, CONV_DIMS)
+    # the depthwise step takes strides, dilations and padding: refuse bad ones under this op's name
+    window = pair(strides, "strides", "separable_conv2d"), pair(dilations or 1, "dilations", "separable_conv2d")
+    if x.ndim == 4:
+        window_padding(x.shape[1:3], dw.shape[:2], *window, padding, "separable_conv2d")
     y = depthwise_conv2d(x, dw, strides, padding, data_format, dilations)
     return conv2d(y, pw, 1, "VALID")
 
 
 def spatially_separable_conv2d(input, filters_kx1, filters_1xk, strides, padding, dilations=None):
     """A (KH, 1, C, M) then B (1, KW, M, O): equal to conv2d(x, separable_kernel(A, B), strides, padding)."""
+    op = "spatially_separable_conv2d"
     x, a, b = as_tensor(input), as_tensor(filters_kx1), as_tensor(filters_1xk)
-    _shape_check("spatially_separable_conv2d", "filters_kx1", a.shape, "(KH, 1, C, M)", lambda s: s[1] == 1)
-    _shape_check("spatially_separable_conv2d", "filters_1xk", b.shape, "(1, KW, M, O)", lambda s: s[0] == 1)
+    _shape_check(op, "filters_kx1", a.shape, "(KH, 1, C, M)", lambda s: s[1] == 1)
+    _shape_check(op, "filters_1xk", b.shape, "(1, KW, M, O)", lambda s: s[0] == 1)
+    check_filter_dims(op, "filters_kx1", a.shape, ("kernel height KH", "width", "input channels C",
+                                                   "intermediate channels M"))
+    check_filter_dims(op, "filters_1xk", b.shape, ("height", "kernel width KW", "intermediate channels M",
+                                                   "output channels O"))
     if a.shape[3] != b.shape[2]:
         raise ValueError(f"spatially_separable_conv2d: filters_kx1 has {a.shape[3]} output channels "
                          f"but filters_1xk expects {b.shape[2]} input channels")
@@ -68,10 +79,11 @@ def spatially_separable_conv2d(input, filters_kx1, filters_1xk, strides, padding
     if x.shape[3] != a.shape[2]:
         raise ValueError(f"spatially_separable_conv2d: channel mismatch: input has {x.shape[3]} channels "
                          f"but filters_kx1 expects {a.shape[2]}")
-    sh, sw = pair(strides, "strides")
-    dh, dw = pair(1 if dilations is None else dilations, "dilations")
+    sh, sw = pair(strides, "strides", op)
+    dh, dw = pair(1 if dilations is None else dilations, "dilations", op)
     # the padding of the whole KHxKW window, split: rows for the KHx1 conv, columns for the 1xKW one
-    ((pt, pb), (pl, pr)), _ = window_padding(x.shape[1:3], (a.shape[0], b.shape[1]), (sh, sw), (dh, dw), padding)
+    ((pt, pb), (pl, pr)), _ = window_padding(x.shape[1:3], (a.shape[0], b.shape[1]), (sh, sw), (dh, dw), padding,
+                                             op)
     y = conv2d(x, a, (sh, 1), [(pt, pb), (0, 0)], dilations=(dh, 1))
     return conv2d(y, b, (1, sw), [(0, 0), (pl, pr)], dilations=(1, dw))
 

@@ -1,0 +1,129 @@
+"""Bad window arguments, as a hostile user gives them: strides, dilations, ksize and explicit
+pads that are not positive ints (1.5, 1.7, True, None), zero-sized filters and zero output
+channels, unknown padding strings, filters of the wrong rank: a one-line ValueError or
+TypeError naming the op, the argument and the value, for conv2d, depthwise_conv2d,
+separable_conv2d, spatially_separable_conv2d, max_pool2d and avg_pool2d, and the layers.
+"""
+import numpy as np
+import pytest
+
+from tinybn.nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, SeparableConv2D
+from tinybn.ops.conv import conv2d, depthwise_conv2d
+from tinybn.ops.pool import avg_pool2d, max_pool2d
+from tinybn.ops.separable import separable_conv2d, spatially_separable_conv2d
+
+
+def _one_line_error(error_type, match, call):
+    with pytest.raises(error_type, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+# ---- window arguments ----------------------------------------------------------------------
+
+X = np.zeros((2, 7, 7, 3), np.float32)
+W = np.zeros((3, 3, 3, 4), np.float32)
+
+
+def _call(op, **bad):
+    """op with good arguments except `bad`: strides, padding, dilations, ksize, filter shapes."""
+    strides, padding = bad.get("strides", 1), bad.get("padding", "SAME")
+    if op == "conv2d":
+        return lambda: conv2d(X, np.zeros(bad.get("filters", W.shape), np.float32), strides, padding,
+                              dilations=bad.get("dilations"))
+    if op == "depthwise_conv2d":
+        return lambda: depthwise_conv2d(X, np.zeros(bad.get("filter", (3, 3, 3, 2)), np.float32), strides,
+                                        padding, dilations=bad.get("dilations"))
+    if op == "separable_conv2d":
+        return lambda: separable_conv2d(X, np.zeros(bad.get("depthwise_filter", (3, 3, 3, 2)), np.float32),
+                                        np.zeros(bad.get("pointwise_filter", (1, 1, 6, 4)), np.float32),
+                                        strides, padding, dilations=bad.get("dilations"))
+    if op == "spatially_separable_conv2d":
+        return lambda: spatially_separable_conv2d(X, np.zeros(bad.get("filters_kx1", (3, 1, 3, 2)), np.float32),
+                                                  np.zeros(bad.get("filters_1xk", (1, 3, 2, 4)), np.float32),
+                                                  strides, padding, dilations=bad.get("dilations"))
+    pool = {"max_pool2d": max_pool2d, "avg_pool2d": avg_pool2d}[op]
+    return lambda: pool(X, bad.get("ksize", 3), strides, padding)
+
+
+CONVS = ["conv2d", "depthwise_conv2d", "separable_conv2d", "spatially_separable_conv2d"]
+POOLS = ["max_pool2d", "avg_pool2d"]
+NOT_INT = r"must be an int or a pair of ints, got "
+
+
+@pytest.mark.parametrize("op", CONVS + POOLS)
+@pytest.mark.parametrize("bad, error, match", [
+    (dict(padding=[(1.7, 1), (1, 1)]), TypeError, r"explicit padding must hold ints .*got 1\.7 in"),
+    (dict(padding=[[0, 0], [1, 1], [1, 2.0], [0, 0]]), TypeError, r"explicit padding must hold ints .*got 2\.0"),
+    (dict(padding=[(True, 1), (1, 1)]), TypeError, r"explicit padding must hold ints .*got True"),
+    (dict(strides=1.5), TypeError, "strides " + NOT_INT + r"1\.5"),
+    (dict(strides=(1, 1.5)), TypeError, "strides " + NOT_INT + r"\(1, 1\.5\)"),
+    (dict(strides=True), TypeError, "strides " + NOT_INT + "True"),
+    (dict(strides=None), TypeError, "strides " + NOT_INT + "None"),
+    (dict(strides="2"), TypeError, "strides " + NOT_INT + "'2'"),
+    (dict(padding="FULL"), ValueError, "padding must be 'SAME', 'VALID' or explicit"),
+])
+def test_bad_window_arguments_name_the_op_argument_and_value(op, bad, error, match):
+    _one_line_error(error, f"{op}: {match}", _call(op, **bad))
+
+
+@pytest.mark.parametrize("op", CONVS)
+def test_fractional_dilations_are_refused(op):
+    _one_line_error(TypeError, f"{op}: dilations " + NOT_INT + r"1\.5", _call(op, dilations=1.5))
+
+
+@pytest.mark.parametrize("op", POOLS)
+@pytest.mark.parametrize("ksize, error, match", [
+    (1.5, TypeError, "ksize " + NOT_INT + r"1\.5"),
+    ((2, 0), ValueError, r"ksize must be positive, got \(2, 0\)"),
+    (0, ValueError, "ksize must be positive, got 0"),
+])
+def test_bad_pool_ksize(op, ksize, error, match):
+    _one_line_error(error, f"{op}: {match}", _call(op, ksize=ksize))
+
+
+@pytest.mark.parametrize("op, arg, shape, match", [
+    ("conv2d", "filters", (3, 3, 3, 0), "output channels O = 0"),
+    ("conv2d", "filters", (0, 3, 3, 4), "kernel height KH = 0"),
+    ("conv2d", "filters", (3, 0, 3, 4), "kernel width KW = 0"),
+    ("depthwise_conv2d", "filter", (3, 3, 3, 0), "channel multiplier CM = 0"),
+    ("depthwise_conv2d", "filter", (3, 0, 3, 1), "kernel width KW = 0"),
+    ("separable_conv2d", "pointwise_filter", (1, 1, 6, 0), "output channels O = 0"),
+    ("separable_conv2d", "depthwise_filter", (0, 3, 3, 2), "kernel height KH = 0"),
+    ("spatially_separable_conv2d", "filters_kx1", (3, 1, 3, 0), "intermediate channels M = 0"),
+    ("spatially_separable_conv2d", "filters_kx1", (0, 1, 3, 2), "kernel height KH = 0"),
+    ("spatially_separable_conv2d", "filters_1xk", (1, 3, 2, 0), "output channels O = 0"),
+])
+def test_zero_sized_filters_are_refused(op, arg, shape, match):
+    bad = {arg: shape}
+    if op == "spatially_separable_conv2d" and "M = 0" in match:
+        bad["filters_1xk"] = (1, 3, 0, 4)
+    _one_line_error(ValueError, rf"{op}: {arg} \({', '.join(map(str, shape))},?\) has {match}", _call(op, **bad))
+
+
+def test_zero_input_channels_are_refused():
+    _one_line_error(ValueError, "conv2d: filters .* has input channels C = 0",
+                    lambda: conv2d(np.zeros((2, 5, 5, 0), np.float32), np.zeros((3, 3, 0, 4), np.float32), 1, "SAME"))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: conv2d(X, W[0], 1, "SAME"), r"conv2d: filters must be rank 4 \(HWIO \(KH, KW, C, O\)\)"),
+    (lambda: depthwise_conv2d(X, W[0], 1, "SAME"), r"depthwise_conv2d: filter must be rank 4 \(\(KH, KW, C, CM\)\)"),
+])
+def test_filters_of_the_wrong_rank_name_their_layout(call, match):
+    _one_line_error(ValueError, match, call)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: Conv2D(3, 0, 5), ValueError, "Conv2D: filters must be a positive int, got 0"),
+    (lambda: Conv2D(0, 8, 5), ValueError, "Conv2D: in_channels must be a positive int, got 0"),
+    (lambda: Conv2D(3, 8, 5, strides=1.5), TypeError, "Conv2D: strides " + NOT_INT + r"1\.5"),
+    (lambda: Conv2D(3, 8.0, 5), TypeError, r"Conv2D: filters must be a positive int, got 8\.0"),
+    (lambda: SeparableConv2D(3, 8, 3, intermediate_channels=0), ValueError,
+     "SeparableConv2D: intermediate_channels must be a positive int, got 0"),
+    (lambda: Dense(10, 0), ValueError, "Dense: units must be a positive int, got 0"),
+    (lambda: MaxPool2D(1.5), TypeError, "MaxPool2D: ksize " + NOT_INT + r"1\.5"),
+    (lambda: AvgPool2D(2, strides=0), ValueError, "AvgPool2D: strides must be positive, got 0"),
+])
+def test_layers_refuse_bad_sizes_when_built(make, error, match):
+    _one_line_error(error, match, make)

@@ -33,11 +33,4 @@ __device__ __forceinline__ double tb_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float tb_pow(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ double tb_pow(double x, double y) { return pow(x, y); }
 
-// -infinity from its bit pattern (NVRTC has no INFINITY macro and no <limits>)
-template <typename T> __device__ __forceinline__ T tb_neg_inf();
-template <> __device__ __forceinline__ float tb_neg_inf<float>() { return __int_as_float((int)0xff800000u); }
-template <> __device__ __forceinline__ double tb_neg_inf<double>() {
-    return __longlong_as_double((long long)0xfff0000000000000ull);
-}
-
 #endif  // TINYBN_COMMON_CUH

@@ -4,10 +4,12 @@
 // output (N, OH, OW, C). Window (i, j) covers padded rows i*SH + di, columns
 // j*SW + dj (di < KH, dj < KW); tap t = di*KW + dj counts row-major.
 //
-//   max_pool_forward    y = max of the window's real pixels (padding is -inf);
+//   max_pool_forward    y = max of the window's real pixels (padding takes no part);
 //                       argmax = the tap of the FIRST maximum in tap order (TF's tie
 //                       rule): a later tap wins only if strictly greater. The scan
-//                       starts from tap 0 as the reference does, so a NaN there stays.
+//                       starts from the window's first real pixel as the reference
+//                       does, so a window of -inf keeps that pixel (never a padded
+//                       tap) and a NaN there stays. Every window holds a real pixel.
 //   max_pool_backward   dx[p] = sum of dy over the windows whose argmax tap lands on p
 //   avg_pool_forward    y = (sum of the window's real pixels) / count, count = number
 //                       of real pixels in the window (TF's divisor, padding excluded)
@@ -43,18 +45,17 @@ __global__ void max_pool_forward(const T* __restrict__ x, int N, int H, int W, i
         const int j = (int)(r % OW); r /= OW;
         const int i = (int)(r % OH);
         const index_t n = r / OH;
-        T best = T(0);
-        int best_tap = 0;
-        for (int di = 0; di < KH; ++di) {
-            const int h = i * SH + di - pt;
-            for (int dj = 0; dj < KW; ++dj) {
-                const int w = j * SW + dj - pl;
-                const T v = (h >= 0 && h < H && w >= 0 && w < W) ? x[((n * H + h) * W + w) * C + c]
-                                                                 : tb_neg_inf<T>();
-                const int tap = di * KW + dj;
-                if (tap == 0 || v > best) {
+        const int h0 = i * SH - pt, w0 = j * SW - pl;
+        const int di0 = max(0, -h0), di1 = min(KH, H - h0);     // the window's real rows
+        const int dj0 = max(0, -w0), dj1 = min(KW, W - w0);     // and columns
+        T best = x[((n * H + h0 + di0) * W + w0 + dj0) * C + c];
+        int best_tap = di0 * KW + dj0;
+        for (int di = di0; di < di1; ++di) {
+            for (int dj = dj0; dj < dj1; ++dj) {
+                const T v = x[((n * H + h0 + di) * W + w0 + dj) * C + c];
+                if (v > best) {
                     best = v;
-                    best_tap = tap;
+                    best_tap = di * KW + dj;
                 }
             }
         }

@@ -248,6 +248,45 @@ def test_max_pool_tie_takes_the_first_maximum_and_keeps_a_leading_nan(kernels):
     assert y[0, 0, 0, 0] == 3 and np.isnan(y[1, 0, 0, 0])          # as the reference's scan from tap 0
 
 
+LEADING_PADS = [   # pool geometries that pad the top or the left, where a padded tap comes first
+    ((2, 5, 6, 1), (3, 1), (1, 2), "SAME", np.float64),
+    ((1, 6, 5, 2), (1, 3), (2, 1), [(0, 0), (2, 1)], np.float32),
+    ((2, 6, 7, 3), (4, 4), (1, 1), "SAME", np.float32),
+    ((2, 24, 24, 3), (5, 5), (1, 1), "SAME", np.float64),
+    ((1, 7, 6, 2), (3, 3), (2, 2), [(2, 0), (0, 2)], np.float32),
+]
+
+
+@pytest.mark.parametrize("case", LEADING_PADS)
+def test_max_pool_of_mostly_minus_inf_equals_reference(kernels, case):
+    """Windows whose real pixels are all -inf beside the padding: forward, argmax and backward
+    equal the reference's, and every window's dy reaches a pixel (none is lost in padding)."""
+    shape, ksize, strides, padding, dtype = case
+    pads = pool_pads(shape, ksize, strides, padding)
+    rng = np.random.default_rng(1)
+    x = np.where(rng.random(shape) < 0.8, -np.inf, rng.integers(-2, 3, shape)).astype(dtype)
+    y, argmax = max_pool_forward(x, ksize, strides, pads)
+    y_k, argmax_k = kernels.max_pool_forward(x, ksize, strides, pads)
+    np.testing.assert_array_equal(y_k, y, strict=True)
+    np.testing.assert_array_equal(argmax_k, argmax, strict=True)
+    dy = np.ones(y.shape, dtype)
+    dx = kernels.max_pool_backward(dy, argmax, shape, ksize, strides, pads)
+    np.testing.assert_array_equal(dx, max_pool_backward(dy, argmax, shape, ksize, strides, pads), strict=True)
+    assert dx.sum() == dy.size
+
+
+def test_max_pool_window_of_minus_inf_takes_its_first_real_pixel(kernels):
+    """4x4 of -inf with 7s at rows 2..3, cols 2..3, 3x3/2, pads ((1, 0), (1, 0)): window (0, 0)
+    reads rows -1..1, cols -1..1, so its first real pixel is (0, 0) at tap 4, never a padded tap."""
+    x = np.full((1, 4, 4, 1), -np.inf, np.float32)
+    x[0, 2:, 2:, 0] = 7.0
+    y, argmax = kernels.max_pool_forward(x, (3, 3), (2, 2), ((1, 0), (1, 0)))
+    np.testing.assert_array_equal(argmax[0, :, :, 0], [[4, 3], [1, 4]])
+    np.testing.assert_array_equal(y[0, :, :, 0], [[-np.inf, -np.inf], [-np.inf, 7]])
+    dx = kernels.max_pool_backward(np.ones_like(y), argmax, x.shape, (3, 3), (2, 2), ((1, 0), (1, 0)))
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+
+
 # ---- fused batch norm -------------------------------------------------------------
 
 @given(m=st.integers(1, 300), c=st.integers(1, 5), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 99))

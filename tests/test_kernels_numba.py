@@ -208,9 +208,9 @@ def test_non_contiguous_inputs(name):
                 backend.implementation(name, "numpy")(*args), np.float32)
 
 
-def test_max_pool_tie_rule_and_padding_first_offset():
+def test_max_pool_tie_rule_and_a_window_of_minus_inf_beside_padding():
     """Ties go to the first maximum in row-major order; a window of nothing but -inf and
-    padding keeps offset 0 (its padded (0, 0) tap), as the reference does."""
+    padding takes its first real pixel (never a padded tap), as the reference does."""
     x = np.full((1, 4, 4, 1), -np.inf, np.float32)
     x[0, 2:, 2:, 0] = 7.0
     args = (x, (3, 3), (2, 2), ((1, 0), (1, 0)))
@@ -218,8 +218,36 @@ def test_max_pool_tie_rule_and_padding_first_offset():
     y_ref, argmax_ref = backend.implementation("max_pool_forward", "numpy")(*args)
     np.testing.assert_array_equal(argmax, argmax_ref)
     np.testing.assert_array_equal(y, y_ref)
-    assert argmax[0, 0, 0, 0] == 0 and y[0, 0, 0, 0] == -np.inf
-    assert argmax[0, 1, 1, 0] == 4 and y[0, 1, 1, 0] == 7     # rows 1..3, cols 1..3: first 7 at (2, 2)
+    assert argmax[0, 0, 0, 0] == 4 and y[0, 0, 0, 0] == -np.inf     # rows -1..1, cols -1..1: pixel (0, 0)
+    assert argmax[0, 0, 1, 0] == 3                                  # rows -1..1, cols 1..3: pixel (0, 1)
+    assert argmax[0, 1, 1, 0] == 4 and y[0, 1, 1, 0] == 7          # rows 1..3, cols 1..3: first 7 at (2, 2)
+
+
+LEADING_PADS = [   # pool geometries that pad the top or the left: (shape, ksize, strides, padding)
+    ((2, 6, 7, 3), (4, 4), (1, 1), "SAME"),                  # pads (1, 2)
+    ((2, 5, 6, 3), (3, 1), (1, 2), "SAME"),
+    ((2, 5, 6, 3), (1, 3), (2, 1), "SAME"),
+    ((2, 5, 5, 3), (3, 2), (2, 1), ((1, 0), (1, 1))),
+    ((2, 24, 24, 3), (5, 5), (1, 1), "SAME"),
+    ((1, 7, 6, 2), (3, 3), (2, 2), ((2, 0), (0, 2))),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", range(len(LEADING_PADS)))
+def test_max_pool_of_mostly_minus_inf_equals_reference(case, dtype):
+    """Windows whose real pixels are all -inf beside the padding: forward, argmax and backward
+    equal the reference's, and every window's dy reaches a pixel (none is lost in padding)."""
+    shape, ksize, strides, padding = LEADING_PADS[case]
+    rng = np.random.default_rng(case)
+    x = np.where(rng.random(shape) < 0.8, -np.inf, _ties(rng, shape, dtype)).astype(dtype)
+    pads, oh, ow = _geometry(shape, ksize, strides, (1, 1), padding)
+    check("max_pool_forward", dtype, (x, ksize, strides, pads))
+    _, argmax = backend.implementation("max_pool_forward", "numpy")(x, ksize, strides, pads)
+    dy = np.ones((shape[0], oh, ow, shape[3]), dtype)
+    check("max_pool_backward", dtype, (dy, argmax, shape, ksize, strides, pads))
+    dx = backend.implementation("max_pool_backward", "numba")(dy, argmax, shape, ksize, strides, pads)
+    assert dx.sum() == dy.size
 
 
 # ---- the ops end to end under backend("numba") ------------------------------------

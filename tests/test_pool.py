@@ -1,5 +1,6 @@
 """max_pool2d / avg_pool2d: float64 finite differences, a per-window loop reference
-(with TF's first-maximum tie rule), closed forms from TF-SEMANTICS.md section 3, bad input."""
+(with TF's first-maximum tie rule), closed forms from TF-SEMANTICS.md section 3, windows
+of -inf beside the padding, bad input."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -123,6 +124,45 @@ def test_max_pool_ignores_padding_for_negative_input():
     x = -1.0 - np.arange(25.0).reshape(1, 5, 5, 1)
     y, _ = run(max_pool2d, x, np.ones((1, 3, 3, 1)), 3, 2, "SAME")
     np.testing.assert_array_equal(y[0, :, :, 0], [[-1, -2, -4], [-6, -7, -9], [-16, -17, -19]])
+
+
+def test_max_pool_window_of_minus_inf_sends_its_gradient_to_the_first_real_pixel():
+    """3x3 of -inf but x[2, 2] = 1, 3x3/1 SAME (pads (1, 1)), dy = 1: TF's scan visits only
+    real pixels and keeps the first one while nothing is greater, so window (0, 0) (real
+    rows 0..1, cols 0..1) sends dy to pixel (0, 0), window (0, 2) to (0, 1), (2, 0) to
+    (1, 0); the four windows holding the 1 send theirs to (2, 2). No dy is lost in padding."""
+    x = np.full((1, 3, 3, 1), -np.inf)
+    x[0, 2, 2, 0] = 1.0
+    y, dx = run(max_pool2d, x, np.ones((1, 3, 3, 1)), 3, 1, "SAME")
+    inf = np.inf
+    np.testing.assert_array_equal(y[0, :, :, 0], [[-inf, -inf, -inf], [-inf, 1, 1], [-inf, 1, 1]])
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[3, 1, 0], [1, 0, 0], [0, 0, 4]])
+    assert dx.sum() == y.size                      # every window's dy landed on a pixel
+
+
+@st.composite
+def padded_geometries(draw):
+    """geometries() with explicit padding too (each pad smaller than the window)."""
+    shape, ksize, strides, padding = draw(geometries())
+    if draw(st.booleans()):
+        padding = [(draw(st.integers(0, k - 1)), draw(st.integers(0, k - 1))) for k in ksize]
+    return shape, ksize, strides, padding
+
+
+@settings(max_examples=30, deadline=None)
+@given(padded_geometries(), st.integers(0, 2**16))
+def test_max_pool_of_mostly_minus_inf_matches_loop_reference(geometry, seed):
+    """Most pixels -inf: many windows hold nothing else, and their dy must reach their first
+    real pixel (the loop reference's np.argmax over the real pixels picks it)."""
+    shape, ksize, strides, padding = geometry
+    rng = np.random.default_rng(seed)
+    x = np.where(rng.random(shape) < 0.8, -np.inf, rng.integers(-2, 2, shape).astype(np.float64))
+    dy = rng.standard_normal(max_pool2d(x, ksize, strides, padding).shape)
+    y, dx = run(max_pool2d, x, dy, ksize, strides, padding)
+    y_ref, dx_ref = loop_reference(x, dy, ksize, strides, padding, "max")
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx.sum(), dy.sum(), rtol=1e-12, atol=1e-12)
 
 
 def test_avg_pool_same_divides_by_real_count_closed_form():

@@ -12,10 +12,14 @@ With xpad the padded input and W(i, j) = {(i*SH + di, j*SW + dj) : di < KH, dj <
           count(i, j) = number of REAL (non-padded) pixels in W(i, j)
           (TF's count_include_pad=False; PyTorch's default divides by KH*KW)
 
-Gradients (TF-SEMANTICS.md section 3, tensorflow/core/kernels/maxpooling_op.cc):
+Gradients (tensorflow/core/kernels/maxpooling_op.cc, SpatialMaxPoolWithArgMaxHelper):
     max:  each window sends its whole dy to ONE pixel, the first maximum of the
-          window in row-major (di, then dj) order; a pixel that is the argmax of
-          several overlapping windows (3x3 stride 2) receives the sum of their dy.
+          window's REAL pixels in row-major (di, then dj) order; a pixel that is the
+          argmax of several overlapping windows (3x3 stride 2) receives the sum of
+          their dy. Padding is never chosen: a window whose real pixels are all -inf
+          sends dy to its first real pixel (TF's scan visits only real pixels and
+          takes the first one it meets), where an argmax over the -inf-padded window
+          would pick a padded tap and the gradient would be lost.
     avg:  dx[W(i, j)] += dy[i, j] / count(i, j).
 
 The hot primitives loop over the KH*KW window offsets and do array math over all of
@@ -23,9 +27,11 @@ The hot primitives loop over the KH*KW window offsets and do array math over all
 is the (di, dj) element of every window. For one fixed offset distinct outputs see
 distinct inputs, so `+=` into that view is an exact scatter (no np.add.at needed).
 
-Inputs are assumed NaN-free: TF's max pool skips NaN in the forward pass but its
-gradient picks a NaN that comes first in a window (TF-SEMANTICS.md section 3); here a
-window whose first element is NaN gives NaN.
+Where TF differs, on inputs that are not finite: a window whose real pixels are all -inf
+has maximum -inf here, while TF's forward returns the dtype's lowest finite value
+(-3.4e38 in float32: its running maximum starts there), with the same gradient. Inputs
+are assumed NaN-free: TF's forward skips NaN but its gradient picks a NaN that is the
+first real pixel of a window; here such a window gives NaN, with the same gradient.
 """
 from ..backend import array_module, dispatch, primitive
 from ..function import Function
@@ -64,19 +70,32 @@ def _real_counts(xp, in_hw, ksize, strides, pads, dtype):
 # ---- hot primitives: plain arrays, explicit geometry ------------------------------
 # ksize = (KH, KW), strides = (SH, SW), pads = ((top, bottom), (left, right)).
 
+def _first_real_taps(xp, pads, strides, out_size):
+    """Per axis, the offset of each window's first real (non-padded) pixel: (OH,) and (OW,)."""
+    return [xp.maximum(before - xp.arange(out) * s, 0) for (before, _), s, out in zip(pads, strides, out_size)]
+
+
 @primitive("max_pool_forward")
 def max_pool_forward(x, ksize, strides, pads):
     """(y, argmax): y (N, OH, OW, C) the window maxima; argmax (N, OH, OW, C) int32, the
-    window offset di*KW + dj of the FIRST maximum of each window in row-major order."""
+    window offset di*KW + dj of the FIRST maximum of each window in row-major order,
+    among its real pixels (every window holds one: each pad is smaller than the window)."""
     xp = array_module(x)
-    out_size = _out_size(x.shape[1:3], ksize, strides, pads)
+    (sh, sw), out_size = strides, _out_size(x.shape[1:3], ksize, strides, pads)
     xpad = _pad(xp, x, pads, -xp.inf)
-    y = _window(xpad, 0, 0, strides, out_size).copy()
-    argmax = xp.zeros(y.shape, dtype=xp.int32)
+    # each window starts from its first real pixel, as TF's scan does: a window of -inf
+    # values beside the padding then sends its gradient there, not to a padded tap
+    first_h, first_w = _first_real_taps(xp, pads, strides, out_size)
+    rows, cols = xp.arange(out_size[0]) * sh + first_h, xp.arange(out_size[1]) * sw + first_w
+    y = xpad[:, rows[:, None], cols[None, :], :]
+    first = (first_h[:, None] * ksize[1] + first_w[None, :]).astype(xp.int32)[:, :, None]
+    argmax = xp.empty(y.shape, xp.int32)
+    argmax[...] = first
     for di in range(ksize[0]):
         for dj in range(ksize[1]):
             candidate = _window(xpad, di, dj, strides, out_size)
-            # strictly greater: a tie keeps the earlier offset, TF's "first maximum"
+            # strictly greater: a tie keeps the earlier offset, TF's "first maximum";
+            # padding (-inf) never wins
             better = candidate > y
             xp.copyto(y, candidate, where=better)
             xp.copyto(argmax, di * ksize[1] + dj, where=better)

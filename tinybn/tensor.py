@@ -19,7 +19,8 @@ counts up `t.version` (PyTorch's version counter, shared with `t.detach()`).
 A Function records the version of every leaf whose array it saved, and
 backward() refuses a graph whose saved leaves changed since: with
 retain_graph=True and an optimizer step in between, it would otherwise walk the
-graph with the new weights and return a gradient of no function at all.
+graph with the new weights and return a gradient of no function at all. Code
+that writes into `.data` itself should call mark_modified after it likewise.
 
 Dtypes: Python floats and lists of them become float32 (TF's default);
 numpy arrays keep their dtype, so float64 works everywhere (the gradient

@@ -5,7 +5,10 @@
 return values (the methods of kernels.cuda_primitives.CudaPrimitives with
 xp = cupy): im2col, col2im, max/avg pool forward and backward, fused batch norm
 (train forward/backward, inference), LRN forward/backward and softmax
-cross-entropy. Arrays stay on the GPU; GEMMs stay with cuBLAS (cupy's @).
+cross-entropy. Arrays stay on the GPU; GEMMs stay with cuBLAS (cupy's @). Each is
+registered through dtype_guard.float32_or_float64, as the numba ones: a float16 array
+is refused with a one-line TypeError naming the op (the kernels exist for float and
+double only).
 
 Each kernels/*.cu file becomes one cupy.RawModule, from the source text shipped
 in this package (common.cuh pasted in), with the float and double instantiations
@@ -16,6 +19,7 @@ import cupy
 
 from ..backend import primitive
 from .cuda_primitives import KERNELS, PRIMITIVES, CudaPrimitives, name_expressions, nvrtc_source
+from .dtype_guard import float32_or_float64
 
 _modules = {source: cupy.RawModule(code=nvrtc_source(source), name_expressions=name_expressions(source))
             for source in KERNELS}
@@ -33,4 +37,4 @@ def launch(kernel, blocks, threads, args):
 
 gpu = CudaPrimitives(cupy, launch)
 for _name in PRIMITIVES:
-    primitive(_name, backend="cupy")(getattr(gpu, _name))
+    primitive(_name, backend="cupy")(float32_or_float64(_name, "cupy", getattr(gpu, _name)))

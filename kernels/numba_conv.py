@@ -19,8 +19,6 @@ from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 
-from tinybn.backend import primitive
-
 
 def _im2col_plain(x, cols, KH, KW, SH, SW, DH, DW, top, left):
     N, H, W, C = x.shape
@@ -76,7 +74,6 @@ def _is_pointwise(KH, KW, SH, SW, pads):
     return KH == KW == SH == SW == 1 and not (pt or pb or pl or pr)
 
 
-@primitive("im2col", backend="numba")
 def im2col(x, KH, KW, SH, SW, DH, DW, pads, OH, OW):
     """As tinybn.ops.conv.im2col: cols (N*OH*OW, KH*KW*C), columns ordered (a, b, c)."""
     N, H, W, C = x.shape
@@ -87,7 +84,6 @@ def im2col(x, KH, KW, SH, SW, DH, DW, pads, OH, OW):
     return cols.reshape(N * OH * OW, KH * KW * C)
 
 
-@primitive("col2im", backend="numba")
 def col2im(cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
     """As tinybn.ops.conv.col2im: the adjoint of im2col, an x_shape array."""
     N, H, W, C = x_shape

@@ -10,12 +10,16 @@ reference's signature and return values (tinybn/ops/* hold the references):
     numba_lrn    lrn_forward, lrn_backward                         float32 rounding
     numba_loss   softmax_cross_entropy                             float32 rounding
 
+Each is registered through dtype_guard.float32_or_float64: the kernels are compiled for
+float32 and float64, and any other float dtype (float16) is refused there with a
+one-line TypeError naming the op, instead of failing deep inside numba's compiler.
+
 Conventions shared by every kernel module:
 - Each kernel is a plain Python function `_name_plain`, bound as
   `_name_kernel = njit(parallel=True, cache=True)(_name_plain)`, so the plain one
   stays importable and NUMBA_DISABLE_JIT=1 runs the same code as Python.
-- The registered wrapper allocates the outputs, makes inputs C-contiguous and
-  geometry Python ints (one compiled specialisation per dtype), and calls the kernel.
+- The module-level wrapper (the twin) allocates the outputs, makes inputs C-contiguous
+  and geometry Python ints (one compiled specialisation per dtype), and calls the kernel.
 - GEMMs stay on BLAS in the ops; kernels do the memory-bound parts only.
 - Parallel loops (prange) run over batch x rows (or row blocks for (M, C) arrays;
   softmax cross-entropy, a few thousand values, runs serially);
@@ -26,4 +30,20 @@ Conventions shared by every kernel module:
 - cache=True writes the compiled code next to these files (__pycache__), so only
   the first process pays the compile time (a few seconds per dtype).
 """
-from . import numba_conv, numba_loss, numba_lrn, numba_norm, numba_pool  # noqa: F401  (they register)
+from tinybn.backend import primitive
+
+from . import numba_conv, numba_loss, numba_lrn, numba_norm, numba_pool
+from .dtype_guard import float32_or_float64
+
+TWINS = {
+    "im2col": numba_conv.im2col, "col2im": numba_conv.col2im,
+    "max_pool_forward": numba_pool.max_pool_forward, "max_pool_backward": numba_pool.max_pool_backward,
+    "avg_pool_forward": numba_pool.avg_pool_forward, "avg_pool_backward": numba_pool.avg_pool_backward,
+    "batch_norm_train_forward": numba_norm.batch_norm_train_forward,
+    "batch_norm_train_backward": numba_norm.batch_norm_train_backward,
+    "batch_norm_inference": numba_norm.batch_norm_inference,
+    "lrn_forward": numba_lrn.lrn_forward, "lrn_backward": numba_lrn.lrn_backward,
+    "softmax_cross_entropy": numba_loss.softmax_cross_entropy,
+}
+for _name, _twin in TWINS.items():
+    primitive(_name, backend="numba")(float32_or_float64(_name, "numba", _twin))

@@ -15,8 +15,6 @@ numpy 50 us).
 import numpy as np
 from numba import njit
 
-from tinybn.backend import primitive
-
 
 def _softmax_cross_entropy_plain(labels, logits, loss, backprop):
     N, K = logits.shape
@@ -42,7 +40,6 @@ def _softmax_cross_entropy_plain(labels, logits, loss, backprop):
 _softmax_cross_entropy_kernel = njit(cache=True)(_softmax_cross_entropy_plain)
 
 
-@primitive("softmax_cross_entropy", backend="numba")
 def softmax_cross_entropy(labels, logits):
     """As tinybn.ops.losses.softmax_cross_entropy: (loss (N,), backprop (N, K))."""
     logits = np.ascontiguousarray(logits)

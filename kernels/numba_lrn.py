@@ -23,7 +23,6 @@ from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 
-from tinybn.backend import primitive
 
 _POW, _RSQRT, _RSQRT_3_4 = 0, 1, 2
 _SPECIAL_BETAS = {0.5: _RSQRT, 0.75: _RSQRT_3_4}
@@ -106,7 +105,6 @@ def _power_args(beta, t):
     return t(-beta), _SPECIAL_BETAS.get(float(beta), _POW)
 
 
-@primitive("lrn_forward", backend="numba")
 def lrn_forward(x, depth_radius, bias, alpha, beta):
     """As tinybn.ops.lrn.lrn_forward: (y, norm), both (N, H, W, C)."""
     x = np.ascontiguousarray(x)
@@ -116,7 +114,6 @@ def lrn_forward(x, depth_radius, bias, alpha, beta):
     return y, norm
 
 
-@primitive("lrn_backward", backend="numba")
 def lrn_backward(dy, x, y, norm, depth_radius, alpha, beta):
     """As tinybn.ops.lrn.lrn_backward: dx (N, H, W, C)."""
     t = dy.dtype.type

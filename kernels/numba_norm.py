@@ -22,7 +22,6 @@ from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 
-from tinybn.backend import primitive
 
 _BLOCKS = 64        # row blocks of every reduction: enough to keep a few cores busy
 
@@ -107,7 +106,6 @@ def _vec(v, dtype):
     return np.ascontiguousarray(v, dtype=dtype)
 
 
-@primitive("batch_norm_train_forward", backend="numba")
 def batch_norm_train_forward(x, scale, offset, epsilon):
     """As the reference: (y, mean, variance (population), inv_std), all in x's dtype."""
     x = np.ascontiguousarray(x)
@@ -123,7 +121,6 @@ def batch_norm_train_forward(x, scale, offset, epsilon):
     return y, mean, variance, inv_std
 
 
-@primitive("batch_norm_train_backward", backend="numba")
 def batch_norm_train_backward(dy, x, scale, mean, inv_std):
     """As the reference: (dx (M, C), dscale (C,), doffset (C,))."""
     dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
@@ -139,7 +136,6 @@ def batch_norm_train_backward(dy, x, scale, mean, inv_std):
     return dx, dscale, doffset
 
 
-@primitive("batch_norm_inference", backend="numba")
 def batch_norm_inference(x, scale, offset, mean, variance, epsilon):
     """As the reference: y = (x - mean) * (rsqrt(variance + eps) * scale) + offset."""
     x = np.ascontiguousarray(x)

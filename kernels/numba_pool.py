@@ -29,8 +29,6 @@ from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 
-from tinybn.backend import primitive
-
 
 def _max_pool_forward_plain(x, y, argmax, KH, KW, SH, SW, top, left):
     N, H, W, C = x.shape
@@ -152,7 +150,6 @@ def _counts(in_hw, ksize, strides, pads, dtype):
     return np.ascontiguousarray((counts[0][:, None] * counts[1][None, :]).astype(dtype))
 
 
-@primitive("max_pool_forward", backend="numba")
 def max_pool_forward(x, ksize, strides, pads):
     """As tinybn.ops.pool.max_pool_forward: (y, argmax int32), the first maximum's offset."""
     N, H, W, C = x.shape
@@ -163,7 +160,6 @@ def max_pool_forward(x, ksize, strides, pads):
     return y, argmax
 
 
-@primitive("max_pool_backward", backend="numba")
 def max_pool_backward(dy, argmax, in_shape, ksize, strides, pads):
     """As tinybn.ops.pool.max_pool_backward: dx of in_shape."""
     dx = np.empty(tuple(in_shape), dy.dtype)
@@ -172,7 +168,6 @@ def max_pool_backward(dy, argmax, in_shape, ksize, strides, pads):
     return dx
 
 
-@primitive("avg_pool_forward", backend="numba")
 def avg_pool_forward(x, ksize, strides, pads):
     """As tinybn.ops.pool.avg_pool_forward: window sums / real-pixel counts."""
     N, H, W, C = x.shape
@@ -183,7 +178,6 @@ def avg_pool_forward(x, ksize, strides, pads):
     return y
 
 
-@primitive("avg_pool_backward", backend="numba")
 def avg_pool_backward(dy, in_shape, ksize, strides, pads):
     """As tinybn.ops.pool.avg_pool_backward: dx of in_shape."""
     dx = np.empty(tuple(in_shape), dy.dtype)

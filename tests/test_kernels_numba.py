@@ -352,8 +352,11 @@ print("plain ok")
 
 
 def test_use_backend_numba_loads_this_module():
-    assert importlib.import_module("tinybn.kernels.numba_cpu").numba_conv is numba_conv
-    assert backend.implementation("im2col", "numba") is numba_conv.im2col
+    numba_cpu = importlib.import_module("tinybn.kernels.numba_cpu")
+    assert numba_cpu.numba_conv is numba_conv
+    assert numba_cpu.TWINS["im2col"] is numba_conv.im2col
+    for name in WINDOW + OTHER:       # registered behind the dtype check
+        assert backend.implementation(name, "numba").__wrapped__ is numba_cpu.TWINS[name]
 
 
 @pytest.mark.parametrize("name", ["batch_norm_train_forward", "batch_norm_train_backward", "softmax_cross_entropy"])

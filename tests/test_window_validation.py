@@ -1,22 +1,102 @@
-"""Bad window arguments, as a hostile user gives them: strides, dilations, ksize and explicit
-pads that are not positive ints (1.5, 1.7, True, None), zero-sized filters and zero output
-channels, unknown padding strings, filters of the wrong rank: a one-line ValueError or
-TypeError naming the op, the argument and the value, for conv2d, depthwise_conv2d,
-separable_conv2d, spatially_separable_conv2d, max_pool2d and avg_pool2d, and the layers.
+"""Bad input to the windowed ops and the layers, as a hostile user gives it:
+
+- float16 under the numba and cupy backends: a one-line TypeError naming the op and the
+  dtypes the kernels take (it used to fail 39 frames deep inside numba);
+- strides, dilations, ksize and explicit pads that are not positive ints (1.5, 1.7, True,
+  None), zero-sized filters and zero output channels, unknown padding strings, filters of
+  the wrong rank: a one-line ValueError or TypeError naming the op, the argument and the
+  value, for conv2d, depthwise_conv2d, separable_conv2d, spatially_separable_conv2d,
+  max_pool2d and avg_pool2d.
 """
+import copy
+import sys
+import types
+
 import numpy as np
 import pytest
 
+import tinybn.backend as backend
 from tinybn.nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, SeparableConv2D
 from tinybn.ops.conv import conv2d, depthwise_conv2d
+from tinybn.ops.fused_batch_norm import fused_batch_norm
+from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
+from tinybn.ops.lrn import local_response_normalization
 from tinybn.ops.pool import avg_pool2d, max_pool2d
 from tinybn.ops.separable import separable_conv2d, spatially_separable_conv2d
+
+_previous = backend.current_backend()
+backend.use_backend("numba")      # loads the kernels; the choice itself is put back
+backend.use_backend(_previous)
+
+F16 = np.float16
 
 
 def _one_line_error(error_type, match, call):
     with pytest.raises(error_type, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+# ---- float16 under the compiled backends ----------------------------------------------
+
+def _f16_calls():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 6, 3)).astype(F16)
+    c3 = np.ones(3, F16)
+    return {
+        "conv2d": lambda: conv2d(x, np.ones((3, 3, 3, 2), F16), 1, "SAME"),
+        "depthwise_conv2d": lambda: depthwise_conv2d(x, np.ones((3, 3, 3, 2), F16), 1, "SAME"),
+        "max_pool2d": lambda: max_pool2d(x, 3, 2, "SAME"),
+        "avg_pool2d": lambda: avg_pool2d(x, 3, 2, "SAME"),
+        "local_response_normalization": lambda: local_response_normalization(x, 2, 1.0, 0.1, 0.75),
+        "fused_batch_norm": lambda: fused_batch_norm(x, c3, c3 * 0),
+        "fused_batch_norm (inference)": lambda: fused_batch_norm(x, c3, c3 * 0, c3 * 0, c3, is_training=False),
+        "softmax_cross_entropy_with_logits": lambda: softmax_cross_entropy_with_logits(
+            np.full((4, 5), 0.2, F16), rng.standard_normal((4, 5)).astype(F16)),
+        "sparse_softmax_cross_entropy_with_logits": lambda: sparse_softmax_cross_entropy_with_logits(
+            np.arange(4) % 5, rng.standard_normal((4, 5)).astype(F16)),
+    }
+
+
+@pytest.mark.parametrize("op", list(_f16_calls()))
+def test_float16_under_numba_is_a_clear_error_at_the_op(op):
+    call = _f16_calls()[op]
+    with backend.backend("numba"):
+        _one_line_error(TypeError, rf"{op.split(' ')[0]}.*: the numba backend computes in float32 or "
+                                   rf"float64, got float16", call)
+    with backend.backend("numpy"):      # the reference computes in float16
+        out = call()
+        assert (out[0] if isinstance(out, tuple) else out).dtype == F16
+
+
+def test_float16_under_cupy_is_the_same_clear_error(monkeypatch):
+    """cupy_gpu.py loaded over a stand-in cupy (numpy arrays; kernels must never launch):
+    its twins are registered behind the same check."""
+    stub = types.ModuleType("cupy")
+    stub.__getattr__ = lambda name: getattr(np, name)
+
+    class RawModule:
+        def __init__(self, code, name_expressions):
+            pass
+
+        def get_function(self, name):
+            raise AssertionError(f"{name} launched on float16")
+    stub.RawModule = RawModule
+    monkeypatch.setitem(sys.modules, "cupy", stub)
+    monkeypatch.delitem(sys.modules, "tinybn.kernels.cupy_gpu", raising=False)
+    monkeypatch.setattr(backend, "_registry", copy.deepcopy(backend._registry))
+    monkeypatch.setattr(backend, "_loaded", set(backend._loaded))
+    monkeypatch.setattr(backend, "_current", [backend.current_backend()])
+    x = np.ones((2, 4, 4, 3), F16)
+    try:
+        with backend.backend("cupy"):
+            _one_line_error(TypeError, "max_pool2d: the cupy backend computes in float32 or float64, got float16",
+                            lambda: max_pool2d(x, 2, 2, "SAME"))
+            # a 1x1 conv launches no im2col kernel, and is refused all the same
+            _one_line_error(TypeError, "conv2d .*: the cupy backend computes in float32 or float64, got float16",
+                            lambda: conv2d(x, np.ones((1, 1, 3, 2), F16), 1, "VALID"))
+    finally:       # the module loaded over the stand-in must not outlive the test
+        sys.modules.pop("tinybn.kernels.cupy_gpu", None)
 
 
 # ---- window arguments ----------------------------------------------------------------------

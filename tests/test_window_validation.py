@@ -1,7 +1,11 @@
-"""Bad input to the windowed ops and the layers, as a hostile user gives it:
+"""Bad and edge input to the windowed ops, the layers and the models, as a hostile user gives it:
 
 - float16 under the numba and cupy backends: a one-line TypeError naming the op and the
   dtypes the kernels take (it used to fail 39 frames deep inside numba);
+- an empty batch (N = 0): the models return (0, 10) logits in inference mode, as TF does;
+  batch norm in training mode refuses it (zero examples have no batch statistics: TF
+  returns NaN mean and variance and averages them into the moving statistics) and
+  leaves the moving statistics as they were;
 - strides, dilations, ksize and explicit pads that are not positive ints (1.5, 1.7, True,
   None), zero-sized filters and zero output channels, unknown padding strings, filters of
   the wrong rank: a one-line ValueError or TypeError naming the op, the argument and the
@@ -16,7 +20,9 @@ import numpy as np
 import pytest
 
 import tinybn.backend as backend
-from tinybn.nn.layers import AvgPool2D, Conv2D, Dense, MaxPool2D, SeparableConv2D
+from tinybn import Tensor
+from tinybn.models import cifar10, mnist
+from tinybn.nn.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, SeparableConv2D
 from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
 from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
@@ -97,6 +103,52 @@ def test_float16_under_cupy_is_the_same_clear_error(monkeypatch):
                             lambda: conv2d(x, np.ones((1, 1, 3, 2), F16), 1, "VALID"))
     finally:       # the module loaded over the stand-in must not outlive the test
         sys.modules.pop("tinybn.kernels.cupy_gpu", None)
+
+
+# ---- an empty batch ----------------------------------------------------------------------
+
+MODELS = [(name, builder, 24, 3) for name, builder in cifar10.MODELS.items()] + \
+         [(name, builder, 28, 1) for name, builder in mnist.MODELS.items()]
+HAS_BATCH_NORM = ["tutorial_bn", "bn", "cnn_bn", "fc-bn"]
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("name, builder, size, channels", MODELS, ids=[m[0] for m in MODELS])
+def test_model_on_an_empty_batch_gives_empty_logits(name, builder, size, channels, backend_name):
+    """Inference mode: (0, 10) logits, and a backward pass gives an empty input gradient and
+    zero parameter gradients of the parameters' shapes (a sum over no examples)."""
+    model = builder(rng=np.random.default_rng(0)).eval()
+    images = Tensor(np.zeros((0, size, size, channels), np.float32), requires_grad=True)
+    with backend.backend(backend_name):
+        logits = model(images)
+        logits.backward(np.zeros(logits.shape, np.float32))
+    assert logits.shape == (0, 10) and logits.dtype == np.float32
+    assert images.grad.shape == images.shape
+    for param in model.parameters():
+        assert param.grad.shape == param.shape and not param.grad.any()
+
+
+def test_model_without_batch_norm_trains_on_an_empty_batch():
+    model = cifar10.tutorial(rng=np.random.default_rng(0)).train()
+    assert model(Tensor(np.zeros((0, 24, 24, 3), np.float32))).shape == (0, 10)
+
+
+@pytest.mark.parametrize("name", HAS_BATCH_NORM)
+def test_batch_norm_in_training_refuses_an_empty_batch_and_keeps_its_statistics(name):
+    builders = dict(cifar10.MODELS, **mnist.MODELS)
+    size, channels = (24, 3) if name in cifar10.MODELS else (28, 1)
+    model = builders[name](rng=np.random.default_rng(0)).train()
+    before = {k: np.array(v) for k, v in model.state_dict().items()}
+    empty = Tensor(np.zeros((0, size, size, channels), np.float32))
+    _one_line_error(ValueError, "fused_batch_norm: x has no elements to take batch statistics over",
+                    lambda: model(empty))
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    assert model.eval()(empty).shape == (0, 10)     # inference mode has its statistics
+
+
+def test_flatten_of_an_empty_batch():
+    assert Flatten()(np.zeros((0, 6, 6, 64), np.float32)).shape == (0, 2304)
 
 
 # ---- window arguments ----------------------------------------------------------------------

@@ -31,6 +31,12 @@ bn  the seed's batch-normalized network
     for the two convs before it.
 
 The loss of each is mean(sparse_softmax_cross_entropy) + `regularization_loss()`.
+
+An empty batch (N = 0) gives (0, 10) logits in inference mode (eval()), and in training
+mode for the tutorial. The BN models in training mode refuse it with a ValueError and
+leave their moving statistics as they were: zero examples have no batch mean or
+variance (TF returns NaN for both and averages the NaN into the moving statistics).
+The MNIST models (tinybn.models.mnist) behave the same.
 """
 import numpy as np
 

@@ -173,8 +173,10 @@ class ReLU(Module):
 
 
 class Flatten(Module):
+    """(N, ...) -> (N, product of the rest), NHWC order; N = 0 too (where -1 is ambiguous)."""
+
     def forward(self, x):
-        return reshape(x, (x.shape[0], -1))
+        return reshape(x, (x.shape[0], int(np.prod(x.shape[1:]))))
 
 
 class Dropout(Module):

@@ -70,27 +70,29 @@ def _real_counts(xp, in_hw, ksize, strides, pads, dtype):
 # ---- hot primitives: plain arrays, explicit geometry ------------------------------
 # ksize = (KH, KW), strides = (SH, SW), pads = ((top, bottom), (left, right)).
 
-def _first_real_taps(xp, pads, strides, out_size):
-    """Per axis, the offset of each window's first real (non-padded) pixel: (OH,) and (OW,)."""
-    return [xp.maximum(before - xp.arange(out) * s, 0) for (before, _), s, out in zip(pads, strides, out_size)]
-
-
 @primitive("max_pool_forward")
 def max_pool_forward(x, ksize, strides, pads):
     """(y, argmax): y (N, OH, OW, C) the window maxima; argmax (N, OH, OW, C) int32, the
     window offset di*KW + dj of the FIRST maximum of each window in row-major order,
     among its real pixels (every window holds one: each pad is smaller than the window)."""
     xp = array_module(x)
-    (sh, sw), out_size = strides, _out_size(x.shape[1:3], ksize, strides, pads)
+    (sh, sw), ((pt, _), (pl, _)) = strides, pads
+    out_size = _out_size(x.shape[1:3], ksize, strides, pads)
     xpad = _pad(xp, x, pads, -xp.inf)
-    # each window starts from its first real pixel, as TF's scan does: a window of -inf
-    # values beside the padding then sends its gradient there, not to a padded tap
-    first_h, first_w = _first_real_taps(xp, pads, strides, out_size)
+    y = _window(xpad, 0, 0, strides, out_size).copy()
+    argmax = xp.zeros(y.shape, dtype=xp.int32)
+    # Each window starts from its first real pixel, as TF's scan does, so that a window of
+    # -inf values beside the padding sends its gradient there, not to a padded tap. Only
+    # the windows of the top rows and left columns start in the padding: i*SH < top or
+    # j*SW < left. Their first real pixel is at offset (max(top - i*SH, 0), max(left - j*SW, 0)).
+    first_h = xp.maximum(pt - xp.arange(out_size[0]) * sh, 0)
+    first_w = xp.maximum(pl - xp.arange(out_size[1]) * sw, 0)
     rows, cols = xp.arange(out_size[0]) * sh + first_h, xp.arange(out_size[1]) * sw + first_w
-    y = xpad[:, rows[:, None], cols[None, :], :]
-    first = (first_h[:, None] * ksize[1] + first_w[None, :]).astype(xp.int32)[:, :, None]
-    argmax = xp.empty(y.shape, xp.int32)
-    argmax[...] = first
+    first_tap = (first_h[:, None] * ksize[1] + first_w[None, :]).astype(xp.int32)[:, :, None]
+    top, left = min(-(-pt // sh), out_size[0]), min(-(-pl // sw), out_size[1])
+    for i, j in ((slice(0, top), slice(None)), (slice(None), slice(0, left))):
+        y[:, i, j] = xpad[:, rows[i, None], cols[None, j]]
+        argmax[:, i, j] = first_tap[i, j]
     for di in range(ksize[0]):
         for dj in range(ksize[1]):
             candidate = _window(xpad, di, dj, strides, out_size)

@@ -241,3 +241,79 @@ def test_csv_logger_bad_input(tmp_path):
     log.close()
     with pytest.raises(ValueError, match="is closed"):
         log.log(a=1)
+
+
+# --- resuming: purge_step, and no empty event files ---------------------------------------------------
+def test_purge_step_writes_a_session_log_start(tmp_path):
+    with SummaryWriter(tmp_path, purge_step=5) as w:
+        w.scalar("loss", 1.0, 5)
+    records = [parse(r) for r in read_records(w.path)]
+    assert records[0][3] == [b"brain.Event:2"] and 7 not in records[0]
+    start = records[1]
+    assert start[2] == [5] and sorted(start) == [1, 2, 7]  # step 5, session_log = 7 (6: log_message)
+    assert parse(start[7][0]) == {1: [1]}                  # SessionLog{status: START}
+    assert d(start[1][0]) == d(records[0][1][0])
+    log = parse(summary.encode_session_log(summary.SESSION_START, checkpoint_path="m.ckpt-4.npz", msg="resumed"))
+    assert log == {1: [1], 2: [b"m.ckpt-4.npz"], 3: [b"resumed"]}
+    with pytest.raises(ValueError, match="step: expected an int"):
+        SummaryWriter(tmp_path / "new", purge_step=2.5)
+    assert not (tmp_path / "new").exists()
+
+
+def test_tensorboard_drops_the_steps_a_resumed_run_repeats(tmp_path):
+    """Run 1 logs steps 1..6 and crashes after its checkpoint at 4; run 2 resumes at 4 and logs
+    5..8 with other values. TensorBoard shows 1..4 of run 1 and 5..8 of run 2, each step once."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    with SummaryWriter(tmp_path, filename_suffix=".1") as first:
+        for step in range(1, 7):
+            first.scalar("loss", 1.0, step)
+    with SummaryWriter(tmp_path, filename_suffix=".2", purge_step=5) as second:
+        for step in range(5, 9):
+            second.scalar("loss", 2.0, step)
+    acc = event_accumulator.EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0),
+                                                                (5, 2.0), (6, 2.0), (7, 2.0), (8, 2.0)]
+
+
+def test_no_event_file_is_left_without_events(tmp_path):
+    with pytest.raises(RuntimeError):
+        with SummaryWriter(tmp_path / "a"):
+            raise RuntimeError("the run failed before its first summary")
+    assert os.listdir(tmp_path / "a") == []
+    with pytest.raises(RuntimeError):
+        with SummaryWriter(tmp_path / "b") as w:
+            w.scalar("x", 1.0, 1)
+            raise RuntimeError("the run failed after it")
+    assert len(read_records(w.path)) == 2                   # what it had written is kept
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_leaves_no_event_file(tmp_path, monkeypatch):
+    import builtins
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        full = os.open("/dev/full", os.O_WRONLY)            # every write fails with ENOSPC, for real
+        os.dup2(full, f.fileno())
+        os.close(full)
+        return f
+    monkeypatch.setattr(summary, "open", open_on_a_full_disk, raising=False)
+    with pytest.raises(OSError, match=r"No space left on device: .*events\.out\.tfevents\.") as e:
+        SummaryWriter(tmp_path)
+    assert e.value.errno == 28 and os.listdir(tmp_path) == []
+
+
+def test_csv_logger_purge_step_drops_the_repeated_rows(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text('step,loss,note\n1,0.5,\n2,0.25,"two\nlines"\n3,0.2,\nx,0.1,kept\n4,0.1,\n5,0.0')  # 5: cut
+    with CSVLogger(path, ["step", "loss", "note"], purge_step=3) as log:
+        log.log(step=3, loss=0.125)
+    assert read_csv(path) == [["step", "loss", "note"], ["1", "0.5", ""], ["2", "0.25", "two\nlines"],
+                              ["x", "0.1", "kept"], ["3", "0.125", ""]]
+    assert sorted(os.listdir(tmp_path)) == ["log.csv"]      # rewritten in place, no temporary file left
+    with pytest.raises(ValueError, match="purge_step: the fieldnames .* have no 'step'"):
+        CSVLogger(tmp_path / "b.csv", ["epoch"], purge_step=1)
+    with pytest.raises(summary.CSVHeaderError) as e:
+        CSVLogger(path, ["epoch", "loss"])
+    assert e.value.found == ["step", "loss", "note"] and e.value.expected == ["epoch", "loss"]

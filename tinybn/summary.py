@@ -7,7 +7,9 @@ where crc32c is CRC-32 with the Castagnoli polynomial (reflected 0x82F63B78)
 and masked(c) = ((c >> 15) | (c << 17)) + 0xa282ead8 mod 2^32. Each record's
 data is a serialized tensorflow.Event protobuf, hand-encoded here:
     Event          wall_time double = 1, step int64 = 2, file_version string = 3,
-                   summary Summary = 5
+                   summary Summary = 5, session_log SessionLog = 7
+                   (6 is the deprecated log_message)
+    SessionLog     status enum = 1 (START = 1), checkpoint_path string = 2, msg string = 3
     Summary        repeated Value value = 1
     Summary.Value  tag string = 1, simple_value float = 2, histo HistogramProto = 5
     HistogramProto min = 1, max = 2, num = 3, sum = 4, sum_squares = 5 (double),
@@ -17,6 +19,13 @@ are named events.out.tfevents.<10-digit unix time>.<hostname><suffix>, as TF's
 EventsWriter does. TensorBoard shows simple_value as scalars and HistogramProto
 as histograms (its legacy, still supported, formats).
 
+A run resumed from a checkpoint at step S repeats the steps after S that the
+crashed run had logged. SummaryWriter(purge_step=S + 1) writes, right after the
+file version, Event{step: S + 1, session_log: {status: START}}: reading it,
+TensorBoard drops the events of the run's earlier files whose step is >= S + 1
+(TF's SessionLog START convention, tensorboardX's purge_step). CSVLogger's
+purge_step drops the same rows from a CSV log.
+
 Histogram buckets: bins="tf" (default) reproduces tf.compat.v1.summary.histogram:
 TF's fixed exponential limits (+-1e-12 * 1.1^k up to 1e20, 0, +-DBL_MAX), a
 value v counted in the first bucket whose limit is > v, and runs of empty
@@ -25,6 +34,7 @@ gives n equal-width buckets over [min, max] (np.histogram), bucket_limit being
 each bucket's right edge. Non-finite values are refused, as TF's op does.
 """
 import csv
+import io
 import os
 import socket
 import struct
@@ -32,7 +42,10 @@ import time
 
 import numpy as np
 
+from .checkpoint import atomic_write
+
 FILE_VERSION = "brain.Event:2"
+SESSION_START = 1       # SessionLog.SessionStatus.START
 
 
 # --- crc32c and TFRecord framing ---------------------------------------------------
@@ -103,8 +116,8 @@ def _packed_doubles(field, xs):
     return _bytes(field, np.asarray(xs, dtype="<f8").tobytes())
 
 
-def encode_event(wall_time, step=0, file_version=None, summary=None):
-    """Serialized Event; `summary` is an already encoded Summary message."""
+def encode_event(wall_time, step=0, file_version=None, summary=None, session_log=None):
+    """Serialized Event; `summary` and `session_log` are already encoded messages."""
     out = _double(1, wall_time)
     if step:
         out += _key(2, 0) + _varint(int(step))
@@ -112,6 +125,18 @@ def encode_event(wall_time, step=0, file_version=None, summary=None):
         out += _bytes(3, file_version.encode("utf-8"))
     if summary is not None:
         out += _bytes(5, summary)
+    if session_log is not None:
+        out += _bytes(7, session_log)
+    return out
+
+
+def encode_session_log(status, checkpoint_path="", msg=""):
+    """Serialized SessionLog (status: SESSION_START, ...); empty strings are left out, as proto3 does."""
+    out = _key(1, 0) + _varint(status)
+    if checkpoint_path:
+        out += _bytes(2, checkpoint_path.encode("utf-8"))
+    if msg:
+        out += _bytes(3, msg.encode("utf-8"))
     return out
 
 
@@ -187,14 +212,24 @@ def _check_step(step):
     return int(step)
 
 
+def _naming(e, path):
+    """The OSError `e` of a write to `path`, naming the file (a failed write or flush names none)."""
+    return e if e.filename else OSError(e.errno, e.strerror, path)
+
+
 class SummaryWriter:
     """Appends scalar and histogram events to a new TensorBoard event file in `logdir`.
 
     Events are buffered and flushed by flush(), close(), and at the first write after
-    `flush_secs` seconds since the last flush (TF's default is 120)."""
+    `flush_secs` seconds since the last flush (TF's default is 120). purge_step: see the
+    module docstring. No empty event file is left behind: one whose first records cannot
+    be written (a full disk) is removed, and so is one whose `with` block fails before
+    it holds a summary."""
 
-    def __init__(self, logdir, filename_suffix="", flush_secs=120):
+    def __init__(self, logdir, filename_suffix="", flush_secs=120, purge_step=None):
         self.logdir = os.fspath(logdir)
+        if purge_step is not None:
+            purge_step = _check_step(purge_step)
         os.makedirs(self.logdir, exist_ok=True)
         now = time.time()
         base = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}"
@@ -209,13 +244,35 @@ class SummaryWriter:
         self.path = os.path.join(self.logdir, name)
         self.flush_secs = flush_secs
         self._last_flush = now
-        self._write(encode_event(now, file_version=FILE_VERSION))
-        self.flush()
+        self.num_summaries = 0
+        try:
+            self._write(encode_event(now, file_version=FILE_VERSION))
+            if purge_step is not None:
+                self._write(encode_event(now, purge_step, session_log=encode_session_log(SESSION_START)))
+            self.flush()
+        except OSError:
+            self._discard()
+            raise
+
+    def _discard(self):
+        """Close without flushing what could not be written, and remove the file."""
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
     def _write(self, event):
         if self._file is None:
             raise ValueError(f"SummaryWriter for {self.path!r} is closed")
-        self._file.write(tfrecord(event))
+        try:
+            self._file.write(tfrecord(event))
+        except OSError as e:
+            raise _naming(e, self.path) from None
         if time.time() - self._last_flush >= self.flush_secs:
             self.flush()
 
@@ -223,6 +280,7 @@ class SummaryWriter:
         step = _check_step(step)
         self._write(encode_event(time.time() if wall_time is None else wall_time, step,
                                  summary=encode_summary(values)))
+        self.num_summaries += 1
 
     def scalar(self, tag, value, step, wall_time=None):
         """One scalar (stored as a float32 simple_value, like TF's scalar summaries)."""
@@ -246,48 +304,98 @@ class SummaryWriter:
 
     def flush(self):
         if self._file is not None:
-            self._file.flush()
+            try:
+                self._file.flush()
+            except OSError as e:
+                raise _naming(e, self.path) from None
         self._last_flush = time.time()
 
     def close(self):
-        if self._file is not None:
-            self.flush()
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()        # flushes; the file is closed even when that fails
+            except OSError as e:
+                raise _naming(e, self.path) from None
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None and self.num_summaries == 0 and self._file is not None:
+            self._discard()
+        else:
+            self.close()
+
+
+class CSVHeaderError(ValueError):
+    """An existing CSV file whose header is not the logger's: another program's file."""
+
+    def __init__(self, path, found, expected):
+        super().__init__(f"fieldnames: {path!r} has header {found}, not {expected}")
+        self.path, self.found, self.expected = path, found, expected
 
 
 class CSVLogger:
     """Appends rows to a CSV file with a fixed header, flushing every row.
 
     An existing file must have the same header and is appended to (a resumed run
-    continues its log); an incomplete last line, left by a crash mid-row, is cut off."""
+    continues its log); an incomplete last line, left by a crash mid-row, is cut off.
+    purge_step: rows whose "step" is >= purge_step are dropped first (the file is
+    rewritten atomically), as SummaryWriter's purge_step drops those events."""
 
-    def __init__(self, path, fieldnames):
+    def __init__(self, path, fieldnames, purge_step=None):
         self.path = os.fspath(path)
         self.fieldnames = [str(f) for f in fieldnames]
         if not self.fieldnames or len(set(self.fieldnames)) != len(self.fieldnames):
             raise ValueError(f"fieldnames: expected distinct names, got {list(fieldnames)!r}")
+        if purge_step is not None:
+            purge_step = _check_step(purge_step)
+            if "step" not in self.fieldnames:
+                raise ValueError(f"purge_step: the fieldnames {self.fieldnames} have no 'step'")
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if exists:
             with open(self.path, "rb") as f:
                 data = f.read()
             header = next(csv.reader([data.split(b"\n", 1)[0].decode("utf-8").rstrip("\r")]), [])
             if header != self.fieldnames:
-                raise ValueError(f"fieldnames: {self.path!r} has header {header}, not {self.fieldnames}")
-            if not data.endswith(b"\n"):
+                raise CSVHeaderError(self.path, header, self.fieldnames)
+            complete = data[:data.rfind(b"\n") + 1]
+            kept = None if purge_step is None else self._rows_before(complete, purge_step)
+            if kept is not None:
+                atomic_write(self.path, lambda f: f.write(kept.encode("utf-8")))
+            elif len(complete) != len(data):
                 with open(self.path, "r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
+                    f.truncate(len(complete))
         self._file = open(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, self.fieldnames, lineterminator="\n")
         if not exists:
-            self._writer.writeheader()
-            self._file.flush()
+            try:
+                self._writer.writeheader()
+                self._file.flush()
+            except OSError as e:
+                try:
+                    self.close()
+                except OSError:
+                    pass
+                raise _naming(e, self.path) from None
+
+    def _rows_before(self, data, purge_step):
+        """The CSV lines of `data` (header first) but the rows whose step is >= purge_step;
+        None when no row is dropped. A row whose step is not an integer is kept."""
+        records = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+        column = self.fieldnames.index("step")
+        out, dropped = io.StringIO(), False
+        writer = csv.writer(out, lineterminator="\n")
+        for i, record in enumerate(records):
+            try:
+                late = i > 0 and int(record[column]) >= purge_step
+            except (IndexError, ValueError):
+                late = False
+            dropped |= late
+            if not late:
+                writer.writerow(record)
+        return out.getvalue() if dropped else None
 
     def log(self, row=None, **fields):
         """Append one row from a dict and/or keywords; absent fields are left empty."""
@@ -297,16 +405,26 @@ class CSVLogger:
         unknown = [k for k in row if k not in self.fieldnames]
         if unknown:
             raise ValueError(f"row: unknown fields {unknown} (fieldnames are {self.fieldnames})")
-        self._writer.writerow(row)
-        self._file.flush()
+        try:
+            self._writer.writerow(row)
+            self._file.flush()
+        except OSError as e:
+            raise _naming(e, self.path) from None
 
     def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError as e:
+                raise _naming(e, self.path) from None
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        try:
+            self.close()
+        except OSError:
+            if exc_type is None:    # else the error already on its way says it first
+                raise

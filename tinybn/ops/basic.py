@@ -73,8 +73,9 @@ class Div(Function):
 
     def backward(self, gz):
         x, y = self.saved
-        gx = gz / y
-        return sum_to(gx, x.shape), sum_to(-gx * x / y, y.shape)
+        # TF's _RealDivGrad order, gz * ((-x / y) / y): a broadcast y sums these terms, and
+        # when they cancel, a different rounding of each term shows in the sum
+        return sum_to(gz / y, x.shape), sum_to(gz * ((-x / y) / y), y.shape)
 
 
 class Neg(Function):

@@ -1,6 +1,6 @@
 """max_pool2d / avg_pool2d: float64 finite differences, a per-window loop reference
-(with TF's first-maximum tie rule), closed forms from TF-SEMANTICS.md section 3, windows
-of -inf beside the padding, bad input."""
+(with TF's first-maximum tie rule), closed forms of TF's rules, windows of -inf beside
+the padding, bad input."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -109,7 +109,7 @@ def test_explicit_padding_matches_loop_reference(kind):
 
 
 def test_max_pool_ties_go_to_first_maximum_closed_form():
-    """TF-SEMANTICS.md section 3: all-zero 5x5, 3x3/2 SAME (pads (1, 1)), dy = 1."""
+    """TF's gradient on an all-zero 5x5, 3x3/2 SAME (pads (1, 1)), dy = 1: every window ties."""
     y, dx = run(max_pool2d, np.zeros((1, 5, 5, 1)), np.ones((1, 3, 3, 1)), 3, 2, "SAME")
     expected = [[1, 1, 0, 1, 0],
                 [1, 1, 0, 1, 0],

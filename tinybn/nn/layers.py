@@ -67,7 +67,8 @@ class Conv2D(Module):
         super().__init__()
         _positive_ints("Conv2D", in_channels=in_channels, filters=filters)
         kh, kw = pair(kernel_size, "kernel_size", "Conv2D")
-        pair(strides, "strides", "Conv2D"), pair(dilations, "dilations", "Conv2D")
+        pair(strides, "strides", "Conv2D")          # refused now, not at the first forward
+        pair(dilations, "dilations", "Conv2D")
         rng = _rng(rng)
         kinit = kernel_initializer or initializers.glorot_uniform()
         self.kernel = self.add_parameter("kernel", kinit((kh, kw, in_channels, filters), rng, dtype))
@@ -142,7 +143,8 @@ class _Pool(Module):
     def __init__(self, ksize=2, strides=None, padding="VALID"):
         super().__init__()
         self.ksize, self.strides, self.padding = ksize, strides if strides is not None else ksize, padding
-        pair(self.ksize, "ksize", type(self).__name__), pair(self.strides, "strides", type(self).__name__)
+        pair(self.ksize, "ksize", type(self).__name__)      # refused now, not at the first forward
+        pair(self.strides, "strides", type(self).__name__)
 
     def extra_repr(self):
         return f"ksize={self.ksize}, strides={self.strides}, padding={self.padding!r}"

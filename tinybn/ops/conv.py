@@ -27,10 +27,10 @@ less the forward's). Explicit padding wider than the dilated kernel makes those
 pads negative; such convs, and strided ones, use col2im.
 Depthwise does the same per channel: a batched GEMM over C of (P, KH*KW) @ (KH*KW, CM).
 
-TF conventions (TF-SEMANTICS.md section 1, 2): padding "SAME" (out = ceil(in/s),
-the odd padding pixel at bottom/right), "VALID", or explicit [(top, bottom),
-(left, right)] (TF's 4-entry NHWC list too), computed by padding.window_padding;
-strides and dilations an int, a pair or TF's length-4 [1, h, w, 1].
+TF conventions: padding "SAME" (out = ceil(in/s), the odd padding pixel at
+bottom/right), "VALID", or explicit [(top, bottom), (left, right)] (TF's 4-entry NHWC
+list too), computed by padding.window_padding; strides and dilations an int, a pair
+or TF's length-4 [1, h, w, 1].
 depthwise_conv2d refuses dilations > 1 with strides > 1, as TF's wrapper warns.
 Arguments are checked by tinybn.ops.padding before any array work: strides,
 dilations and pads must be ints (TF truncates 1.5 and 1.7 silently), filters have no

@@ -9,7 +9,7 @@ Shapes: input x (N, H, W, C); output (N, OH, OW, O).
 
     spatially_separable_conv2d(x, A (KH, 1, C, M), B (1, KW, M, O), strides (SH, SW), padding)
         = conv2d(conv2d(x, A, strides=(SH, 1)), B, strides=(1, SW))
-        TF has no op for this; it is two tf.nn.conv2d calls (TF-SEMANTICS.md section 2).
+        TF has no op for this; it is two tf.nn.conv2d calls.
         It equals ONE conv2d with the rank-M kernel
             K[i, j, c, o] = sum_m A[i, 0, c, m] * B[0, j, m, o]        (separable_kernel(A, B))
         because the KHx1 conv pads only H and the 1xKW conv pads only W, by exactly the
@@ -54,7 +54,8 @@ def separable_conv2d(input, depthwise_filter, pointwise_filter, strides, padding
     check_filter_dims("separable_conv2d", "depthwise_filter", dw.shape, DEPTHWISE_DIMS)
     check_filter_dims("separable_conv2d", "pointwise_filter", pw.shape, CONV_DIMS)
     # the depthwise step takes strides, dilations and padding: refuse bad ones under this op's name
-    window = pair(strides, "strides", "separable_conv2d"), pair(dilations or 1, "dilations", "separable_conv2d")
+    window = (pair(strides, "strides", "separable_conv2d"),
+              pair(1 if dilations is None else dilations, "dilations", "separable_conv2d"))
     if x.ndim == 4:
         window_padding(x.shape[1:3], dw.shape[:2], *window, padding, "separable_conv2d")
     y = depthwise_conv2d(x, dw, strides, padding, data_format, dilations)

@@ -4,12 +4,12 @@
 # make parity prints the last parity table; make clean-venv removes the environment.
 # make fuzz      runs every hypothesis test of tests/ and crosscheck/ on fresh random examples
 #                (HYPOTHESIS_PROFILE=explore), FUZZ_SCALE times as many as CI's fixed, derandomized
-#                ones (default 10: about 20 minutes on 2 cores); a failure prints its falsifying
+#                ones (default 20: about 20 minutes on 2 busy cores); a failure prints its falsifying
 #                example. Not part of make test, whose examples stay the same on every run.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-FUZZ_SCALE ?= 10
+FUZZ_SCALE ?= 20
 
 .PHONY: test fuzz train parity clean-venv
 

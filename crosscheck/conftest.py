@@ -27,7 +27,7 @@ import parity  # noqa: E402
 import tinybn  # noqa: E402
 
 # "crosscheck" (the default, CI): the same examples every run. HYPOTHESIS_PROFILE=explore (`make fuzz`):
-# new random examples every run, HYPOTHESIS_EXPLORE_SCALE (default 10) times as many (as tests/conftest.py)
+# new random examples every run, HYPOTHESIS_EXPLORE_SCALE (default 20) times as many (as tests/conftest.py)
 EXPLORE = os.environ.get("HYPOTHESIS_PROFILE", "") == "explore"
 if os.environ.get("HYPOTHESIS_PROFILE", "explore") != "explore":
     raise ValueError(f"HYPOTHESIS_PROFILE must be 'explore' or unset, got {os.environ['HYPOTHESIS_PROFILE']!r}")
@@ -68,7 +68,7 @@ def rng(request):
 
 def pytest_collection_modifyitems(items):
     if EXPLORE:
-        scale = int(os.environ.get("HYPOTHESIS_EXPLORE_SCALE", "10"))
+        scale = int(os.environ.get("HYPOTHESIS_EXPLORE_SCALE", "20"))
         for test in {getattr(item, "function", None) for item in items} - {None}:
             # @given reads its settings from the test when it runs: scale them once per test function
             current = getattr(test, "_hypothesis_internal_use_settings", None)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import settings
 
 # "tests" (the default, CI): the same examples every run. "explore": new random examples every run,
-# HYPOTHESIS_EXPLORE_SCALE (default 10) times as many for every hypothesis test, those with their
+# HYPOTHESIS_EXPLORE_SCALE (default 20) times as many for every hypothesis test, those with their
 # own max_examples included; a failure prints its falsifying example and a @reproduce_failure.
 EXPLORE = os.environ.get("HYPOTHESIS_PROFILE", "") == "explore"
 if os.environ.get("HYPOTHESIS_PROFILE", "explore") != "explore":
@@ -19,7 +19,7 @@ settings.load_profile("explore" if EXPLORE else "tests")
 
 def pytest_collection_modifyitems(items):
     if EXPLORE:
-        scale = int(os.environ.get("HYPOTHESIS_EXPLORE_SCALE", "10"))
+        scale = int(os.environ.get("HYPOTHESIS_EXPLORE_SCALE", "20"))
         for test in {getattr(item, "function", None) for item in items} - {None}:
             # @given reads its settings from the test when it runs: scale them once per test function
             current = getattr(test, "_hypothesis_internal_use_settings", None)

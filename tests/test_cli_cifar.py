@@ -82,12 +82,30 @@ def test_resume_continues_exactly(data, tmp_path, model):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_resume_drops_the_steps_a_crashed_run_logged_after_its_checkpoint(data, tmp_path):
+    """As after kill -9 at step 6 with the last checkpoint at 4: train.csv keeps each step once,
+    and the new event file tells TensorBoard to drop the old file's steps from 5 on."""
+    from test_summary import read_records, parse
+    out = tmp_path / "run"
+    train(data, out, "--max-steps", "6", "--checkpoint-every", "4", "--log-every", "1", "--summary-every", "1")
+    os.unlink(out / "model.ckpt-6.npz")             # the crash: step 6 never reached its checkpoint
+    first_events = set(os.listdir(out))
+    train(data, out, "--max-steps", "8", "--checkpoint-every", "4", "--log-every", "1", "--summary-every", "1")
+    rows = open(out / "train.csv").read().splitlines()
+    assert rows[0].startswith("step,loss") and [r.split(",")[0] for r in rows[1:]] == [str(s) for s in range(1, 9)]
+    (new,) = [f for f in os.listdir(out) if f.startswith("events.out.tfevents.") and f not in first_events]
+    version, start, first = [parse(r) for r in read_records(out / new)][:3]
+    assert version[3] == [b"brain.Event:2"]
+    assert start[2] == [5] and parse(start[7][0]) == {1: [1]}     # Event{step: 5, session_log: {status: START}}
+    assert first[2] == [5] and 5 in first                           # then the resumed run's first summary
+
+
 def test_eval_no_ema_and_bn_inference(data, tmp_path, capsys):
     out = tmp_path / "run"
     train(data, out, "--max-steps", "6", "--model", "tutorial_bn")
     before = snapshot(out)
     eval_main(["cifar", "--data-dir", str(data), "--train-dir", str(out), "--eval-dir", str(tmp_path / "ev"),
-               "--no-ema", "--no-download"])
+               "--no-ema", "--no-download", "--batch-size", "8"])
     assert "raw weights" in capsys.readouterr().out
     assert snapshot(out) == before          # evaluation never writes into the training run
 
@@ -97,7 +115,7 @@ def test_watch_evaluates_each_new_checkpoint(data, tmp_path):
     watcher = subprocess.Popen(
         [sys.executable, "-m", "tinybn.eval", "cifar", "--data-dir", str(data), "--train-dir", str(out),
          "--eval-dir", str(ev), "--watch", "--eval-interval-secs", "0.2", "--stop-at-step", "20",
-         "--no-download"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--no-download", "--batch-size", "8", "--backend", "numpy"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         train(data, out, "--max-steps", "10")
         deadline = time.time() + 60
@@ -137,7 +155,8 @@ def test_corrupt_checkpoint_is_refused_and_left_intact(data, tmp_path):
     with pytest.raises(SystemExit, match="cannot resume.*model.ckpt-4.npz"):
         train(data, out, "--max-steps", "8")
     with pytest.raises(SystemExit, match="model.ckpt-4.npz"):
-        eval_main(["cifar", "--data-dir", str(data), "--train-dir", str(out), "--eval-dir", str(tmp_path / "e")])
+        eval_main(["cifar", "--data-dir", str(data), "--train-dir", str(out), "--eval-dir", str(tmp_path / "e"),
+                   "--batch-size", "8"])
     assert snapshot(out) == before
 
 
@@ -158,18 +177,19 @@ def test_mismatched_checkpoint_is_refused_and_left_intact(data, tmp_path):
     assert snapshot(out) == before and snapshot(other) == before_other
 
 
-def test_ctrl_c_saves_and_exits_cleanly(data, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])  # SIGTERM: schedulers
+def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(data, tmp_path, signum):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinybn.train", "cifar", "--data-dir", str(data), "--train-dir", str(out),
-         "--batch-size", "8", "--log-every", "1", "--max-steps", "100000", "--no-download"],
+         "--batch-size", "8", "--log-every", "1", "--max-steps", "100000", "--no-download", "--backend", "numpy"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:            # wait until a few steps have run
         lines.append(line)
         if "step 3," in line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=120)
     output = "".join(lines) + rest
     assert proc.returncode == 0, output

@@ -14,8 +14,12 @@ under the backend "numpy" with `@primitive(name)`; a kernel module registers a
 faster twin with `@primitive(name, backend="numba")`. `dispatch` picks the
 current backend's twin when one exists, else the reference.
 
-The backend is chosen by `use_backend(name)`, or by the TINYBN_BACKEND
-environment variable at import time (default "numpy").
+The backend is chosen by `use_backend(name)`; until then, the first op (or
+`current_backend()`) takes it from the TINYBN_BACKEND environment variable
+(default "numpy"). The variable is read there, not at import, so a bad value
+(an unknown name, a backend whose library is missing) cannot break
+`import tinybn`: it is reported, in one line, by whatever uses it, and an explicit
+`use_backend` (the CLIs' --backend) never reads it.
 """
 import os
 from contextlib import contextmanager
@@ -24,7 +28,7 @@ import numpy as np
 
 BACKENDS = ("numpy", "numba", "cupy")
 _registry = {}          # primitive name -> {backend name -> function}
-_current = [None]       # one-element list: the current backend's name
+_current = [None]       # one-element list: the current backend's name (None: not chosen yet)
 _loaded = set()         # backends whose kernel modules were imported
 
 
@@ -44,14 +48,14 @@ def dispatch(name, *args, **kwargs):
     impls = _registry.get(name)
     if impls is None:
         raise KeyError(f"no primitive named {name!r} is registered")
-    fn = impls.get(_current[0]) or impls["numpy"]
+    fn = impls.get(current_backend()) or impls["numpy"]
     return fn(*args, **kwargs)
 
 
 def implementation(name, backend=None):
     """The function `dispatch(name, ...)` would call under `backend` (for tests)."""
     impls = _registry[name]
-    return impls.get(backend or _current[0]) or impls["numpy"]
+    return impls.get(backend or current_backend()) or impls["numpy"]
 
 
 def use_backend(name):
@@ -64,7 +68,23 @@ def use_backend(name):
 
 
 def current_backend():
+    """The current backend's name; the first call without a use_backend() reads TINYBN_BACKEND."""
+    if _current[0] is None:
+        name = environment_backend()
+        try:
+            use_backend(name)
+        except ImportError as e:
+            raise ImportError(f"TINYBN_BACKEND={name!r}: {e}") from e
     return _current[0]
+
+
+def environment_backend():
+    """The backend TINYBN_BACKEND names ("numpy" when unset or empty); ValueError for any other name."""
+    name = os.environ.get("TINYBN_BACKEND", "") or "numpy"
+    if name not in BACKENDS:
+        raise ValueError(f"TINYBN_BACKEND={name!r} is not a backend; expected one of {', '.join(BACKENDS)} "
+                         "(names are lower case)")
+    return name
 
 
 @contextmanager
@@ -83,7 +103,7 @@ def _load_kernels(name):
     module = {"numba": "tinybn.kernels.numba_cpu", "cupy": "tinybn.kernels.cupy_gpu"}[name]
     try:
         importlib.import_module(module)
-    except ImportError as e:
+    except Exception as e:   # ImportError, or the library's own error (a GPU library without a GPU)
         raise ImportError(
             f"backend {name!r} needs {module} and its dependencies "
             f"(pip install 'tinybn[{'numba' if name == 'numba' else 'gpu'}]'): {e}") from e
@@ -102,7 +122,7 @@ def array_module(x):
 def device_array(x, name=None):
     """`x` as an array of backend `name`'s device (default: the current backend):
     a cupy array for "cupy", a numpy array for "numpy" and "numba"."""
-    if (name or _current[0]) == "cupy":
+    if (name or current_backend()) == "cupy":
         import cupy
         return cupy.asarray(x)
     return to_numpy(x)
@@ -114,5 +134,3 @@ def to_numpy(x):
         return x.get()
     return np.asarray(x)
 
-
-use_backend(os.environ.get("TINYBN_BACKEND", "numpy"))

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from . import backend
+from . import backend, cli_flags
 from .tensor import Tensor, no_grad
 
 BACKENDS = backend.BACKENDS
@@ -102,7 +102,7 @@ def run_resnet(args, log=print):
     """Build, time and report; returns {"forward"/"forward-backward": (mean, sd), "flops": ..., "peak_rss_mb": ...}."""
     from .models.resnet_v2 import resnet_v2
 
-    backend.use_backend(args.backend)
+    cli_flags.select_backend(args)
     model = resnet_v2(args.depth, num_classes=args.num_classes, rng=np.random.default_rng(0)).to_backend()
     images, labels = make_inputs(args.batch_size, args.image_size, args.num_classes)
     flops = conv_flops(model, args.batch_size, args.image_size, args.image_size)
@@ -137,7 +137,7 @@ def _non_negative(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m tinybn.bench", description=__doc__.split("\n", 1)[0])
+    parser = cli_flags.ArgumentParser(prog="python -m tinybn.bench", description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("resnet", help="ResNet-V2 forward and forward+backward (TF's benchmark protocol)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,7 +147,7 @@ def build_parser():
     p.add_argument("--num-batches", type=_positive, default=100, help="timed steps (default 100)")
     p.add_argument("--burn-in", type=_non_negative, default=10, help="untimed steps first (default 10)")
     p.add_argument("--num-classes", type=_positive, default=1000)
-    p.add_argument("--backend", default=os.environ.get("TINYBN_BACKEND", "numpy"), choices=BACKENDS)
+    cli_flags.add_backend_flag(p)
     p.add_argument("--mode", default="both", choices=MODES)
     return parser
 

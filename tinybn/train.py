@@ -13,27 +13,34 @@ Adam with 0.04 x 0.9 every 1000 steps (staircase).
 State in --train-dir: model.ckpt-<step>.npz (model, optimizer slots, EMA shadows,
 input-queue position; written atomically, the last --max-to-keep kept), events
 files for TensorBoard, and train.csv. Running again with the same --train-dir
-resumes at the saved step with the same optimizer, EMA and data-order state.
-Ctrl-C finishes the step in flight, saves a checkpoint and exits; a second
-Ctrl-C aborts at once.
+resumes at the saved step with the same optimizer, EMA and data-order state;
+the steps after that checkpoint that a crashed run had logged are dropped from
+train.csv and, by a SessionLog START event, from TensorBoard's view.
+Ctrl-C or SIGTERM (what batch schedulers send before SIGKILL) finishes the step
+in flight, saves a checkpoint and exits with status 0; a second one aborts at once.
 """
 import argparse
-import os
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
 
-from . import backend, checkpoint, optim
+from . import backend, checkpoint, cli_flags, optim
 from .data import cifar10 as cifar_data
 from .models import cifar10 as cifar_models
 from .progress import Progress
-from .summary import CSVLogger, SummaryWriter
+from .summary import SummaryWriter
 from .tensor import Tensor
 
 NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN = 50000      # the tutorial's constant, whatever the files hold
 EMA_DECAY = 0.9999
+TRAIN_CSV_FIELDS = ("step", "loss", "train_accuracy", "learning_rate", "examples_per_sec", "sec_per_batch",
+                    "wall_time")
+# what each trainer refuses below 1 / below 0 (cli_flags.check_ints)
+POSITIVE_FLAGS = ("batch_size", "max_steps", "log_every", "summary_every", "checkpoint_every", "max_to_keep")
+NON_NEGATIVE_FLAGS = ("seed",)
 
 
 def cifar_parser(sub):
@@ -51,7 +58,7 @@ def cifar_parser(sub):
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--max-to-keep", type=int, default=5)
     p.add_argument("--num-threads", type=int, default=2, help="preprocessing worker threads")
-    p.add_argument("--backend", default=os.environ.get("TINYBN_BACKEND", "numpy"), choices=backend.BACKENDS)
+    cli_flags.add_backend_flag(p)
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     return p
 
@@ -69,8 +76,15 @@ def load_checkpoint_or_fail(path):
     try:
         return checkpoint.load(path)
     except checkpoint.CheckpointError as e:
-        raise SystemExit(f"error: cannot resume: {e}\n(the file was left untouched; move it away "
+        raise SystemExit(f"error: cannot resume: {e} (the file was left untouched; move it away "
                          "to resume from an older checkpoint, or use another --train-dir)")
+
+
+def check_train_flags(args):
+    """The checks every trainer makes before it reads or writes anything."""
+    cli_flags.select_backend(args)
+    cli_flags.check_ints(args, POSITIVE_FLAGS, NON_NEGATIVE_FLAGS)
+    cli_flags.check_dir(args.train_dir, "--train-dir")
 
 
 class TrainingRun:
@@ -108,7 +122,22 @@ class TrainingRun:
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "queue": queue.state_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
-        return self.manager.save(self.step, checkpoint.flatten(state), self.meta())
+        try:
+            return self.manager.save(self.step, checkpoint.flatten(state), self.meta())
+        except OSError as e:       # a full disk, a read-only file system: the last checkpoint is intact
+            raise SystemExit(f"error: cannot save the checkpoint of step {self.step} in {self.args.train_dir}: "
+                             f"{cli_flags.describe_os_error(e)} (the last checkpoint, "
+                             f"{self.manager.latest() or 'none'}, is kept)") from None
+
+    def open_csv(self, name, fieldnames):
+        """CSVLogger of `name` in --train-dir without the rows of steps after the restored one: a run
+        that crashed after its last checkpoint logged them, and this one logs them again."""
+        return cli_flags.open_csv(self.args.train_dir, name, fieldnames, "--train-dir", purge_step=self.step + 1)
+
+    def open_events(self):
+        """A new event file in --train-dir; TensorBoard drops the earlier files' events of the steps
+        after the restored one (purge_step: the first step this run writes)."""
+        return SummaryWriter(self.args.train_dir, purge_step=self.step + 1)
 
     def restore(self, path):
         arrays, meta = load_checkpoint_or_fail(path)
@@ -154,18 +183,16 @@ class TrainingRun:
         for name, b in self.model.named_buffers():       # BN's moving statistics: what inference uses
             writer.histogram(f"batch_norm/{name}", b.numpy(), self.step)
 
-    def fit(self, queue, writer, after_step=None):
-        """Train to --max-steps from `queue` (a context manager with next_batch()): log, write
-        summaries and checkpoints at their intervals, stop cleanly on Ctrl-C (StopFlag), save
-        at the end. after_step(step), if given, runs after each step; returning True says it
-        took time that must not count in the next sec/batch."""
+    def fit(self, queue, csv, writer, after_step=None):
+        """Train to --max-steps from `queue` (next_batch(); the caller closes it): log to `csv`
+        (open_csv("train.csv", TRAIN_CSV_FIELDS)), write summaries and checkpoints at their
+        intervals, stop cleanly on Ctrl-C or SIGTERM (StopFlag), save at the end.
+        after_step(step), if given, runs after each step; returning True says it took time
+        that must not count in the next sec/batch."""
         args = self.args
-        csv = CSVLogger(os.path.join(args.train_dir, "train.csv"),
-                        ["step", "loss", "train_accuracy", "learning_rate", "examples_per_sec", "sec_per_batch",
-                         "wall_time"])
         progress = Progress(args.max_steps, start=self.step)
         last_saved = self.step
-        with queue, csv, StopFlag() as stop:
+        with StopFlag() as stop:
             tick = time.time()
             while self.step < args.max_steps and not stop.requested:
                 loss, accuracy, lr = self.train_step(*queue.next_batch())
@@ -205,30 +232,38 @@ class CifarRun(TrainingRun):
 
 
 class StopFlag:
-    """First Ctrl-C asks the loop to save and stop after the current step; the second aborts."""
+    """The first Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop after the current step;
+    a second one aborts (KeyboardInterrupt). The previous handlers are back on exit. Signal
+    handlers belong to the main thread: in any other, the flag is never raised."""
+
+    SIGNALS = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminate"}
 
     def __init__(self):
         self.requested = False
+        self.previous = {}
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        print(f"\n{self.SIGNALS[signum]}: saving a checkpoint after this step (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
 
 
 def train_cifar(args):
-    backend.use_backend(args.backend)
-    for flag in ("batch_size", "max_steps", "log_every", "summary_every", "checkpoint_every"):
-        if getattr(args, flag) < 1:
-            raise SystemExit(f"error: --{flag.replace('_', '-')} must be positive")
+    check_train_flags(args)
+    cli_flags.check_ints(args, positive=("num_threads",))
     run = CifarRun(args)
     if run.step >= args.max_steps:
         print(f"nothing to do: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
@@ -239,19 +274,22 @@ def train_cifar(args):
                                             state=run.queue_state)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise SystemExit(f"error: {e}")
-    with SummaryWriter(args.train_dir) as writer:
-        run.fit(queue, writer)
+    if args.batch_size > queue.num_examples:
+        queue.close()
+        cli_flags.check_batch_size(args.batch_size, queue.num_examples, "the CIFAR-10 training set")
+    with queue, run.open_csv("train.csv", TRAIN_CSV_FIELDS) as csv, run.open_events() as writer:
+        run.fit(queue, csv, writer)
     return run
 
 
 def main(argv=None):
     from .train_mnist import mnist_parser, train_mnist   # not at the top: train_mnist imports this module
-    parser = argparse.ArgumentParser(prog="python -m tinybn.train", description="Train a tinybn model.")
+    parser = cli_flags.ArgumentParser(prog="python -m tinybn.train", description="Train a tinybn model.")
     sub = parser.add_subparsers(dest="task", required=True)
     cifar_parser(sub).set_defaults(run=train_cifar)
     mnist_parser(sub).set_defaults(run=train_mnist)
     args = parser.parse_args(argv)
-    args.run(args)
+    cli_flags.run_command(args)
 
 
 if __name__ == "__main__":

@@ -26,27 +26,26 @@ train.csv and eval.csv. The same --train-dir resumes exactly where it stopped;
 Ctrl-C saves a checkpoint and exits, as `python -m tinybn.train cifar`.
 """
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
-from . import backend, checkpoint, optim
+from . import checkpoint, cli_flags, optim
 from .data import mnist as mnist_data
-from .eval import precision_at_1
+from .eval import latest_checkpoint, precision_at_1
 from .models import mnist as mnist_models
-from .summary import CSVLogger, SummaryWriter
-from .train import TrainingRun, load_checkpoint_or_fail
+from .train import TRAIN_CSV_FIELDS, TrainingRun, check_train_flags, load_checkpoint_or_fail
 
 RESUME_KEYS = ("task", "model", "batch_size", "seed", "bn_decay", "train_split")
+EVAL_CSV_FIELDS = ("step", "set", "split", "examples", "precision_at_1")
 
 
 def _common_flags(p):
     p.add_argument("--data-dir", default=None, help="holds the MNIST idx files (default: $TINYBN_DATA/mnist "
                    "or ~/.cache/tinybn/mnist); missing ones are downloaded there")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--backend", default=os.environ.get("TINYBN_BACKEND", "numpy"), choices=backend.BACKENDS)
+    cli_flags.add_backend_flag(p)
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
 
 
@@ -144,9 +143,7 @@ def evaluate(model, sets, batch_size, step, writer=None, csv=None):
 
 
 def check_flags(args):
-    for flag in ("batch_size", "max_steps", "log_every", "summary_every", "checkpoint_every", "max_to_keep"):
-        if getattr(args, flag) < 1:
-            raise SystemExit(f"error: --{flag.replace('_', '-')} must be positive")
+    check_train_flags(args)
     if args.eval_every < 0:
         raise SystemExit("error: --eval-every must be >= 0 (0: only at the end)")
     if not 0.0 <= args.bn_decay <= 1.0:
@@ -154,23 +151,22 @@ def check_flags(args):
 
 
 def train_mnist(args):
-    backend.use_backend(args.backend)
     check_flags(args)
     train_set, eval_set = load_sets(args)
+    cli_flags.check_batch_size(args.batch_size, len(train_set[1]), f"--train-split {train_set[2]}")
     run = MnistRun(args, train_set[2])
     sets = [("eval", eval_set), ("train", train_set)]
-    with SummaryWriter(args.train_dir) as writer, \
-            CSVLogger(os.path.join(args.train_dir, "eval.csv"),
-                      ["step", "set", "split", "examples", "precision_at_1"]) as eval_csv:
+    with run.open_csv("train.csv", TRAIN_CSV_FIELDS) as csv, run.open_csv("eval.csv", EVAL_CSV_FIELDS) as eval_csv, \
+            run.open_events() as writer:
         if run.step >= args.max_steps:
             print(f"nothing to train: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
         else:
-            _train_loop(run, args, train_set, sets, writer, eval_csv)
+            _train_loop(run, args, train_set, sets, csv, writer, eval_csv)
         run.results = evaluate(run.model, sets, args.batch_size, run.step, writer, eval_csv)
     return run
 
 
-def _train_loop(run, args, train_set, sets, writer, eval_csv):
+def _train_loop(run, args, train_set, sets, csv, writer, eval_csv):
     images, labels, _ = train_set
     try:
         queue = mnist_data.train_batches(images, labels, args.batch_size, seed=args.seed, state=run.queue_state)
@@ -182,15 +178,15 @@ def _train_loop(run, args, train_set, sets, writer, eval_csv):
             evaluate(run.model, sets, args.batch_size, step, writer, eval_csv)
             return True
         return False
-    run.fit(queue, writer, after_step=evaluate_now_and_then)
+    with queue:
+        run.fit(queue, csv, writer, after_step=evaluate_now_and_then)
 
 
 def eval_mnist(args):
     """python -m tinybn.eval mnist: the latest checkpoint of --train-dir, BN in inference mode."""
-    backend.use_backend(args.backend)
-    if args.batch_size < 1:
-        raise SystemExit("error: --batch-size must be positive")
-    path = checkpoint.CheckpointManager(args.train_dir, max_to_keep=None).latest()
+    cli_flags.select_backend(args)
+    cli_flags.check_ints(args, positive=("batch_size",))
+    path = latest_checkpoint(args.train_dir)
     if path is None:
         raise SystemExit(f"error: no checkpoint in {args.train_dir}; train first (python -m tinybn.train mnist)")
     arrays, meta = load_checkpoint_or_fail(path)
@@ -204,4 +200,6 @@ def eval_mnist(args):
     model.to_backend()
     sets = [(name, load_flag_split(flag, getattr(args, flag) or meta[flag], args))
             for name, flag in (("eval", "eval_split"), ("train", "train_split"))]
+    for name, (images, labels, split) in sets:
+        cli_flags.check_batch_size(args.batch_size, len(labels), f"the {name} set {split}")
     return evaluate(model, sets, args.batch_size, meta["step"])

@@ -1,4 +1,4 @@
-"""Event files read back by an independent TFRecord/protobuf parser; crc32c vectors; CSV logging."""
+"""Event files read back by an independent TFRecord/protobuf parser; crc32c vectors; CSV logging (csv_log)."""
 import csv
 import os
 import re
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from tinybn import summary
-from tinybn.summary import CSVLogger, SummaryWriter, crc32c, histogram_proto, masked_crc32c
+from tinybn import csv_log, summary
+from tinybn.csv_log import CSVLogger
+from tinybn.summary import SummaryWriter, crc32c, histogram_proto, masked_crc32c
 
 
 # --- an independent reader -----------------------------------------------------------------
@@ -314,6 +315,6 @@ def test_csv_logger_purge_step_drops_the_repeated_rows(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["log.csv"]      # rewritten in place, no temporary file left
     with pytest.raises(ValueError, match="purge_step: the fieldnames .* have no 'step'"):
         CSVLogger(tmp_path / "b.csv", ["epoch"], purge_step=1)
-    with pytest.raises(summary.CSVHeaderError) as e:
+    with pytest.raises(csv_log.CSVHeaderError) as e:
         CSVLogger(path, ["epoch", "loss"])
     assert e.value.found == ["step", "loss", "note"] and e.value.expected == ["epoch", "loss"]

@@ -11,7 +11,7 @@ import os
 import sys
 
 from . import backend
-from .summary import CSVHeaderError, CSVLogger
+from .csv_log import CSVHeaderError, CSVLogger
 
 
 class ArgumentParser(argparse.ArgumentParser):

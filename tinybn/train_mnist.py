@@ -22,8 +22,9 @@ examples they share (the evaluation is then not of held-out data).
 
 State in --train-dir: model.ckpt-<step>.npz (model with BN moving statistics,
 optimizer slots, input position; the last --max-to-keep kept), events files,
-train.csv and eval.csv. The same --train-dir resumes exactly where it stopped;
-Ctrl-C saves a checkpoint and exits, as `python -m tinybn.train cifar`.
+train.csv and eval.csv. The same --train-dir resumes exactly where it stopped (the
+rows and events of steps after its checkpoint are dropped); Ctrl-C or SIGTERM saves
+a checkpoint and exits, as `python -m tinybn.train cifar`.
 """
 import argparse
 import sys

@@ -39,7 +39,6 @@ import numpy as np
 from . import backend, cli_flags
 from .tensor import Tensor, no_grad
 
-BACKENDS = backend.BACKENDS
 MODES = ("forward", "forward-backward", "both")
 
 

@@ -133,6 +133,14 @@ def test_eval_never_creates_the_train_dir(cifar, tmp_path, capsys):
     assert not missing.exists()
 
 
+def test_a_data_error_leaves_no_train_dir_behind(cifar, tmp_path, capsys):
+    train_dir = tmp_path / "run"
+    assert "cifar-10-batches-bin" in one_line_error(capsys, train_cifar, tmp_path / "no-data", train_dir)
+    assert "is larger than the 200 examples" in one_line_error(capsys, train_cifar, cifar, train_dir,
+                                                               "--batch-size", "256")
+    assert not train_dir.exists()
+
+
 def test_a_foreign_train_csv_is_refused_and_left_as_it_is(cifar, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

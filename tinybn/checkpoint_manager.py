@@ -97,7 +97,7 @@ class CheckpointManager:
                 try:
                     os.unlink(self._path(name))
                     removed.append(self._path(name))
-                except FileNotFoundError:
+                except OSError:     # gone already, or a read-only dir: a leftover is harmless
                     pass
         return removed
 

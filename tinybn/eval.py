@@ -72,7 +72,7 @@ def latest_checkpoint(train_dir):
     evaluation never creates: a mistyped --train-dir must not appear on disk)."""
     if not cli_flags.check_dir(train_dir, "--train-dir"):
         return None
-    return checkpoint.CheckpointManager(train_dir, max_to_keep=None).latest()
+    return checkpoint.CheckpointManager(train_dir, max_to_keep=None, read_only=True).latest()
 
 
 def check_eval_flags(args):

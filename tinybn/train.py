@@ -264,19 +264,20 @@ class StopFlag:
 def train_cifar(args):
     check_train_flags(args)
     cli_flags.check_ints(args, positive=("num_threads",))
+    try:        # the data first: a data error must not leave a new, empty --train-dir behind
+        images, labels = cifar_data.load_cifar10("train", args.data_dir, download=not args.no_download)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    cli_flags.check_batch_size(args.batch_size, len(images), "the CIFAR-10 training set")
     run = CifarRun(args)
     if run.step >= args.max_steps:
         print(f"nothing to do: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
         return run
     try:
-        queue = cifar_data.distorted_inputs(args.data_dir, args.batch_size, seed=args.seed,
-                                            num_threads=args.num_threads, download=not args.no_download,
-                                            state=run.queue_state)
-    except (FileNotFoundError, ValueError, OSError) as e:
+        queue = cifar_data.training_queue(images, labels, args.batch_size, seed=args.seed,
+                                          num_threads=args.num_threads, state=run.queue_state)
+    except ValueError as e:
         raise SystemExit(f"error: {e}")
-    if args.batch_size > queue.num_examples:
-        queue.close()
-        cli_flags.check_batch_size(args.batch_size, queue.num_examples, "the CIFAR-10 training set")
     with queue, run.open_csv("train.csv", TRAIN_CSV_FIELDS) as csv, run.open_events() as writer:
         run.fit(queue, csv, writer)
     return run

@@ -88,7 +88,7 @@ def load_flag_split(flag, spec, args):
     """(images, labels, resolved Split) of a split flag; its errors name the flag."""
     try:
         return mnist_data.load_split(mnist_data.parse_split(spec), args.data_dir, download=not args.no_download)
-    except mnist_data.DatasetNotFoundError as e:
+    except (mnist_data.DatasetNotFoundError, PermissionError) as e:    # about the files, not the flag
         raise SystemExit(f"error: {e}")
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: --{flag.replace('_', '-')}: {e}")

@@ -166,6 +166,12 @@ class EvalBatches:
 def distorted_inputs(data_dir=None, batch_size=128, seed=0, num_threads=2, download=True, state=None):
     """The tutorial's training input: a ShuffleQueue over the train split with train_transform."""
     images, labels = load_cifar10("train", data_dir, download)
+    return training_queue(images, labels, batch_size, seed=seed, num_threads=num_threads, state=state)
+
+
+def training_queue(images, labels, batch_size=128, seed=0, num_threads=2, state=None):
+    """distorted_inputs' queue over images already loaded (the trainer reads the data before it
+    creates --train-dir, so a data error leaves nothing on disk)."""
     min_after_dequeue = int(len(images) * MIN_FRACTION_OF_EXAMPLES_IN_QUEUE)
     return ShuffleQueue(images, labels, batch_size, min_after_dequeue, transform=train_transform,
                         seed=seed, num_threads=num_threads, state=state)

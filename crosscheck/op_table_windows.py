@@ -15,7 +15,8 @@ Pools have no dilations; avg_pool2d's TF twin takes no explicit padding (tinybn'
 extension, tested in tests/), and explicit pool pads stay below the window (a window of
 padding only has no maximum: TF and tinybn refuse it).
 Explicit pads vary with the case (0..2 on each side) so every side is padded somewhere.
-Every third case feeds the input as a transposed (non-contiguous) view.
+Every third case feeds the input as a transposed (non-contiguous) view, every fifth the
+filters; the input has 1 or 2 channels, the output 1 or 2.
 
 Dilated conv2d gradients: this CPU's TF refuses Conv2DBackpropInput with dilations > 1
 (its oneDNN kernels do not take over here), as test_tf_conv.py explains. The twin then
@@ -51,14 +52,15 @@ class Case:
         # the smallest image with a non-empty output, plus room for a few strides
         need = [1 if padding == "SAME" else max(1, e - sum(p)) for e, p in zip(keff, pads)]
         self.hw = tuple(n + ss - 1 + (index + i) % 2 for i, (n, ss) in enumerate(zip(need, s)))
-        self.n = 1 + index % 2
+        self.n, self.c = 1 + index % 2, 1 + index // 2 % 2
         self.view = index % 3 == 2
+        self.kernel_view = index % 5 == 3
 
     def __str__(self):
         pad = self.padding if isinstance(self.padding, str) else "pads" + "".join(
             f"{a}{b}" for a, b in self.padding[1:3])
         return f"{pad} k{self.k[0]}x{self.k[1]} s{self.s[0]}{self.s[1]} d{self.d[0]}{self.d[1]} " \
-               f"x{(self.n,) + self.hw}{' view' if self.view else ''}"
+               f"x{(self.n,) + self.hw + (self.c,)}{' view' if self.view else ''}"
 
 
 def cases(strides, dilations, paddings=PADDINGS, pool=False, stride_with_dilation=True):
@@ -78,6 +80,13 @@ def image(rng, dtype, n, hw, c, view):
     if view:
         return rng.standard_normal((c, hw[1], hw[0], n)).astype(dtype).transpose(3, 2, 1, 0)
     return rng.standard_normal((n,) + hw + (c,)).astype(dtype)
+
+
+def kernel(rng, shape, dtype, view):
+    """Standard normal filters; as a transposed view of the reversed shape when asked."""
+    if view:
+        return rng.standard_normal(shape[::-1]).astype(dtype).T
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def dilated_kernel(w, dh, dw):
@@ -114,48 +123,54 @@ def _empty_batch(index):
 
 def conv2d_samples(sample, dtype, rng):
     for cs in list(cases(ALL_STRIDES, DILATIONS)) + [_empty_batch(0)]:
-        x = image(rng, dtype, cs.n, cs.hw, 2, cs.view)
-        w = rng.standard_normal(cs.k + (2, 1 + cs.index % 2)).astype(dtype)
+        x = image(rng, dtype, cs.n, cs.hw, cs.c, cs.view)
+        w = kernel(rng, cs.k + (cs.c, 1 + cs.index % 2), dtype, cs.kernel_view)
         yield sample(str(cs), [x, w], dict(strides=[1, *cs.s, 1], padding=cs.padding, dilations=list(cs.d)))
 
 
 def depthwise_samples(sample, dtype, rng):
     for cs in cases(EQUAL_STRIDES, DILATIONS, stride_with_dilation=False):
-        x = image(rng, dtype, cs.n, cs.hw, 2, cs.view)
-        f = rng.standard_normal(cs.k + (2, 1 + cs.index % 2)).astype(dtype)
+        x = image(rng, dtype, cs.n, cs.hw, cs.c, cs.view)
+        f = kernel(rng, cs.k + (cs.c, 1 + cs.index % 2), dtype, cs.kernel_view)
         s = [1, cs.s[0], cs.s[0], 1]
         yield sample(str(cs), [x, f], dict(strides=s, padding=cs.padding, dilations=list(cs.d)))
 
 
 def separable_samples(sample, dtype, rng):
     for cs in cases(EQUAL_STRIDES, DILATIONS, stride_with_dilation=False):
-        x = image(rng, dtype, cs.n, cs.hw, 2, cs.view)
+        x = image(rng, dtype, cs.n, cs.hw, cs.c, cs.view)
         cm = 1 + cs.index % 2
-        f = rng.standard_normal(cs.k + (2, cm)).astype(dtype)
-        p = rng.standard_normal((1, 1, 2 * cm, 2)).astype(dtype)
+        f = kernel(rng, cs.k + (cs.c, cm), dtype, cs.kernel_view)
+        p = kernel(rng, (1, 1, cs.c * cm, 2), dtype, cs.kernel_view)
         s = [1, cs.s[0], cs.s[0], 1]
         yield sample(str(cs), [x, f, p], dict(strides=s, padding=cs.padding, dilations=list(cs.d)))
 
 
 def spatially_separable_samples(sample, dtype, rng):
     for cs in list(cases(ALL_STRIDES, DILATIONS[:2])) + [_empty_batch(1)]:
-        x = image(rng, dtype, cs.n, cs.hw, 2, cs.view)
+        x = image(rng, dtype, cs.n, cs.hw, cs.c, cs.view)
         m = 1 + cs.index % 2
-        a = rng.standard_normal((cs.k[0], 1, 2, m)).astype(dtype)
-        b = rng.standard_normal((1, cs.k[1], m, 2)).astype(dtype)
+        a = kernel(rng, (cs.k[0], 1, cs.c, m), dtype, cs.kernel_view)
+        b = kernel(rng, (1, cs.k[1], m, 2), dtype, cs.kernel_view)
         yield sample(str(cs), [x, a, b], dict(strides=cs.s, padding=cs.padding, dilations=cs.d))
 
 
 def _pool_samples(sample, dtype, rng, paddings):
     for cs in list(cases(ALL_STRIDES, [(1, 1)], paddings, pool=True)) + [_empty_batch(2)]:
-        x = image(rng, dtype, cs.n, cs.hw, 2, cs.view)
+        x = image(rng, dtype, cs.n, cs.hw, cs.c, cs.view)
         if cs.index % 4 == 1:      # small integers: windows with several maxima (TF: the first one)
             x = np.round(x)
         yield sample(str(cs), [x], dict(ksize=list(cs.k), strides=list(cs.s), padding=cs.padding))
 
 
 def max_pool_samples(sample, dtype, rng):
-    return _pool_samples(sample, dtype, rng, PADDINGS)
+    yield from _pool_samples(sample, dtype, rng, PADDINGS)
+    # windows whose real pixels are all -inf, beside the padding: TF sends dy to the first real one
+    for ksize, strides, padding in [([3, 3], [1, 1], "SAME"), ([2, 3], [2, 1], [[0, 0], [1, 1], [1, 0], [0, 0]])]:
+        x = image(rng, dtype, 2, (4, 5), 2, False)
+        x[:, :2, :3] = -np.inf
+        yield sample(f"-inf corner k{ksize} s{strides} {padding}", [x],
+                     dict(ksize=ksize, strides=strides, padding=padding))
 
 
 def avg_pool_samples(sample, dtype, rng):

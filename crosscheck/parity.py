@@ -59,7 +59,9 @@ TOLERANCES = {
     "depthwise_conv2d":  {"forward": 1e-5, "backward": 1e-5},
     "separable_conv2d":  {"forward": 1e-5, "backward": 1e-5},
     # pool (tinybn.ops.pool)
-    "max_pool2d":        {"forward": 0.0, "backward": 1e-6},
+    # a pixel that is the maximum of several windows sums their dy in float32 in another order
+    # than TF: when they cancel (4 dy summing to 0.029 on a 2x2 image) that is 1.0e-6 of max|tf|
+    "max_pool2d":        {"forward": 0.0, "backward": 5e-6},
     "avg_pool2d":        {"forward": 1e-6, "backward": 1e-6},
     # batch norm (tinybn.ops.batchnorm, tinybn.nn.BatchNorm)
     "moments":           {"forward": 1e-5, "backward": 1e-5},

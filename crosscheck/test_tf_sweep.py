@@ -150,6 +150,23 @@ def test_avg_pool_mismatches_are_tf_gradient_errors():
         assert parity.relative_error(theirs, adjoint) > 0.01, f"{dtype} {desc}: TF's AvgPoolGrad is right here"
 
 
+def test_max_pool_all_inf_mismatch_is_the_forward_only():
+    """In max_pool2d's KNOWN_MISMATCHES the gradients agree; the outputs differ exactly where TF
+    gives the lowest finite value for a window of -inf and tinybn gives -inf."""
+    row = ROWS["max_pool2d"]
+    for (op, dtype, desc) in KNOWN_MISMATCHES:
+        if op != "max_pool2d":
+            continue
+        sample = next(s for s in samples_of(row, dtype) if s.desc == desc)
+        rng = np.random.default_rng(zlib.crc32(desc.encode()))
+        (ours,), upstreams, (our_grad,) = tb_forward_backward_all(row, sample, rng)
+        (theirs,), (their_grad,) = tf_forward_backward_all(row, sample, upstreams)
+        parity.assert_parity(FLOAT64_KEY if dtype == "float64" else "max_pool2d", "backward", our_grad, their_grad,
+                             desc, elementwise=parity.ELEMENTWISE[dtype])
+        differ = ours != theirs
+        assert differ.any() and np.all(ours[differ] == -np.inf) and np.all(theirs[differ] == np.finfo(dtype).min)
+
+
 def coverage_problems(namespace, table, not_ops):
     """Why `table` does not cover the ops of `namespace` (tinybn.ops): [] when it does."""
     covered = {id(row.op) for row in table}

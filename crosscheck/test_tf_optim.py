@@ -8,7 +8,7 @@ rounded to float32 as TF's tensors are.
 """
 import numpy as np
 import tensorflow as tf
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import parity
 from tinybn.nn.module import Parameter
@@ -117,6 +117,8 @@ def test_exponential_moving_average(decay, first_update, seed):
                          f"(parameter {i})")
 
 
+@example(2543, 20, 0.5, 0.01, False)        # 0.5 ** 127.15 is subnormal: TF flushes it to 0 (make fuzz)
+@example(2000, 20, 0.5, 1e-10, False)       # a normal 0.5 ** 100, a subnormal product
 @given(st.integers(0, 10 ** 6), st.integers(1, 200000), st.sampled_from([0.1, 0.5, 0.94, 0.96]),
        st.sampled_from([0.1, 0.01, 1.0]), st.booleans())
 def test_exponential_decay(step, decay_steps, rate, lr0, staircase):

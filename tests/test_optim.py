@@ -221,6 +221,14 @@ def test_tutorial_schedule_decays_every_350_epochs(batch_size, decay_steps):
     assert exponential_decay(0.1, decay_steps, decay_steps, 0.1, staircase=True) == f32(0.1) * f32(0.1)
 
 
+def test_exponential_decay_flushes_subnormals_to_zero_as_tf():
+    # TF's values: 0.5 ** 127.15 = 5.3e-39 is subnormal in float32, and so is 1e-10 * 0.5 ** 100 = 7.9e-41
+    assert exponential_decay(0.01, 2543, 20, 0.5) == 0
+    assert exponential_decay(1e-10, 2000, 20, 0.5) == 0
+    smallest_kept = exponential_decay(1.0, 2503, 20, 0.5)          # 0.5 ** 125.15 = 2.1e-38, normal
+    assert smallest_kept == np.power(f32(0.5), f32(2503) / f32(20)) and smallest_kept > np.finfo(np.float32).tiny
+
+
 def test_bn_model_schedule_is_adam_decaying_every_1000_steps():
     opt = make_optimizer("bn", [("w", _param([1.0]))], 128)
     assert isinstance(opt, Adam) and isinstance(opt.learning_rate, ExponentialDecay)
@@ -238,7 +246,9 @@ def test_exponential_decay_continuous_closed_form(step, decay_steps, rate):
     # The closed form in float64 on TF's float32 operands: rate and p = step/decay_steps are rounded
     # to float32 before the pow, and rate**p multiplies their rounding errors by up to |p ln rate|
     # (~100 before the result underflows), so the float64 rate's value is 1e-5 away at worst.
+    # A result below float32's smallest normal is flushed to 0, as TF's kernels do (atol).
     p = np.float64(np.float32(step) / np.float32(decay_steps))
-    np.testing.assert_allclose(lr, 0.5 * np.float64(np.float32(rate)) ** p, rtol=4e-7, atol=1e-38)
+    np.testing.assert_allclose(lr, 0.5 * np.float64(np.float32(rate)) ** p, rtol=4e-7, atol=np.finfo(np.float32).tiny)
+    assert lr == 0 or lr >= np.finfo(np.float32).tiny
     with pytest.raises(ValueError, match="decay_steps must be positive"):
         exponential_decay(0.5, step, 0, rate)

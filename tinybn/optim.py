@@ -17,7 +17,10 @@ TF conventions followed:
 - Hyperparameters given as Python floats are float32 tensors in TF (then cast to
   the variable's dtype), so `1 - beta1` is float32(1) - float32(0.9) = 0.100000024.
   tinybn rounds every hyperparameter to float32 the same way; in float32 the
-  updates are bit-exact against TF.
+  updates are bit-exact against TF. The one exception: TF's CPU kernels flush
+  subnormal floats (below 1.2e-38 in float32) to zero, and numpy keeps them, so
+  an update whose values fall that low can differ there. exponential_decay
+  flushes them as TF does.
 - Momentum is TF1's form: with a schedule, a new lr rescales the whole accumulated
   velocity (Keras' SGD would only scale new gradients).
 - The learning rate may be a number or a schedule: a callable of the global step
@@ -209,14 +212,22 @@ def exponential_decay(learning_rate, global_step, decay_steps, decay_rate, stair
     """tf.compat.v1.train.exponential_decay evaluated at `global_step`, as a float32.
 
     lr = learning_rate * decay_rate ** p,  p = step / decay_steps (floored if staircase),
-    all in float32 as TF does it (the step is cast to float32 first).
+    all in float32 as TF does it (the step is cast to float32 first), with a subnormal
+    operand or result read as 0, as TF's CPU kernels do: 0.01 * 0.5 ** 127.15 is 0, not 5.3e-41.
     """
     if decay_steps <= 0:
         raise ValueError(f"exponential_decay: decay_steps must be positive, got {decay_steps}")
     p = np.float32(global_step) / np.float32(decay_steps)
     if staircase:
         p = np.floor(p)
-    return np.float32(np.float32(learning_rate) * np.power(np.float32(decay_rate), p))
+    decayed = _flush_subnormal(np.power(_flush_subnormal(decay_rate), p))
+    return _flush_subnormal(_flush_subnormal(learning_rate) * decayed)
+
+
+def _flush_subnormal(x):
+    """x as a float32, 0 where it is subnormal (TF runs its CPU kernels with flush-to-zero)."""
+    x = np.float32(x)
+    return np.float32(0) * x if abs(x) < np.finfo(np.float32).tiny else x
 
 
 class ExponentialDecay:

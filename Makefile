@@ -4,8 +4,8 @@
 # make parity prints the last parity table; make clean-venv removes the environment.
 # make fuzz      runs every hypothesis test of tests/ and crosscheck/ on fresh random examples
 #                (HYPOTHESIS_PROFILE=explore), FUZZ_SCALE times as many as CI's fixed, derandomized
-#                ones (default 20: about 20 minutes on 2 busy cores); a failure prints its falsifying
-#                example. Not part of make test, whose examples stay the same on every run.
+#                ones (default 20: 10 minutes on 2 cores, 20 when they are shared); a failure prints its
+#                falsifying example. Not part of make test, whose examples are the same every run.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin

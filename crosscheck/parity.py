@@ -117,7 +117,9 @@ ELEMENTWISE = {"float32": (1e-6, 1e-5), "float64": (1e-15, 1e-10)}
 _worst = {}   # (op, direction) -> worst err seen this session
 
 
-def relative_error(ours, theirs):
+def relative_error(ours, theirs, scale=0.0):
+    """max|ours - tf| / max(max|tf|, scale). `scale`, for a result that is a sum whose terms may
+    cancel far below their size: the largest sum of |terms|, which is what rounding is relative to."""
     ours = np.asarray(ours, dtype=np.float64)
     theirs = np.asarray(theirs, dtype=np.float64)
     if ours.shape != theirs.shape:
@@ -127,7 +129,7 @@ def relative_error(ours, theirs):
     if not np.array_equal(np.isnan(ours), np.isnan(theirs)):
         return float("inf")
     ours, theirs = np.nan_to_num(ours), np.nan_to_num(theirs)
-    return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30))
+    return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), scale, 1e-30))
 
 
 def elementwise_excess(ours, theirs, atol, rtol):
@@ -157,13 +159,14 @@ def assert_elementwise(ours, theirs, atol, rtol, what=""):
                          f"tinybn {ours[at]!r} vs TF {theirs[at]!r} ({excess:.3g} times the limit)")
 
 
-def assert_parity(op, direction, ours, theirs, what="", elementwise=None):
+def assert_parity(op, direction, ours, theirs, what="", elementwise=None, scale=0.0):
     """Assert tinybn's `ours` equals TF's `theirs` within TOLERANCES[op][direction].
 
     elementwise=(atol, rtol) also asserts |ours - tf| <= atol + rtol * |tf| at every entry.
+    scale: see relative_error (the size of the terms of a sum that may cancel).
     """
     tol = TOLERANCES[op][direction]
-    err = relative_error(ours, theirs)
+    err = relative_error(ours, theirs, scale)
     key = (op, direction)
     _worst[key] = max(_worst.get(key, 0.0), err)
     assert err <= tol, (f"{op} {direction}{' ' + what if what else ''}: "

@@ -66,8 +66,12 @@ def test_tf_reads_scalars_and_histograms(tmp_path):
     assert events[7].step == 300 and len(events) == 8
 
 
+# No subnormals: TF's CPU kernels run with flush-to-zero and denormals-are-zero, so TF buckets and
+# sums a subnormal as 0 while its min/max may keep it (make fuzz: [5e-324], [0, -4.9e-324, -3.8e-305]);
+# tinybn's histogram keeps the values as they are, which no TensorBoard view can tell apart.
 @given(hnp.arrays(np.float64, st.integers(0, 60),
-                  elements=st.floats(-1e30, 1e30, allow_nan=False) | st.sampled_from([0.0, -0.0, 1e-12, -5e-13])))
+                  elements=st.floats(-1e30, 1e30, allow_nan=False, allow_subnormal=False)
+                  | st.sampled_from([0.0, -0.0, 1e-12, -5e-13])))
 def test_tf_bins_equal_tf_histogram_op(values):
     ours = HistogramProto.FromString(histogram_proto(values))
     want = tf_histogram(values)

@@ -22,6 +22,7 @@ import pytest
 import tinybn.backend as backend
 from tinybn import Tensor
 from tinybn.models import cifar10, mnist
+from tinybn.nn.batchnorm import BatchNorm
 from tinybn.nn.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, SeparableConv2D
 from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
@@ -140,11 +141,20 @@ def test_batch_norm_in_training_refuses_an_empty_batch_and_keeps_its_statistics(
     model = builders[name](rng=np.random.default_rng(0)).train()
     before = {k: np.array(v) for k, v in model.state_dict().items()}
     empty = Tensor(np.zeros((0, size, size, channels), np.float32))
-    _one_line_error(ValueError, "fused_batch_norm: x has no elements to take batch statistics over",
-                    lambda: model(empty))
+    _one_line_error(ValueError, "BatchNorm: training mode needs at least one example", lambda: model(empty))
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
     assert model.eval()(empty).shape == (0, 10)     # inference mode has its statistics
+
+
+@pytest.mark.parametrize("renorm", [False, True])
+def test_batch_norm_layer_in_training_refuses_an_empty_batch(renorm):
+    layer = BatchNorm(3, renorm=renorm)
+    before = {k: np.array(v) for k, v in layer.state_dict().items()}
+    _one_line_error(ValueError, "BatchNorm: training mode needs at least one example",
+                    lambda: layer(Tensor(np.zeros((0, 4, 4, 3), np.float32))))
+    for key, value in layer.state_dict().items():      # renorm wrote NaN into them
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
 def test_flatten_of_an_empty_batch():

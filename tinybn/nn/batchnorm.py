@@ -137,6 +137,9 @@ class BatchNorm(Module):
             y, _, _ = fused_batch_norm(x, ones if gamma is None else gamma, zeros if beta is None else beta,
                                        self.moving_mean, self.moving_variance, self.epsilon, is_training=False)
             return y
+        if x.size == 0:     # TF returns NaN and averages it into the moving statistics
+            raise ValueError(f"BatchNorm: training mode needs at least one example to take batch statistics "
+                             f"over, got shape {x.shape}")
         if self.renorm:
             return self._renorm_forward(x, gamma, beta)
         ones, zeros = self._ones_zeros()

@@ -14,7 +14,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from hypothesis import settings  # noqa: E402
 
 try:
     import tensorflow as tf  # noqa: E402
@@ -25,15 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import parity  # noqa: E402
 
 import tinybn  # noqa: E402
-
-# "crosscheck" (the default, CI): the same examples every run. HYPOTHESIS_PROFILE=explore (`make fuzz`):
-# new random examples every run, HYPOTHESIS_EXPLORE_SCALE (default 20) times as many (as tests/conftest.py)
-EXPLORE = os.environ.get("HYPOTHESIS_PROFILE", "") == "explore"
-if os.environ.get("HYPOTHESIS_PROFILE", "explore") != "explore":
-    raise ValueError(f"HYPOTHESIS_PROFILE must be 'explore' or unset, got {os.environ['HYPOTHESIS_PROFILE']!r}")
-settings.register_profile("crosscheck", max_examples=15, deadline=None, derandomize=True)
-settings.register_profile("explore", max_examples=15, deadline=None, derandomize=False, print_blob=True)
-settings.load_profile("explore" if EXPLORE else "crosscheck")
 
 
 def tf_forward_backward(fn, arrays, upstream=None, wrt=None):
@@ -64,18 +54,6 @@ def tb_forward_backward(fn, arrays, upstream=None, wrt=None):
 @pytest.fixture
 def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-def pytest_collection_modifyitems(items):
-    if EXPLORE:
-        scale = int(os.environ.get("HYPOTHESIS_EXPLORE_SCALE", "20"))
-        for test in {getattr(item, "function", None) for item in items} - {None}:
-            # @given reads its settings from the test when it runs: scale them once per test function
-            current = getattr(test, "_hypothesis_internal_use_settings", None)
-            if current is not None and not getattr(test, "explore_scaled", False):
-                test._hypothesis_internal_use_settings = settings(
-                    current, max_examples=current.max_examples * scale, derandomize=False)
-                test.explore_scaled = True
 
 
 _skipped = []

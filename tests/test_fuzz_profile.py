@@ -1,11 +1,11 @@
-"""The hypothesis profiles of tests/conftest.py: derandomized by default (CI), fresh examples and
+"""The hypothesis profiles of the root conftest.py: derandomized by default (CI), fresh examples and
 HYPOTHESIS_EXPLORE_SCALE times as many under HYPOTHESIS_PROFILE=explore (`make fuzz`)."""
 import os
 import shutil
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = '''
 import os
 from hypothesis import given, settings, strategies as st
@@ -28,7 +28,7 @@ def test_own_count(x):
 def _run(tmp_path, run, **env):
     folder = tmp_path / f"run{run}"
     folder.mkdir()
-    shutil.copy(os.path.join(HERE, "conftest.py"), folder / "conftest.py")
+    shutil.copy(os.path.join(ROOT, "conftest.py"), folder / "conftest.py")
     (folder / "test_probe.py").write_text(PROBE)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HYPOTHESIS_")}
     environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"          # only hypothesis's plugin: a faster start
@@ -42,13 +42,13 @@ def _run(tmp_path, run, **env):
 
 def test_default_profile_is_derandomized(tmp_path):
     first, second = _run(tmp_path, 1), _run(tmp_path, 2)
-    assert first == second and len(first["profile"]) == 20 and len(first["own"]) == 3
+    assert first == second and len(first["profile"]) == 15 and len(first["own"]) == 3
 
 
 def test_explore_profile_draws_fresh_and_scaled_examples(tmp_path):
     first = _run(tmp_path, 1, HYPOTHESIS_PROFILE="explore", HYPOTHESIS_EXPLORE_SCALE="4")
     second = _run(tmp_path, 2, HYPOTHESIS_PROFILE="explore", HYPOTHESIS_EXPLORE_SCALE="4")
-    assert len(first["profile"]) == len(second["profile"]) == 80          # 20 x 4
+    assert len(first["profile"]) == len(second["profile"]) == 60          # 15 x 4
     assert len(first["own"]) == len(second["own"]) == 12                  # a test's own 3 x 4
     assert first["profile"] != second["profile"]
 

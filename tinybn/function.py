@@ -1,25 +1,42 @@
 """Function: the base of every op, with forward and backward side by side.
 
+Floor: core (with tensor.py), the lowest; imports only tensor.py, numpy and
+backend.array_module (which array library owns an array).
+
 An op subclasses Function and writes two methods on plain arrays:
 
     forward(*xs)   -> y or (y1, y2, ...)      inputs: the .data of each operand
     backward(*gys) -> gx or (gx1, gx2, ...)   one gradient per input (None if the
-                                              input is not differentiable, e.g. labels)
+                                              input is not differentiable, e.g. labels,
+                                              or needs none: see needs_input_grad)
 
 Non-tensor arguments (strides, padding, epsilon ...) go to the constructor.
+
+Before forward runs, `self.needs_input_grad` holds one bool per input: gradients
+are being recorded and that input requires one (PyTorch's ctx.needs_input_grad).
+forward reads it to skip work only an unused gradient would need (max-pool's
+argmax, the labels' gradient of a cross-entropy), backward to return None there.
+
 Whatever backward needs is kept with `self.save_for_backward(...)` and read
 back from `self.saved`; after the graph is walked once those buffers are
-freed, so a second backward through the same graph is a clear error unless
-the first one asked for `retain_graph=True`. For each leaf (a parameter, an input)
+freed (`release()`), so a second backward through the same graph is a clear error
+unless the first one asked for `retain_graph=True`. Nothing backward reads may live
+outside `saved`, or release() would not free it. For each leaf (a parameter, an input)
 whose array, or a view of it, was saved, the Function keeps the leaf's version
 (Tensor.version): backward refuses the graph once an optimizer step or a load has
 changed that leaf in place, since the saved array now holds the new value.
 
-Calling a Function on Tensors (or arrays) runs forward, wraps the results in
-Tensors and, when gradients are being recorded and some input requires one,
-links the outputs to this Function so `Tensor.backward` can walk back to it.
+An output that no gradient reached gets zeros in backward, unless the op sets
+`materialize_grads = False` (PyTorch's ctx.set_materialize_grads(False)): then it gets
+None, and need not look at the values to find out (fused batch norm's statistics).
+
+Calling a Function on Tensors (or arrays) checks that all inputs live on one device
+(numpy or cupy arrays, not both: a TypeError naming the op and the inputs), runs
+forward, wraps the results in Tensors and, when some input needs a gradient, links
+the outputs to this Function so `Tensor.backward` can walk back to it.
 """
 from . import tensor as _t
+from .backend import array_module
 
 
 class _Edge:
@@ -42,14 +59,35 @@ def _holds(saved, array):
     return any(s is array or _owner(s) is owner for s in saved if hasattr(s, "shape"))
 
 
+def _check_one_device(fn, tensors):
+    """TypeError naming the op and its inputs when they live on different devices.
+
+    numpy (host) and cupy (device) arrays cannot meet in one op: cupy refuses a host
+    operand, and a GEMM in numpy would pull the device one over silently (or not at all).
+    """
+    if len(tensors) < 2:
+        return
+    modules = [array_module(t.data) for t in tensors]
+    if all(m is modules[0] for m in modules):
+        return
+    where = ", ".join(f"input {i} {m.__name__} {t.shape}" for i, (t, m) in enumerate(zip(tensors, modules)))
+    raise TypeError(f"{type(fn).__name__}: inputs on different devices ({where}); move them to one "
+                    f"(tinybn.backend.device_array, Tensor.numpy()) before the op")
+
+
 class Function:
     def __call__(self, *inputs):
         tensors = [_t.as_tensor(x) for x in inputs]
+        _check_one_device(self, tensors)
+        # known before forward, as PyTorch's ctx.needs_input_grad: forward skips what only
+        # a gradient nobody will ask for would use (an argmax, a labels gradient)
+        recording = _t.grad_enabled()
+        self.needs_input_grad = tuple(recording and t.requires_grad for t in tensors)
+        record = any(self.needs_input_grad)
         outputs = self.forward(*[t.data for t in tensors])
         single = not isinstance(outputs, tuple)
         if single:
             outputs = (outputs,)
-        record = _t.grad_enabled() and any(t.requires_grad for t in tensors)
         results = [_t.Tensor(y, requires_grad=record) for y in outputs]
         if record:
             # a leaf is kept (its owner holds it anyway); of an intermediate only its place
@@ -82,6 +120,8 @@ class Function:
         self.released = True
 
     released = False
+    materialize_grads = True    # False: backward gets None, not zeros, for an output no gradient reached
+    needs_input_grad = ()       # set by __call__ before forward
     saved_versions = ()     # (input index, leaf Tensor, its version at forward) per saved leaf
 
     def __repr__(self):

@@ -164,8 +164,9 @@ class Tensor:
                     f"trying to backward through {fn!r} a second time: its saved buffers were freed "
                     "after the first backward. Pass retain_graph=True to the first backward "
                     "if the graph must be walked twice.")
-            gys = [g if g is not None else xp.zeros(shape, dtype) for g, (shape, dtype)
-                   in zip(gys, fn.output_meta)]
+            if fn.materialize_grads:
+                gys = [g if g is not None else xp.zeros(shape, dtype) for g, (shape, dtype)
+                       in zip(gys, fn.output_meta)]
             gxs = fn.backward(*gys)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)

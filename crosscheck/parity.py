@@ -58,6 +58,7 @@ TOLERANCES = {
     "spatially_separable_conv2d": {"forward": 1e-5, "backward": 1e-5},
     "depthwise_conv2d":  {"forward": 1e-5, "backward": 1e-5},
     "separable_conv2d":  {"forward": 1e-5, "backward": 1e-5},
+    "SeparableConv2D vs Keras": {"forward": 1e-5, "backward": 1e-5},
     # pool (tinybn.ops.pool)
     # a pixel that is the maximum of several windows sums their dy in float32 in another order
     # than TF: when they cancel (4 dy summing to 0.029 on a 2x2 image) that is 1.0e-6 of max|tf|

@@ -6,9 +6,10 @@ from tinybn import Tensor
 from tinybn.gradcheck import check_gradients, numerical_gradient
 from tinybn.nn import init
 from tinybn.nn.layers import (LRN, AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU,
-                              SeparableConv2D, Sequential)
+                              SeparableConv2D, Sequential, SpatiallySeparableConv2D)
 from tinybn.nn.module import Module
 from tinybn.ops.conv import conv2d
+from tinybn.ops.conv import depthwise_conv2d
 from tinybn.ops.separable import separable_kernel
 
 
@@ -32,15 +33,39 @@ def test_conv_dense_separable_layers_gradients():
     layer_gradcheck(Conv2D(3, 4, 3, strides=2, rng=rng, dtype=np.float64,
                            bias_initializer=init.constant(0.1)), f64(rng, 2, 5, 6, 3))
     layer_gradcheck(Dense(5, 3, rng=rng, dtype=np.float64), f64(rng, 4, 5))
-    layer_gradcheck(SeparableConv2D(2, 3, 3, rng=rng, dtype=np.float64), f64(rng, 1, 5, 5, 2))
+    layer_gradcheck(SpatiallySeparableConv2D(2, 3, 3, rng=rng, dtype=np.float64), f64(rng, 1, 5, 5, 2))
 
 
 def test_separable_layer_equals_full_conv_with_product_kernel():
     rng = np.random.default_rng(2)
-    layer = SeparableConv2D(3, 4, 3, intermediate_channels=2, use_bias=False, rng=rng, dtype=np.float64)
+    layer = SpatiallySeparableConv2D(3, 4, 3, intermediate_channels=2, use_bias=False, rng=rng, dtype=np.float64)
     x = f64(rng, 2, 7, 8, 3)
     full = conv2d(x, separable_kernel(layer.kernel_kx1.data, layer.kernel_1xk.data), 1, "SAME")
     np.testing.assert_allclose(layer(x).data, full.data, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("strides, padding, depth_multiplier, dilation_rate, x_shape, y_shape", [
+    (1, "SAME", 1, 1, (2, 5, 6, 3), (2, 5, 6, 4)),
+    (2, "SAME", 2, 1, (1, 7, 6, 3), (1, 4, 3, 4)),
+    (1, "VALID", 2, 2, (1, 7, 8, 3), (1, 3, 4, 4)),
+])
+def test_depthwise_separable_layer_shapes_and_gradients(strides, padding, depth_multiplier, dilation_rate,
+                                                        x_shape, y_shape):
+    rng = np.random.default_rng(4)
+    layer = SeparableConv2D(3, 4, 3, strides, padding, depth_multiplier=depth_multiplier,
+                            dilation_rate=dilation_rate, rng=rng, dtype=np.float64,
+                            bias_initializer=init.constant(0.1))
+    assert [name for name, _ in layer.named_parameters()] == ["depthwise_kernel", "pointwise_kernel", "bias"]
+    assert layer.depthwise_kernel.shape == (3, 3, 3, depth_multiplier)
+    assert layer.pointwise_kernel.shape == (1, 1, 3 * depth_multiplier, 4)
+    x = f64(rng, *x_shape)
+    y = layer(x)
+    assert y.shape == y_shape
+    # depthwise, then the pointwise 1x1 conv as a contraction over the C*CM channels, then the bias
+    dw = depthwise_conv2d(x, layer.depthwise_kernel.data, strides, padding, dilations=dilation_rate).data
+    expected = np.einsum("nhwk,ko->nhwo", dw, layer.pointwise_kernel.data[0, 0]) + 0.1
+    np.testing.assert_allclose(y.data, expected, rtol=1e-12, atol=1e-12)
+    layer_gradcheck(layer, x)
 
 
 def test_sequential_names_state_dict_and_strict_loading():
@@ -86,6 +111,19 @@ def test_layers_reject_wrong_channels_and_rank():
         m = Module()
         m.add_parameter("w", np.ones(1, np.float32))
         m.add_buffer("w", np.ones(1))
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: SeparableConv2D(3, 4, 3, depth_multiplier=0), ValueError,
+     "SeparableConv2D: depth_multiplier must be a positive int, got 0"),
+    (lambda: SeparableConv2D(3, 4, 0), ValueError, "SeparableConv2D: kernel_size"),
+    (lambda: SeparableConv2D(3, 4, 3, dilation_rate=0), ValueError, "SeparableConv2D: dilation_rate"),
+    (lambda: SeparableConv2D(3, 4, 3)(np.ones((1, 5, 5, 2), np.float32)), ValueError,
+     "SeparableConv2D: input has 2 channels"),
+])
+def test_depthwise_separable_layer_refuses_bad_sizes(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
 
 
 def test_truncated_normal_and_variance_scaling_statistics():

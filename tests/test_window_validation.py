@@ -23,7 +23,7 @@ import tinybn.backend as backend
 from tinybn import Tensor
 from tinybn.models import cifar10, mnist
 from tinybn.nn.batchnorm import BatchNorm
-from tinybn.nn.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, SeparableConv2D
+from tinybn.nn.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, SpatiallySeparableConv2D
 from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
 from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
@@ -261,8 +261,8 @@ def test_filters_of_the_wrong_rank_name_their_layout(call, match):
     (lambda: Conv2D(0, 8, 5), ValueError, "Conv2D: in_channels must be a positive int, got 0"),
     (lambda: Conv2D(3, 8, 5, strides=1.5), TypeError, "Conv2D: strides " + NOT_INT + r"1\.5"),
     (lambda: Conv2D(3, 8.0, 5), TypeError, r"Conv2D: filters must be a positive int, got 8\.0"),
-    (lambda: SeparableConv2D(3, 8, 3, intermediate_channels=0), ValueError,
-     "SeparableConv2D: intermediate_channels must be a positive int, got 0"),
+    (lambda: SpatiallySeparableConv2D(3, 8, 3, intermediate_channels=0), ValueError,
+     "SpatiallySeparableConv2D: intermediate_channels must be a positive int, got 0"),
     (lambda: Dense(10, 0), ValueError, "Dense: units must be a positive int, got 0"),
     (lambda: MaxPool2D(1.5), TypeError, "MaxPool2D: ksize " + NOT_INT + r"1\.5"),
     (lambda: AvgPool2D(2, strides=0), ValueError, "AvgPool2D: strides must be positive, got 0"),

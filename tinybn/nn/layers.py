@@ -1,18 +1,23 @@
 """Layers: each holds its parameters and calls one op of tinybn.ops.
 
+Floor: nn (core < backend < ops < nn < optim < models < data < training < tasks < cli).
+This module imports numpy, tinybn.ops and tinybn.nn (init, module) only.
+
     Conv2D(in_channels, filters, kernel_size, strides=1, padding="SAME")   kernel HWIO, bias (filters,)
-    SeparableConv2D(in_channels, filters, kernel_size=3, ...)             the KxK conv cut into
-                        a Kx1 conv (kernel_kx1 [K,1,C,M]) then a 1xK conv (kernel_1xk [1,K,M,O]).
-                        Note: Keras's SeparableConv2D is *depthwise* separable; that one is
-                        tinybn.ops.separable_conv2d. This layer is the spatial factorization.
+    SeparableConv2D(in_channels, filters, kernel_size, strides=1, padding="SAME",
+                    depth_multiplier=1, dilation_rate=1)                  Keras's layer: depthwise then
+                        pointwise (tinybn.ops.separable_conv2d); depthwise_kernel [KH,KW,C,CM],
+                        pointwise_kernel [1,1,C*CM,O], bias (O,)
+    SpatiallySeparableConv2D(in_channels, filters, kernel_size=3, ...)    the KxK conv cut into
+                        a Kx1 conv (kernel_kx1 [K,1,C,M]) then a 1xK conv (kernel_1xk [1,K,M,O])
     Dense(in_features, units)                                             kernel (in, units), bias
     MaxPool2D / AvgPool2D(ksize=2, strides=None, padding="VALID")        strides default to ksize
     LRN(depth_radius=5, bias=1, alpha=1, beta=0.5), ReLU(), Flatten(), Dropout(rate)
     Sequential(layer, ... or (name, layer), ...)
 
-Parameter names follow Keras ("kernel", "bias"); a layer given `rng` (a numpy
-Generator) draws its initial weights from it, so a model built twice from the
-same seed is identical.
+Parameter names follow Keras ("kernel", "bias", "depthwise_kernel", ...); a layer given
+`rng` (a numpy Generator) draws its initial weights from it, so a model built twice from
+the same seed is identical.
 """
 import numbers
 
@@ -20,7 +25,7 @@ import numpy as np
 
 from ..ops.basic import bias_add, dropout, matmul, relu, reshape
 from ..ops.conv import conv2d
-from ..ops.separable import spatially_separable_conv2d
+from ..ops.separable import separable_conv2d, spatially_separable_conv2d
 from ..ops.lrn import local_response_normalization
 from ..ops.pool import avg_pool2d, max_pool2d
 from ..ops.padding import pair
@@ -86,11 +91,51 @@ class Conv2D(Module):
 
 
 class SeparableConv2D(Module):
+    """Keras's SeparableConv2D: a depthwise KHxKW conv (depth_multiplier CM per input channel),
+    then a 1x1 conv to `filters` channels, then the bias and activation.
+
+    strides, padding and dilation_rate apply to the depthwise step only, as in
+    tf.nn.separable_conv2d; KH*KW*C*CM + C*CM*O multiplies per output pixel instead of
+    KH*KW*C*O. Both kernels default to glorot_uniform, as in Keras.
+    """
+
+    def __init__(self, in_channels, filters, kernel_size, strides=1, padding="SAME", depth_multiplier=1,
+                 dilation_rate=1, use_bias=True, activation=None, depthwise_initializer=None,
+                 pointwise_initializer=None, bias_initializer=None, rng=None, dtype=np.float32):
+        super().__init__()
+        _positive_ints("SeparableConv2D", in_channels=in_channels, filters=filters,
+                       depth_multiplier=depth_multiplier)
+        kh, kw = pair(kernel_size, "kernel_size", "SeparableConv2D")
+        pair(strides, "strides", "SeparableConv2D")          # refused now, not at the first forward
+        pair(dilation_rate, "dilation_rate", "SeparableConv2D")
+        rng = _rng(rng)
+        dinit = depthwise_initializer or initializers.glorot_uniform()
+        pinit = pointwise_initializer or initializers.glorot_uniform()
+        c, cm = in_channels, depth_multiplier
+        self.depthwise_kernel = self.add_parameter("depthwise_kernel", dinit((kh, kw, c, cm), rng, dtype))
+        self.pointwise_kernel = self.add_parameter("pointwise_kernel", pinit((1, 1, c * cm, filters), rng, dtype))
+        self.bias = _optional_bias(self, use_bias, filters, bias_initializer, rng, dtype)
+        self.in_channels, self.strides, self.padding = in_channels, strides, padding
+        self.dilation_rate, self.activation = dilation_rate, activation
+
+    def forward(self, x):
+        _check_channels(self, x, self.in_channels, "channels")
+        y = separable_conv2d(x, self.depthwise_kernel, self.pointwise_kernel, self.strides, self.padding,
+                             dilations=self.dilation_rate)
+        return _bias_and_activation(self, y)
+
+    def extra_repr(self):
+        return (f"depthwise_kernel={self.depthwise_kernel.shape}, pointwise_kernel={self.pointwise_kernel.shape}, "
+                f"strides={self.strides}, padding={self.padding!r}")
+
+
+class SpatiallySeparableConv2D(Module):
     """KxK convolution as Kx1 then 1xK: K*(C*M + M*O) multiplies per pixel instead of K*K*C*O.
 
     intermediate_channels M defaults to the output channels. Without anything
     between the two convs this is exactly a KxK conv with a kernel of rank <= M
-    per (c, o) pair (tinybn.ops.conv.separable_kernel builds it).
+    per (c, o) pair (tinybn.ops.separable.separable_kernel builds it). Not Keras's
+    SeparableConv2D, which is depthwise separable (the class above).
     """
 
     def __init__(self, in_channels, filters, kernel_size=3, intermediate_channels=None, strides=1,
@@ -98,11 +143,11 @@ class SeparableConv2D(Module):
                  bias_initializer=None, rng=None, dtype=np.float32):
         super().__init__()
         if not isinstance(kernel_size, int) or kernel_size < 1:
-            raise ValueError(f"SeparableConv2D: kernel_size must be a positive int, got {kernel_size!r}")
-        _positive_ints("SeparableConv2D", in_channels=in_channels, filters=filters)
+            raise ValueError(f"SpatiallySeparableConv2D: kernel_size must be a positive int, got {kernel_size!r}")
+        _positive_ints("SpatiallySeparableConv2D", in_channels=in_channels, filters=filters)
         if intermediate_channels is not None:
-            _positive_ints("SeparableConv2D", intermediate_channels=intermediate_channels)
-        pair(strides, "strides", "SeparableConv2D")
+            _positive_ints("SpatiallySeparableConv2D", intermediate_channels=intermediate_channels)
+        pair(strides, "strides", "SpatiallySeparableConv2D")
         k, m = kernel_size, intermediate_channels or filters
         rng = _rng(rng)
         kinit = kernel_initializer or initializers.glorot_uniform()

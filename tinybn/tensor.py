@@ -1,5 +1,8 @@
 """Tensor: an array, its gradient, and the op that made it.
 
+Floor: core (with function.py), the lowest; imports only numpy and backend's
+array_module / to_numpy (which array library owns an array).
+
     t = Tensor(data, requires_grad=False)
     t.data      the array (numpy, or cupy on the GPU backend)
     t.grad      the accumulated gradient (same shape as data), or None
@@ -21,6 +24,10 @@ backward() refuses a graph whose saved leaves changed since: with
 retain_graph=True and an optimizer step in between, it would otherwise walk the
 graph with the new weights and return a gradient of no function at all. Code
 that writes into `.data` itself should call mark_modified after it likewise.
+
+Operators (+ - * / @ ** unary -, [], reshape, transpose, .T, sum, mean, max) are
+ops, so they live one floor up: tinybn.ops installs them on Tensor when it is imported
+(ops/basic.py's install_tensor_operators), and `import tinybn` imports tinybn.ops.
 
 Dtypes: Python floats and lists of them become float32 (TF's default);
 numpy arrays keep their dtype, so float64 works everywhere (the gradient
@@ -186,44 +193,9 @@ class Tensor:
             if not retain_graph:
                 fn.release()
 
-    # --- operators (each is an op in tinybn.ops.basic) ---------------------
-    def __add__(self, other): return _basic.add(self, _like(other, self))
-    def __radd__(self, other): return _basic.add(_like(other, self), self)
-    def __sub__(self, other): return _basic.sub(self, _like(other, self))
-    def __rsub__(self, other): return _basic.sub(_like(other, self), self)
-    def __mul__(self, other): return _basic.mul(self, _like(other, self))
-    def __rmul__(self, other): return _basic.mul(_like(other, self), self)
-    def __truediv__(self, other): return _basic.div(self, _like(other, self))
-    def __rtruediv__(self, other): return _basic.div(_like(other, self), self)
-    def __matmul__(self, other): return _basic.matmul(self, other)
-    def __rmatmul__(self, other): return _basic.matmul(other, self)
-    def __pow__(self, exponent): return _basic.pow(self, exponent)
-    def __neg__(self): return _basic.neg(self)
-    def __getitem__(self, index): return _basic.get_item(self, index)
-
-    def reshape(self, *shape):
-        return _basic.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-
-    def transpose(self, *axes):
-        return _basic.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list))
-                                else (axes or None))
-
-    T = property(lambda self: _basic.transpose(self))
-
-    def sum(self, axis=None, keepdims=False): return _basic.reduce_sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return _basic.reduce_mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return _basic.reduce_max(self, axis, keepdims)
-
 
 def as_tensor(x):
     return x if isinstance(x, Tensor) else Tensor(x)
-
-
-def _like(other, tensor):
-    """A Python scalar takes the tensor's dtype, so `x * 2.0` stays float32 (or float64)."""
-    if isinstance(other, (int, float)) and not isinstance(other, bool):
-        return Tensor(array_module(tensor.data).asarray(other, dtype=tensor.dtype))
-    return other
 
 
 def _reverse_topological(root):
@@ -263,6 +235,3 @@ def _check_versions(functions):
 
 def _accumulate(leaf, grad):
     leaf.grad = grad.copy() if leaf.grad is None else leaf.grad + grad
-
-
-from .ops import basic as _basic  # noqa: E402  (ops.basic builds on Tensor)

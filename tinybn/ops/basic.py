@@ -1,4 +1,7 @@
-"""Elementwise arithmetic, matmul, shape ops, reductions, relu, bias_add, dropout.
+"""Elementwise arithmetic, matmul, shape ops, reductions, relu, bias_add, dropout,
+the ops behind the Tensor operators.
+
+Floor: ops; imports the core (function, tensor), backend and numpy.
 
 Shapes: any; binary ops broadcast as numpy (and TF) do. The gradient of a
 broadcast operand is summed back to that operand's shape (`sum_to`), which is
@@ -16,6 +19,9 @@ what TF's `_AddGrad` / `_MulGrad` do with `broadcast_gradient_args`.
     bias_add           x (..., C) + b (C,); db = gz summed over all but the last axis
     dropout            tf.nn.dropout(x, rate): keep with probability 1-rate and
                        scale kept values by 1/(1-rate); dx = gz * mask * scale
+
+The Tensor operators (x + y, x @ y, x[i], x.sum(), ...) are these ops, set on Tensor
+by tinybn.ops when it is imported (ops/__init__.py).
 """
 import numpy as np
 
@@ -63,7 +69,9 @@ class Mul(Function):
 
     def backward(self, gz):
         x, y = self.saved
-        return sum_to(gz * y, x.shape), sum_to(gz * x, y.shape)
+        need_x, need_y = self.needs_input_grad
+        return (sum_to(gz * y, x.shape) if need_x else None,
+                sum_to(gz * x, y.shape) if need_y else None)
 
 
 class Div(Function):
@@ -75,7 +83,9 @@ class Div(Function):
         x, y = self.saved
         # TF's _RealDivGrad order, gz * ((-x / y) / y): a broadcast y sums these terms, and
         # when they cancel, a different rounding of each term shows in the sum
-        return sum_to(gz / y, x.shape), sum_to(gz * ((-x / y) / y), y.shape)
+        need_x, need_y = self.needs_input_grad
+        return (sum_to(gz / y, x.shape) if need_x else None,
+                sum_to(gz * ((-x / y) / y), y.shape) if need_y else None)
 
 
 class Neg(Function):
@@ -111,9 +121,10 @@ class MatMul(Function):
 
     def backward(self, gz):
         x, y = self.saved
-        gx = gz @ y.swapaxes(-1, -2)
-        gy = x.swapaxes(-1, -2) @ gz
-        return sum_to(gx, x.shape), sum_to(gy, y.shape)
+        need_x, need_y = self.needs_input_grad
+        gx = sum_to(gz @ y.swapaxes(-1, -2), x.shape) if need_x else None
+        gy = sum_to(x.swapaxes(-1, -2) @ gz, y.shape) if need_y else None
+        return gx, gy
 
 
 class Reshape(Function):
@@ -226,12 +237,16 @@ class GetItem(Function):
 
     def forward(self, x):
         self.in_shape, self.in_dtype = x.shape, x.dtype
-        return x[self.index]
+        # the index (an index array may be as large as x) is kept only in saved, which release() frees
+        index, self.index = self.index, None
+        self.save_for_backward(index)
+        return x[index]
 
     def backward(self, gz):
+        (index,) = self.saved
         xp = array_module(gz)
         gx = xp.zeros(self.in_shape, self.in_dtype)
-        xp.add.at(gx, self.index, gz)    # repeated indices add up
+        xp.add.at(gx, index, gz)    # repeated indices add up
         return gx
 
 
@@ -277,10 +292,14 @@ class Dropout(Function):
         self.mask, self.scale = mask, scale
 
     def forward(self, x):
-        return x * (self.mask * x.dtype.type(self.scale))
+        # the mask (x's size) is kept only in saved, which release() frees
+        mask, self.mask = self.mask, None
+        self.save_for_backward(mask)
+        return x * (mask * x.dtype.type(self.scale))
 
     def backward(self, gz):
-        return gz * (self.mask * gz.dtype.type(self.scale))
+        (mask,) = self.saved
+        return gz * (mask * gz.dtype.type(self.scale))
 
 
 # ---- lowercase wrappers, named like their TF twins ------------------------------
@@ -317,3 +336,4 @@ def dropout(x, rate, noise_shape=None, seed=None, rng=None):
     keep = rng.random(shape) >= rate
     mask = array_module(data).asarray(keep.astype(data.dtype))
     return Dropout(mask, 1.0 / (1.0 - rate))(x)
+

@@ -1,6 +1,8 @@
 """tf.train.ExponentialMovingAverage of parameters (TF-SEMANTICS.md section 6).
 
-Imported by tinybn.optim, whose public API it belongs to
+Floor: optim; imports the core (state), backend and numpy, never optim.py: it shares
+the parameter-list check and the strict load with the optimizers through state.py.
+Re-exported by tinybn.optim, whose public API it belongs to
 (`tinybn.optim.ExponentialMovingAverage`); kept in its own file so each stays
 short enough to read at once.
 """
@@ -10,8 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .backend import array_module, to_numpy
-from .optim import _named
-from .state import checked_state
+from .state import checked_state, named_tensors
 
 
 class ExponentialMovingAverage:
@@ -52,7 +53,7 @@ class ExponentialMovingAverage:
     def _register(self, params, owner):
         """The entries of `params`, registering new ones (shadow = copy of the value)."""
         entries, names = [], {e[0] for e in self._entries.values()}
-        for name, p in _named(params, owner):
+        for name, p in named_tensors(params, owner):
             entry = self._entries.get(id(p))
             if entry is None:
                 name = str(len(self._entries)) if name is None else name
@@ -122,7 +123,7 @@ class ExponentialMovingAverage:
         """Load averages, registering `params` first (as after a restart, before any apply)."""
         known = {e[0]: (e[1].shape, e[1].dtype) for e in self._entries.values()}
         pending = []
-        for i, (name, p) in enumerate(_named(params or [], "ExponentialMovingAverage.load_state_dict")):
+        for i, (name, p) in enumerate(named_tensors(params or [], "ExponentialMovingAverage.load_state_dict")):
             if id(p) not in self._entries:
                 name = str(len(self._entries) + len(pending)) if name is None else name
                 if name in known:

@@ -1,5 +1,9 @@
 """TF1 optimizers, the exponential-decay schedule and ExponentialMovingAverage.
 
+Floor: optim; imports the core (state), backend, numpy and moving_averages.py (its
+own floor: ExponentialMovingAverage lives there, one file each so both stay short,
+and is re-exported here as part of this module's API).
+
 Update rules, exactly those of tensorflow/core/kernels/training_ops.cc and
 tf.compat.v1.train (TF-SEMANTICS.md sections 6, 7, 10), in the parameter's dtype:
 
@@ -39,34 +43,15 @@ from collections import OrderedDict
 import numpy as np
 
 from .backend import array_module, to_numpy
-from .state import checked_state
-from .tensor import Tensor
-
-
-def _named(params, owner):
-    """[(name or None, tensor)] from Parameters or (name, Parameter) pairs, validated."""
-    out, names, ids = [], set(), set()
-    for i, item in enumerate(params):
-        name, p = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
-        if not isinstance(p, Tensor):
-            raise ValueError(f"{owner}: params[{i}] must be a Parameter (tinybn Tensor), got {type(p).__name__}")
-        if p.dtype.kind != "f":
-            raise ValueError(f"{owner}: params[{i}] must be floating point, got {p.dtype}")
-        if id(p) in ids:
-            raise ValueError(f"{owner}: params[{i}] appears more than once")
-        if name is not None and name in names:
-            raise ValueError(f"{owner}: parameter name {name!r} appears more than once")
-        ids.add(id(p))
-        names.add(name)
-        out.append((name, p))
-    return out
+from .moving_averages import ExponentialMovingAverage  # noqa: F401  (part of this API)
+from .state import checked_state, named_tensors
 
 
 class Optimizer:
     slot_names = ()     # TF's slot variable names, one zero-initialised array per parameter each
 
     def __init__(self, params, learning_rate):
-        named = _named(params, type(self).__name__)
+        named = named_tensors(params, type(self).__name__)
         if not named:
             raise ValueError(f"{type(self).__name__}: params is empty")
         self.names = [str(i) if n is None else n for i, (n, _) in enumerate(named)]
@@ -240,10 +225,3 @@ class ExponentialDecay:
 
     def __call__(self, step):
         return exponential_decay(self.learning_rate, step, self.decay_steps, self.decay_rate, self.staircase)
-
-
-# ---- moving averages of parameters ----------------------------------------------
-
-
-# ExponentialMovingAverage lives in moving_averages.py; it is part of this module's API.
-from .moving_averages import ExponentialMovingAverage  # noqa: E402,F401

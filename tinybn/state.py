@@ -1,4 +1,11 @@
-"""Strict loading of state dicts: every entry is checked before anything is assigned.
+"""What the owners of state (Module, the optimizers, ExponentialMovingAverage) share:
+the strict load check, and the validated list of the parameters they are given.
+
+Floor: core; imports the tensor module, numpy and the array module helpers.
+
+    pairs = named_tensors(params, "Momentum")    [(name or None, Tensor)], checked once
+
+Strict loading of state dicts: every entry is checked before anything is assigned.
 
     arrays = checked_state("load_state_dict into Model", {key: (shape, dtype)}, state)
 
@@ -18,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .backend import to_numpy
+from .tensor import Tensor
 
 _ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu"}    # target dtype kind -> source kinds it takes
 _KIND_NAMES = {"c": "complex", "U": "string", "S": "bytes", "O": "object", "b": "bool", "V": "structured",
@@ -58,3 +66,24 @@ def checked_state(owner, expected, state):
     if problems:
         raise ValueError(f"{owner}: " + "; ".join(problems))
     return arrays
+
+
+def named_tensors(params, owner):
+    """[(name or None, tensor)] of Parameters or (name, Parameter) pairs (as
+    Module.named_parameters() yields them), each a floating-point Tensor, none twice;
+    ValueError "<owner>: params[i] ..." otherwise."""
+    out, names, ids = [], set(), set()
+    for i, item in enumerate(params):
+        name, p = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+        if not isinstance(p, Tensor):
+            raise ValueError(f"{owner}: params[{i}] must be a Parameter (tinybn Tensor), got {type(p).__name__}")
+        if p.dtype.kind != "f":
+            raise ValueError(f"{owner}: params[{i}] must be floating point, got {p.dtype}")
+        if id(p) in ids:
+            raise ValueError(f"{owner}: params[{i}] appears more than once")
+        if name is not None and name in names:
+            raise ValueError(f"{owner}: parameter name {name!r} appears more than once")
+        ids.add(id(p))
+        names.add(name)
+        out.append((name, p))
+    return out

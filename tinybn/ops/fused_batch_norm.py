@@ -1,5 +1,7 @@
 """Fused batch normalisation with a closed-form backward (tf.compat.v1.nn.fused_batch_norm).
 
+Floor: ops; imports the core (function, tensor), backend, numpy and ops/padding.py.
+
 Shapes: x is (N, C) or (N, H, W, C) (any rank >= 2, channels last, i.e. NHWC);
 scale, offset, mean, variance are (C,). The statistics reduce over every axis
 but the last, so n = N (2-D) or n = N*H*W (4-D). The op reshapes x to (M, C),
@@ -29,7 +31,11 @@ TF conventions followed (TF-SEMANTICS.md section 5):
 - Python default epsilon 0.001 (the raw op's is 1e-4).
 Unlike TF, whose gradient ignores the two statistics outputs, the backward here
 also carries gradients that reach x (and the old running stats) through them, so
-the op is a true derivative of everything it returns.
+the op is a true derivative of everything it returns. Where none reached them (the
+usual case: they feed the moving averages only) backward gets None for them
+(materialize_grads = False) and skips those terms, with no look at the values (a
+host sync per layer on a GPU). Gradients of inputs that need none
+(needs_input_grad: the moving statistics in inference) are not computed.
 
 Sums over n accumulate in float64 (numpy reductions over leading axes are
 sequential in float32, about sqrt(n) times worse than TF's tree reductions).
@@ -83,6 +89,8 @@ def batch_norm_inference(x, scale, offset, mean, variance, epsilon):
 class FusedBatchNormTraining(Function):
     """Inputs x, scale, offset (and the running mean, variance when avg_factor != 1)."""
 
+    materialize_grads = False   # the statistics outputs usually feed only the moving averages
+
     def __init__(self, epsilon, avg_factor, bessel_correction):
         self.epsilon, self.avg_factor, self.bessel = epsilon, avg_factor, bessel_correction
 
@@ -103,18 +111,24 @@ class FusedBatchNormTraining(Function):
         return y.reshape(self.shape), mean, var_out
 
     def backward(self, gy, gmean, gvar):
+        # gy, gmean, gvar are None where no gradient reached that output (materialize_grads)
         x2, scale, mean, inv_std = self.saved
+        if gy is None:
+            gy = array_module(x2).zeros(self.shape, x2.dtype)
         dx, dscale, doffset = dispatch("batch_norm_train_backward", gy.reshape(x2.shape), x2, scale, mean, inv_std)
-        xp = array_module(dx)
-        if xp.any(gmean) or xp.any(gvar):
-            # d mean_out/dx = f/n and d var_out/dx = f*adjust*2(x - mu)/n (d var/d mu = 0).
-            f = x2.dtype.type(self.avg_factor)
-            n = x2.dtype.type(x2.shape[0])
-            dx = dx + f * gmean / n + (x2 - mean) * (f * self.adjust * 2 * gvar / n)
+        # d mean_out/dx = f/n and d var_out/dx = f*adjust*2(x - mu)/n (d var/d mu = 0)
+        f = x2.dtype.type(self.avg_factor)
+        n = x2.dtype.type(x2.shape[0])
+        if gmean is not None:
+            dx = dx + f * gmean / n
+        if gvar is not None:
+            dx = dx + (x2 - mean) * (f * self.adjust * 2 * gvar / n)
         grads = (dx.reshape(self.shape), dscale, doffset)
         if len(self.inputs) == 5:
-            one_minus_f = x2.dtype.type(1) - x2.dtype.type(self.avg_factor)
-            grads += (one_minus_f * gmean, one_minus_f * gvar)
+            one_minus_f = x2.dtype.type(1) - f
+            need_old_mean, need_old_var = self.needs_input_grad[3:]
+            grads += (one_minus_f * gmean if need_old_mean and gmean is not None else None,
+                      one_minus_f * gvar if need_old_var and gvar is not None else None)
         return grads
 
 
@@ -131,16 +145,19 @@ class FusedBatchNormInference(Function):
 
     def backward(self, gy, gmean, gvar):
         x2, scale, mean, variance = self.saved
+        need_x, need_scale, need_offset, need_mean, need_var = self.needs_input_grad
         xp = array_module(x2)
         gy = gy.reshape(x2.shape)
         rs = x2.dtype.type(1) / xp.sqrt(variance + x2.dtype.type(self.epsilon))
         a = rs * scale
-        doffset = _sum_rows(gy)
-        dyxc = _sum_rows(gy * (x2 - mean))
-        dscale = dyxc * rs
-        dmean = gmean - doffset * a
-        dvar = gvar + dyxc * scale * (x2.dtype.type(-0.5) * rs * rs * rs)
-        return (gy * a).reshape(self.shape), dscale, doffset, dmean, dvar
+        # the layer's eval mode: mean and variance are moving statistics, no gradient asked
+        doffset = _sum_rows(gy) if need_offset or need_mean else None
+        dyxc = _sum_rows(gy * (x2 - mean)) if need_scale or need_var else None
+        dscale = dyxc * rs if need_scale else None
+        dmean = gmean - doffset * a if need_mean else None
+        dvar = gvar + dyxc * scale * (x2.dtype.type(-0.5) * rs * rs * rs) if need_var else None
+        dx = (gy * a).reshape(self.shape) if need_x else None
+        return dx, dscale, doffset if need_offset else None, dmean, dvar
 
 
 def fused_batch_norm(x, scale, offset, mean=None, variance=None, epsilon=0.001, data_format="NHWC",

@@ -1,5 +1,7 @@
 """Softmax, log-softmax, softmax cross-entropy (dense and sparse labels), l2_loss.
 
+Floor: ops; imports the core (function), backend and numpy.
+
 Shapes: logits (..., K) with K classes along `axis` (default the last); N is
 the product of the other axes. Per-example losses have the logits' shape
 without the class axis. Sparse labels are integers of shape (...) in [0, K).
@@ -23,7 +25,9 @@ TF conventions followed (TF-SEMANTICS.md section 9, tensorflow/core/kernels/xent
   derivative of the loss then (which is sum(labels) * softmax - labels), but it
   is what TF computes and trains with, so tinybn does the same.
 - Dense labels get the gradient -log_softmax(logits) (TF2's v2 op; the TF1
-  compat op stops it). Labels are cast to the logits' dtype. Sparse labels get none.
+  compat op stops it), computed only when they need one (labels that require grad):
+  usually they are data, and the log-softmax is neither kept nor computed.
+  Labels are cast to the logits' dtype. Sparse labels get none.
 - Sparse labels outside [0, K) are an error (TF raises InvalidArgumentError on CPU).
 
 The hot primitive is `softmax_cross_entropy(labels, logits) -> (loss, backprop)`
@@ -105,16 +109,22 @@ class SoftmaxCrossEntropyWithLogits(Function):
         logits2 = logits2.reshape(-1, logits.shape[self.axis])
         labels2 = xp.moveaxis(labels, self.axis, -1).reshape(logits2.shape)
         loss, backprop = dispatch("softmax_cross_entropy", labels2, logits2)
-        self.save_for_backward(logits2, backprop)
+        # the logits are kept only for the labels' gradient, which labels of data never need
+        need_labels = self.needs_input_grad[0]
+        self.save_for_backward(backprop, logits2 if need_labels else None)
         return loss.reshape(self.moved_shape[:-1])
 
     def backward(self, gloss):
-        logits2, backprop = self.saved
+        backprop, logits2 = self.saved
+        need_labels, need_logits = self.needs_input_grad
         xp = array_module(backprop)
         g = gloss.reshape(-1, 1)
-        glogits = (g * backprop).reshape(self.moved_shape)
-        glabels = (g * -_log_softmax(logits2, -1)).reshape(self.moved_shape)
-        return xp.moveaxis(glabels, -1, self.axis), xp.moveaxis(glogits, -1, self.axis)
+        glabels = glogits = None
+        if need_labels:
+            glabels = xp.moveaxis((g * -_log_softmax(logits2, -1)).reshape(self.moved_shape), -1, self.axis)
+        if need_logits:
+            glogits = xp.moveaxis((g * backprop).reshape(self.moved_shape), -1, self.axis)
+        return glabels, glogits
 
 
 class SparseSoftmaxCrossEntropyWithLogits(Function):

@@ -27,6 +27,7 @@ import tarfile
 
 import numpy as np
 
+from .batches import SequentialBatches
 from .download import (CIFAR10_MD5, FOLDER_NAME, DatasetNotFoundError, default_data_dir,
                        maybe_download_and_extract, where_to_put)
 from .extract import BROKEN_ARCHIVE_ERRORS
@@ -142,25 +143,11 @@ def load_cifar10(split="train", data_dir=None, download=True, urlopen=None, md5=
     return read_cifar10(batches_folder(data_dir, download, urlopen, md5), split)
 
 
-class EvalBatches:
+class EvalBatches(SequentialBatches):
     """Sequential (images, labels) batches with the eval transform; the last one may be smaller."""
 
     def __init__(self, images, labels, batch_size, transform=eval_transform):
-        if len(images) != len(labels):
-            raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.images, self.labels = images, np.asarray(labels, dtype=np.int32)
-        self.batch_size, self.transform = batch_size, transform
-        self.num_examples = len(images)
-
-    def __len__(self):
-        return -(-self.num_examples // self.batch_size)
-
-    def __iter__(self):
-        for start in range(0, self.num_examples, self.batch_size):
-            stop = start + self.batch_size
-            yield self.transform(self.images[start:stop]), self.labels[start:stop]
+        super().__init__(images, labels, batch_size, transform)
 
 
 def distorted_inputs(data_dir=None, batch_size=128, seed=0, num_threads=2, download=True, state=None):

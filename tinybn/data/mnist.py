@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cifar10 import EvalBatches
+from .batches import SequentialBatches
 from .download import DatasetNotFoundError, default_data_dir, download
 from .files import path_kind, read_bytes
 from .queue import ShuffleQueue
@@ -242,4 +242,4 @@ def train_batches(images, labels, batch_size, seed=0, state=None):
 
 def eval_batches(images, labels, batch_size):
     """Every example once, in order, scaled; the last batch may be smaller."""
-    return EvalBatches(images, labels, batch_size, transform=scale_images)
+    return SequentialBatches(images, labels, batch_size, scale_images)

@@ -42,39 +42,15 @@ import numpy as np
 
 from ..nn import init
 from ..nn.batchnorm import BatchNorm
-from ..nn.layers import LRN, AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
-from ..nn.module import Module
-from ..ops.basic import add, reduce_mean
-from ..ops.losses import l2_loss, sparse_softmax_cross_entropy_with_logits
+from ..nn.layers import LRN, AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from .classifier import SequentialClassifier
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 24
 
 
-class CifarModel(Module):
-    """A Sequential of named layers plus the weight decay terms of the loss."""
-
-    def __init__(self, layers, weight_decay=()):
-        super().__init__()
-        self.net = self.add_module("net", Sequential(*layers))
-        self.weight_decay = list(weight_decay)      # (parameter, coefficient) pairs
-
-    def forward(self, images):
-        return self.net(images)
-
-    def regularization_loss(self):
-        """sum of wd * l2_loss(w), as the tutorial adds to its 'losses' collection."""
-        total = None
-        for param, wd in self.weight_decay:
-            term = l2_loss(param) * wd
-            total = term if total is None else add(total, term)
-        return total
-
-    def loss(self, logits, labels):
-        """mean cross-entropy + weight decay: the tutorial's total_loss."""
-        xent = reduce_mean(sparse_softmax_cross_entropy_with_logits(labels, logits))
-        reg = self.regularization_loss()
-        return xent if reg is None else add(xent, reg)
+class CifarModel(SequentialClassifier):
+    """A CIFAR-10 network: named layers plus the weight decay terms of the loss."""
 
 
 def _tutorial(batch_norm, rng, dtype, bn_decay, bn_epsilon):

@@ -12,7 +12,7 @@ cnn_bn  (the seed's CNN: TF's "Deep MNIST" network with BN before the dense laye
     bn       BatchNorm(3136)                                                   (N, 3136)
     fc1      3136x1024, truncated_normal(0.1), biases 0.1, relu                (N, 1024)
     fc2      1024x10, truncated_normal(0.1), biases 0.1                        (N, 10) logits
-    no weight decay; trained with Adam(1e-3), batch 128 (tinybn.train_mnist).
+    no weight decay; trained with Adam(1e-3), batch 128 (tinybn.tasks.mnist).
 
 fc_bn  (the fully-connected network of the Udacity notMNIST/MNIST assignment, with BN)
     flatten                                                                    (N, 784)
@@ -42,7 +42,7 @@ import numpy as np
 from ..nn import init
 from ..nn.batchnorm import BatchNorm
 from ..nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
-from .cifar10 import CifarModel
+from .classifier import SequentialClassifier
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 28
@@ -50,8 +50,8 @@ BN_DECAY, BN_EPSILON = 0.99, 1e-3
 L2_BETA = 0.001
 
 
-class MnistModel(CifarModel):
-    """A Sequential of named layers plus (parameter, coefficient) L2 terms, as the CIFAR-10 models."""
+class MnistModel(SequentialClassifier):
+    """An MNIST network: named layers plus (parameter, coefficient) L2 terms, as the CIFAR-10 models."""
 
 
 def cnn_bn(rng=None, dtype=np.float32, bn_decay=BN_DECAY, bn_epsilon=BN_EPSILON):

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from tinybn.bench import build_parser, conv_flops, time_run
+from tinybn.bench import build_parser
+from tinybn.tasks.resnet import conv_flops, time_run
 from tinybn.models.resnet_v2 import Block, Bottleneck, ResNetV2, resnet_v2_50
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,8 @@ import pytest
 
 from tinybn import checkpoint
 from tinybn.eval import main as eval_main
-from tinybn.train import StopFlag, main as train_main
+from tinybn.train import main as train_main
+from tinybn.training import StopFlag
 
 from test_cli_cifar import snapshot, write_cifar      # noqa: E402  (tests/ is on sys.path)
 from test_cli_mnist import write_mnist                # noqa: E402

@@ -16,7 +16,7 @@ from tinybn.ops.basic import reduce_mean
 from tinybn.ops.losses import sparse_softmax_cross_entropy_with_logits
 from tinybn.optim import GradientDescent
 from tinybn.tensor import Tensor, no_grad
-from tinybn.train_mnist import evaluate
+from tinybn.tasks.mnist import evaluate
 
 EPS = 1e-3
 

@@ -6,7 +6,7 @@ from hypothesis import example, given, settings, strategies as st
 from tinybn.nn.module import Parameter
 from tinybn.optim import (Adam, ExponentialDecay, ExponentialMovingAverage, GradientDescent, Momentum,
                           exponential_decay)
-from tinybn.train import make_optimizer
+from tinybn.tasks.cifar import make_optimizer
 
 f32 = np.float32
 

@@ -25,100 +25,19 @@ Then GFLOP/s: conv FLOPs / mean seconds, the FLOPs counted exactly from the shap
     forward-backward  3 x that (forward, filter gradient, input gradient), less the first
                       conv's input gradient: the images need none, and none is computed.
 The last line is the process's peak memory, ru_maxrss.
+
+The command line only: argparse and calls into tinybn.tasks.resnet, which holds the
+protocol, the steps and the FLOP count. Command-line floor: imports tasks and cli_flags.
 """
 import argparse
-import datetime
-import os
-import resource
-import statistics
 import sys
-import time
 
-import numpy as np
-
-from . import backend, cli_flags
-from .tensor import Tensor, no_grad
+from . import cli_flags
+from .tasks.resnet import run_resnet
+# bench/bench_resnet.py's worker imports these from here; to go once it imports tinybn.tasks.resnet
+from .tasks.resnet import conv_flops, make_inputs, peak_rss_mb, resnet_steps, time_run  # noqa: F401
 
 MODES = ("forward", "forward-backward", "both")
-
-
-def time_run(step, info, num_batches, burn_in=10, log=print):
-    """TF's time_tensorflow_run: step() burn_in + num_batches times; (mean, sd, durations) of the timed ones."""
-    durations = []
-    for i in range(burn_in + num_batches):
-        start = time.perf_counter()
-        step()
-        duration = time.perf_counter() - start
-        if i >= burn_in:
-            if (i - burn_in) % 10 == 0:
-                log("%s: step %d, duration = %.3f" % (datetime.datetime.now(), i - burn_in, duration))
-            durations.append(duration)
-    mean, sd = statistics.fmean(durations), statistics.pstdev(durations)
-    log("%s: %s across %d steps, %.3f +/- %.3f sec / batch" % (datetime.datetime.now(), info, num_batches, mean, sd))
-    return mean, sd, durations
-
-
-def conv_flops(model, batch, height, width):
-    """(forward, forward-backward) conv FLOPs of `model` (a ResNetV2) at batch x height x width."""
-    per_conv = [2 * batch * oh * ow * kh * kw * c * o
-                for _, conv, _, (oh, ow) in model.conv_layers(height, width)
-                for kh, kw, c, o in [conv.kernel.shape]]
-    forward = sum(per_conv)
-    return forward, 3 * forward - per_conv[0]
-
-
-def peak_rss_mb():
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0   # bytes on macOS, KiB on Linux
-
-
-def make_inputs(batch, image_size, num_classes, seed=0):
-    """The benchmark batch: N(0, 0.1) float32 images (N, S, S, 3) and int32 labels in [0, num_classes)."""
-    rng = np.random.default_rng(seed)
-    images = (rng.standard_normal((batch, image_size, image_size, 3), dtype=np.float32) * np.float32(0.1))
-    return images, rng.integers(0, num_classes, batch).astype(np.int32)
-
-
-def resnet_steps(model, images, labels):
-    """(forward step, forward-backward step) on one fixed batch; the second returns the loss."""
-    x, labels = backend.device_array(images), backend.device_array(labels)
-
-    def forward():
-        model.eval()
-        with no_grad():
-            return model(Tensor(x))[0].data
-
-    def forward_backward():
-        model.train()
-        model.zero_grad()
-        loss = model.loss(model(Tensor(x))[0], labels)
-        loss.backward()
-        return float(loss.item())
-    return forward, forward_backward
-
-
-def run_resnet(args, log=print):
-    """Build, time and report; returns {"forward"/"forward-backward": (mean, sd), "flops": ..., "peak_rss_mb": ...}."""
-    from .models.resnet_v2 import resnet_v2
-
-    cli_flags.select_backend(args)
-    model = resnet_v2(args.depth, num_classes=args.num_classes, rng=np.random.default_rng(0)).to_backend()
-    images, labels = make_inputs(args.batch_size, args.image_size, args.num_classes)
-    flops = conv_flops(model, args.batch_size, args.image_size, args.image_size)
-    log(f"resnet_v2_{args.depth}: batch {args.batch_size}, {args.image_size}x{args.image_size}x3 float32, "
-        f"{args.num_classes} classes, backend {args.backend}, {os.cpu_count()} CPUs")
-    log(f"conv FLOPs per batch: forward {flops[0] / 1e9:.2f} GFLOP, forward-backward {flops[1] / 1e9:.2f} GFLOP")
-    forward, forward_backward = resnet_steps(model, images, labels)
-    result = {"flops": flops}
-    for mode, step, info, count in (("forward", forward, "Forward", flops[0]),
-                                    ("forward-backward", forward_backward, "Forward-backward", flops[1])):
-        if args.mode in (mode, "both"):
-            mean, sd, _ = time_run(step, info, args.num_batches, args.burn_in, log)
-            log(f"{info}: {count / mean / 1e9:.2f} GFLOP/s")
-            result[mode] = (mean, sd)
-    result["peak_rss_mb"] = peak_rss_mb()
-    log(f"Peak memory (ru_maxrss): {result['peak_rss_mb']:.0f} MB")
-    return result
 
 
 def _positive(text):
@@ -154,6 +73,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "resnet":
+        cli_flags.select_backend(args)
         run_resnet(args)
     return 0
 

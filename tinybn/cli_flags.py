@@ -1,17 +1,33 @@
-"""What the command lines (train, eval, bench) share: their one-line errors, the --backend
-flag, and the checks of flag values and of the directories the flags name.
+"""What the command lines (train, eval, bench) share: their one-line errors, the flags they
+have in common as argparse parent parsers, and one validation of the flags' values and of
+the directories they name.
+
+    input_flags(...)      --data-dir, --batch-size, --backend, --no-download (every train and eval)
+    mnist_input_flags()   input_flags with the MNIST files' help (train mnist, eval mnist)
+    training_flags(...)   --max-steps, --train-dir, --seed, the intervals, --max-to-keep (train)
+    check_flags(args)     --backend selected, then every int and seconds flag the command has
+    check_train_flags     check_flags, and --train-dir not a file
 
 Every error a command line gives is one line on stderr starting "error:", with a
 non-zero exit status: argparse's own errors (exit 2) as much as the ones of the
 checks here and of the commands (SystemExit("error: ..."), exit 1).
+
+Command-line floor: imports anything below (backend, run_dirs); only train, eval and bench
+import it.
 """
 import argparse
 import math
-import os
 import sys
 
 from . import backend
-from .csv_log import CSVHeaderError, CSVLogger
+from .run_dirs import check_dir, describe_os_error, one_line
+
+# the flags check_flags refuses below 1 / below 0 / unless a positive finite number,
+# whichever of them the command has
+POSITIVE_FLAGS = ("batch_size", "max_steps", "log_every", "summary_every", "checkpoint_every", "max_to_keep",
+                  "num_threads")
+NON_NEGATIVE_FLAGS = ("seed", "num_examples", "stop_at_step")
+SECONDS_FLAGS = ("eval_interval_secs",)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -25,10 +41,6 @@ class ArgumentParser(argparse.ArgumentParser):
 def add_backend_flag(parser):
     parser.add_argument("--backend", default=None, choices=backend.BACKENDS,
                         help="array backend (default: $TINYBN_BACKEND, else numpy)")
-
-
-def one_line(error):
-    return " ".join(str(error).split())
 
 
 def select_backend(args):
@@ -74,31 +86,55 @@ def flag_name(attribute):
     return "--" + attribute.replace("_", "-")
 
 
-def check_dir(path, flag):
-    """True if `path` is a directory, False if nothing is there; a file (or anything else) in
-    its place is refused. Never creates anything."""
-    if os.path.isdir(path):
-        return True
-    if os.path.lexists(path):
-        raise SystemExit(f"error: {flag} {path} is not a directory; use another {flag}")
-    return False
+def _parent():
+    return argparse.ArgumentParser(add_help=False)
 
 
-def open_csv(directory, name, fieldnames, flag, purge_step=None):
-    """CSVLogger of `name` in `directory` (the value of `flag`); another program's file of that
-    name (a different header) is refused and left as it is. Creates `directory` if need be."""
-    os.makedirs(directory, exist_ok=True)
-    try:
-        return CSVLogger(os.path.join(directory, name), fieldnames, purge_step=purge_step)
-    except CSVHeaderError as e:
-        raise SystemExit(f"error: {name} in {directory} has columns {','.join(e.found)}, "
-                         f"not {','.join(e.expected)}; use another {flag}") from None
+def input_flags(data_help=None, download_help=None):
+    """Parent parser of the flags of what a command reads: where the data is, the batch, the backend."""
+    p = _parent()
+    p.add_argument("--data-dir", default=None, help=data_help)
+    p.add_argument("--batch-size", type=int, default=128)
+    add_backend_flag(p)
+    p.add_argument("--no-download", action="store_true", help=download_help)
+    return p
 
 
-def describe_os_error(e):
-    """'FILE: reason' of an OSError (disk full, read-only file system, permission denied)."""
-    reason = e.strerror or one_line(e)
-    return f"{e.filename}: {reason}" if e.filename else reason
+def mnist_input_flags():
+    """input_flags of train mnist and eval mnist: where the MNIST idx files are."""
+    return input_flags("holds the MNIST idx files (default: $TINYBN_DATA/mnist "
+                       "or ~/.cache/tinybn/mnist); missing ones are downloaded there",
+                       "fail instead of downloading missing files")
+
+
+def training_flags(train_dir, max_steps):
+    """Parent parser of a trainer's flags: how long, where its state goes, how often it logs and saves."""
+    p = _parent()
+    p.add_argument("--max-steps", type=int, default=max_steps)
+    p.add_argument("--train-dir", default=train_dir)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--summary-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--max-to-keep", type=int, default=5)
+    return p
+
+
+def check_flags(args):
+    """The checks every command makes before it reads or writes anything: --backend (select_backend),
+    then each of POSITIVE_FLAGS, NON_NEGATIVE_FLAGS and SECONDS_FLAGS that `args` has."""
+    select_backend(args)
+    check_ints(args, [f for f in POSITIVE_FLAGS if hasattr(args, f)],
+               [f for f in NON_NEGATIVE_FLAGS if hasattr(args, f)])
+    for flag in SECONDS_FLAGS:
+        if hasattr(args, flag):
+            check_seconds(args, flag)
+
+
+def check_train_flags(args):
+    """check_flags, and --train-dir refused if a file is in its place (it is created later)."""
+    check_flags(args)
+    check_dir(args.train_dir, "--train-dir")
 
 
 def run_command(args):

@@ -1,0 +1,153 @@
+"""The CIFAR-10 task: the tutorial's models trained with their optimizers and moving averages
+(CifarRun), and precision@1 of a run's checkpoints (evaluate_checkpoints, with --watch).
+
+Schedules: the tutorial models use plain SGD with lr 0.1 x 0.1 every 350 epochs
+(decay_steps = int(50000 / batch_size * 350), staircase); the seed's BN model uses
+Adam with 0.04 x 0.9 every 1000 steps (staircase). The moving averages of the
+weights (decay 0.9999) are what evaluation restores by default, as the tutorial's
+`variable_averages.variables_to_restore()`.
+
+Tasks floor: imports training, data, models, optim, backend and core; never the command lines.
+"""
+import time
+
+import numpy as np
+
+from .. import checkpoint, optim
+from ..data import cifar10 as cifar_data
+from ..models import cifar10 as cifar_models
+from ..run_dirs import open_csv
+from ..summary import SummaryWriter
+from ..training import (TRAIN_CSV_FIELDS, TrainingRun, evaluate_batches, latest_checkpoint,
+                        load_checkpoint_or_fail)
+
+NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN = 50000      # the tutorial's constant, whatever the files hold
+EMA_DECAY = 0.9999
+EMA_SUFFIX = "/ExponentialMovingAverage"
+EVAL_CSV_FIELDS = ("step", "precision_at_1", "examples")
+
+
+def make_optimizer(model_name, named_params, batch_size):
+    if model_name == "bn":
+        lr = optim.ExponentialDecay(0.04, 1000, 0.9, staircase=True)
+        return optim.Adam(named_params, learning_rate=lr)
+    decay_steps = int(NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN / batch_size * 350)
+    lr = optim.ExponentialDecay(0.1, decay_steps, 0.1, staircase=True)
+    return optim.GradientDescent(named_params, learning_rate=lr)
+
+
+def load_split(split, args):
+    """(images, labels) of the "train" or "test" split of --data-dir; its errors in one line."""
+    try:
+        return cifar_data.load_cifar10(split, args.data_dir, download=not args.no_download)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+
+
+class CifarRun(TrainingRun):
+    """The tutorial's run: the model, its optimizer and the weights' moving averages (EMA_DECAY)."""
+
+    def __init__(self, args):
+        model = cifar_models.MODELS[args.model](rng=np.random.default_rng(args.seed))
+        super().__init__(args, model, lambda named: make_optimizer(args.model, named, args.batch_size),
+                         ema_decay=EMA_DECAY)
+
+    def meta(self):
+        a = self.args
+        return {"task": "cifar", "model": a.model, "batch_size": a.batch_size, "seed": a.seed}
+
+
+def train(args, images, labels):
+    """Train a CifarRun of --train-dir on the training set (images, labels) to --max-steps."""
+    run = CifarRun(args)
+    if run.step >= args.max_steps:
+        print(f"nothing to do: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
+        return run
+    try:
+        queue = cifar_data.training_queue(images, labels, args.batch_size, seed=args.seed,
+                                          num_threads=args.num_threads, state=run.queue_state)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    with queue, run.open_csv("train.csv", TRAIN_CSV_FIELDS) as csv, run.open_events() as writer:
+        run.fit(queue, csv, writer)
+    return run
+
+
+def restore_model(path, use_ema=True):
+    """(model in eval mode, meta) from a training checkpoint; shadow weights unless use_ema=False."""
+    arrays, meta = load_checkpoint_or_fail(path)
+    if meta.get("task") != "cifar" or meta.get("model") not in cifar_models.MODELS:
+        raise SystemExit(f"error: {path} is not a CIFAR-10 training checkpoint (meta: {meta})")
+    model = cifar_models.MODELS[meta["model"]]()
+    state = checkpoint.unflatten(arrays)
+    weights = dict(state.get("model", {}))
+    if use_ema:
+        shadows = state.get("ema", {})
+        for name, _ in model.named_parameters():
+            if name + EMA_SUFFIX not in shadows:
+                raise SystemExit(f"error: {path} has no moving average of {name!r}; use --no-ema")
+            weights[name] = shadows[name + EMA_SUFFIX]
+    try:
+        model.load_state_dict(weights)
+    except ValueError as e:
+        raise SystemExit(f"error: {path}: {e}")
+    return model.to_backend().eval(), meta
+
+
+def evaluate(path, batches, use_ema):
+    """(precision@1, examples, step) of the checkpoint at `path` over `batches`."""
+    model, meta = restore_model(path, use_ema)
+    result = evaluate_batches(model, batches, cifar_models.NUM_CLASSES)
+    return result.precision, result.total, meta["step"]
+
+
+def eval_batches(images, labels, batch_size):
+    """The tutorial's eval input over (images, labels): centre crop, every example once."""
+    return cifar_data.EvalBatches(images, labels, batch_size)
+
+
+def evaluate_checkpoints(args, batches):
+    """precision@1 of --train-dir's newest checkpoint over `batches`, into eval.csv and event files
+    of --eval-dir; with --watch, of each newer one as training writes it, until Ctrl-C or
+    --stop-at-step. Returns the last precision (None when a watch is interrupted)."""
+    try:
+        with open_csv(args.eval_dir, "eval.csv", list(EVAL_CSV_FIELDS), "--eval-dir") as csv:
+            return watch(args, batches, csv)
+    except KeyboardInterrupt:
+        if not args.watch:
+            raise
+        return None     # Ctrl-C is how a watch ends
+
+
+def watch(args, batches, csv):
+    """Evaluate the newest checkpoint; with --watch, each newer one as it appears (see the docstring)."""
+    seen = writer = None
+    said_waiting = False
+    try:
+        while True:
+            path = latest_checkpoint(args.train_dir)
+            if path is None and not args.watch:
+                raise SystemExit(f"error: no checkpoint in {args.train_dir}; train first "
+                                 "(python -m tinybn.train cifar --train-dir ...)")
+            if path is None and not said_waiting:
+                print(f"waiting for a checkpoint in {args.train_dir}", flush=True)
+                said_waiting = True
+            if path is not None and path != seen:
+                try:
+                    precision, total, step = evaluate(path, batches, not args.no_ema)
+                except FileNotFoundError:       # rotated away since latest(): on to the newest one
+                    continue
+                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}: precision @ 1 = {precision:.4f} "
+                      f"({total} examples, {'raw' if args.no_ema else 'moving-average'} weights)", flush=True)
+                if writer is None:
+                    writer = SummaryWriter(args.eval_dir)
+                writer.scalar("precision @ 1", precision, step)
+                writer.flush()
+                csv.log(step=step, precision_at_1=precision, examples=total)
+                seen = path
+                if not args.watch or (args.stop_at_step and step >= args.stop_at_step):
+                    return precision
+            time.sleep(args.eval_interval_secs)
+    finally:
+        if writer is not None:
+            writer.close()

@@ -27,7 +27,7 @@ that writes into `.data` itself should call mark_modified after it likewise.
 
 Operators (+ - * / @ ** unary -, [], reshape, transpose, .T, sum, mean, max) are
 ops, so they live one floor up: tinybn.ops installs them on Tensor when it is imported
-(ops/basic.py's install_tensor_operators), and `import tinybn` imports tinybn.ops.
+(tinybn/ops/__init__.py), and `import tinybn` imports tinybn.ops.
 
 Dtypes: Python floats and lists of them become float32 (TF's default);
 numpy arrays keep their dtype, so float64 works everywhere (the gradient

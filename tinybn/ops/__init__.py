@@ -70,7 +70,7 @@ def _transpose(self, *axes):
     return transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
 
 
-def install_tensor_operators(cls=_Tensor):
+def _install_tensor_operators(cls=_Tensor):
     """Give Tensor its operators, each one of the ops above; tinybn.ops calls this once."""
     cls.__add__ = lambda self, other: add(self, _like(other, self))
     cls.__radd__ = lambda self, other: add(_like(other, self), self)
@@ -93,4 +93,4 @@ def install_tensor_operators(cls=_Tensor):
     cls.max = lambda self, axis=None, keepdims=False: reduce_max(self, axis, keepdims)
 
 
-install_tensor_operators()
+_install_tensor_operators()

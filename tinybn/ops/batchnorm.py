@@ -1,46 +1,52 @@
 """Batch normalisation ops: moments, batch_normalization, the renorm correction.
 
+Floor: ops; imports the core (function, tensor), backend, numpy and ops/basic.py's
+sum_to, the one sum of a broadcast operand's gradient.
+
 Shapes: x is any rank, usually (N, C) or NHWC (N, H, W, C); per-channel
 statistics reduce over every axis but the last (axes=[0] or [0, 1, 2]), n is
-the number of elements reduced per output.
+the number of elements reduced per output. The parameters of batch_normalization
+(mean, variance, offset, scale) each broadcast against x, e.g. (C,) or (1, 1, 1, C);
+P is their common broadcast shape and S_a(t) sums t over the axes broadcasting
+added or stretched to reach a's shape (sum_to).
 
     moments              mean = sum(x)/n,  var = sum((x - mean)^2)/n   (population, two-pass)
                          dx = dmean/n + 2 (x - mean) dvar/n
-    batch_normalization  inv = rsqrt(variance + eps); if scale: inv *= scale
-                         y = x * inv + (offset - mean * inv)     (+ (-mean * inv) without offset)
+    batch_normalization  rs = rsqrt(variance + eps),  inv = rs * scale  (inv = rs without scale)
+                         y = x * inv + (offset - mean * inv)            (- mean * inv without offset)
+      backward, dy of x's shape:
+                         G = S_P(dy)                      D = S_P(dy * x) - G * mean   (= dL/d inv)
+                         dx        = dy * inv             doffset = S_offset(G)
+                         dmean     = S_mean(-G * inv)     dscale  = S_scale(D * rs)
+                         dvariance = -1/2 rs^3 * S_variance(D * scale)       (D without scale)
     renorm_correction    r = clip(sqrt(var_B + eps) / rs, rmin, rmax)
                          d = clip((mean_B - renorm_mean) / rs, -dmax, dmax),
                          rs = max(renorm_stddev, sqrt(eps))      (constants: no gradient)
     fused_batch_norm     in fused_batch_norm.py (closed-form backward), re-exported here
 
-TF conventions followed (TF-SEMANTICS.md section 5):
-- tf.nn.moments: var = reduce_mean(squared_difference(x, stop_gradient(mean))), the
-  population variance; `shift` is ignored. Never E[x^2] - E[x]^2. Stopping the gradient
-  of mean inside var changes nothing, since d var / d mean = 0.
-- tf.nn.batch_normalization: the exact float32 op order above (bitwise equal to TF);
-  its gradient w.r.t. all five inputs is TF's graph gradient of that expression,
-  RsqrtGrad included (d rsqrt(v) = -0.5 rsqrt(v)^3). No default epsilon, as TF.
-- Batch renormalisation (Keras 3 / tf_keras): y = ((x - mean_B)/stddev * r + d)*gamma + beta,
+Conventions (those of tf.nn's ops of the same names):
+- moments returns the population variance, computed in two passes as the mean of
+  (x - mean)^2, never as E[x^2] - E[x]^2 (which cancels catastrophically when the mean
+  is large against the spread); a `shift` argument is accepted and ignored. The mean
+  inside the variance carries no gradient, which changes nothing since d var / d mean = 0.
+- batch_normalization is computed in exactly the float order written above, so float32
+  results are bitwise those of the TF op. Its gradient is the derivative of that
+  expression with respect to all five inputs, with D formed as S(dy * x) - G * mean,
+  in that order, rather than the algebraically equal S(dy * (x - mean)), so that the
+  float32 gradients round as TF's do. There is no default epsilon.
+- Batch renormalisation (as Keras 3 computes it): y = ((x - mean_B)/stddev * r + d)*gamma + beta,
   composed as batch_normalization(x, mean_B, var_B, d*gamma + beta, r*gamma, eps) with
   r, d constants, so the gradient flows through the batch statistics only. r and d use
   the renorm statistics from before this step's update.
 Sums accumulate in float64 and are rounded once to the input dtype.
 """
+import numpy as np
+
 from ..backend import array_module
 from ..function import Function
 from ..tensor import as_tensor
+from .basic import sum_to
 from .fused_batch_norm import fused_batch_norm  # noqa: F401  (the op family lives together)
-
-
-def _sum_to(g, shape):
-    """Sum g over the axes broadcasting added or stretched to get `shape`, in float64."""
-    shape = tuple(shape)
-    if g.shape == shape:
-        return g
-    lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and g.shape[i + lead] != 1)
-    xp = array_module(g)
-    return g.sum(axis=axes, keepdims=True, dtype=xp.float64).astype(g.dtype).reshape(shape)
 
 
 def _normalize_axes(axes, ndim):
@@ -107,31 +113,30 @@ class BatchNormalization(Function):
         mean_inv = mean * inv
         shift = offset - mean_inv if offset is not None else -mean_inv
         self.save_for_backward(x, mean, rs, inv, scale)
-        self.shapes = (x.shape, mean.shape, variance.shape, None if offset is None else offset.shape,
-                       None if scale is None else scale.shape, shift.shape, mean_inv.shape)
+        self.names = ("x", "mean", "variance") + ("offset",) * self.has_offset + ("scale",) * self.has_scale
+        self.shapes = tuple(t.shape for t in (x, mean, variance, *rest))
         return x * inv + shift
 
-    def backward(self, gy):
+    def backward(self, dy):
         x, mean, rs, inv, scale = self.saved
-        x_shape, mean_shape, var_shape, offset_shape, scale_shape, shift_shape, mean_inv_shape = self.shapes
-        dx = _sum_to(gy * inv, x_shape)
-        dinv = _sum_to(gy * x, inv.shape)
-        dshift = _sum_to(gy, shift_shape)
-        dmean_inv = -_sum_to(dshift, mean_inv_shape)
-        dmean = _sum_to(dmean_inv * inv, mean_shape)
-        dinv = dinv + _sum_to(dmean_inv * mean, inv.shape)
-        grads = [dx, dmean]
-        if scale is not None:
-            drs = _sum_to(dinv * scale, rs.shape)
-            dscale = _sum_to(dinv * rs, scale_shape)
-        else:
-            drs = dinv
-        grads.append(_sum_to(drs * (rs * rs * rs) * x.dtype.type(-0.5), var_shape))   # RsqrtGrad
-        if offset_shape is not None:
-            grads.append(_sum_to(dshift, offset_shape))
-        if scale is not None:
-            grads.append(dscale)
-        return tuple(grads)
+        shape = dict(zip(self.names, self.shapes))
+        need = dict(zip(self.names, self.needs_input_grad))
+        p = np.broadcast_shapes(*self.shapes[1:])   # P, the parameters' common shape (shift's)
+        g = sum_to(dy, p)                           # G, the gradient of shift
+        d_inv = sum_to(dy * x, p) - g * mean        # D, the gradient of inv
+        grads = {}
+        if need["x"]:
+            grads["x"] = dy * inv
+        if need["mean"]:
+            grads["mean"] = sum_to(-g * inv, shape["mean"])
+        if need["variance"]:
+            d_rs = sum_to(d_inv if scale is None else d_inv * scale, shape["variance"])
+            grads["variance"] = d_rs * (rs * rs * rs) * x.dtype.type(-0.5)    # d rsqrt(v) = -rsqrt(v)^3 / 2
+        if need.get("offset"):
+            grads["offset"] = sum_to(g, shape["offset"])
+        if need.get("scale"):
+            grads["scale"] = sum_to(d_inv * rs, shape["scale"])
+        return tuple(grads.get(name) for name in self.names)
 
 
 def batch_normalization(x, mean, variance, offset, scale, variance_epsilon, name=None):

@@ -1,5 +1,8 @@
 """BatchNorm: batch normalisation over the last axis of (N, C) or NHWC (N, H, W, C) inputs.
 
+Floor: nn; imports the core (tensor), backend, ops (basic, batchnorm, fused_batch_norm),
+nn/module.py and numpy.
+
 Training (`.train()`, the default): normalise with this batch's mean and
 population variance (reduced over all axes but the last) through
 `fused_batch_norm` (closed-form backward), then update the moving statistics,

@@ -1,5 +1,7 @@
 """Module: layers with explicit parameters, buffers, children and train/eval state.
 
+Floor: nn; imports the core (tensor, state: the strict load check), backend and numpy.
+
     class Dense(Module):
         def __init__(self, ...):
             super().__init__()

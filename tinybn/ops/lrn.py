@@ -1,5 +1,7 @@
 """Local response normalization across channels, as tf.nn.local_response_normalization.
 
+Floor: ops; imports the core (function), backend, numpy and ops/padding.py.
+
 Shapes: input (N, H, W, C); the window runs over C only, at every (n, h, w). With r the
 depth_radius and the window clipped at the channel edges (no wrap-around, no
 renormalisation by the window's length; a radius >= C just sums every channel):

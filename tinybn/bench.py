@@ -25,10 +25,10 @@ Then GFLOP/s: conv FLOPs / mean seconds, the FLOPs counted exactly from the shap
     forward-backward  3 x that (forward, filter gradient, input gradient), less the first
                       conv's input gradient: the images need none, and none is computed.
 The last line is the process's peak memory, ru_maxrss.
-
-The command line only: argparse and calls into tinybn.tasks.resnet, which holds the
-protocol, the steps and the FLOP count. Command-line floor: imports tasks and cli_flags.
 """
+# The command line only (its docstring is its --help): argparse and calls into
+# tinybn.tasks.resnet, which holds the protocol, the steps and the FLOP count.
+# Command-line floor: imports tasks and cli_flags.
 import argparse
 import sys
 

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from . import backend, checkpoint, optim
+from .checkpoint_manager import CheckpointManager
 from .metrics import per_class_counts
 from .progress import Progress
 from .run_dirs import check_dir, describe_os_error, open_csv
@@ -51,7 +52,7 @@ def latest_checkpoint(train_dir):
     evaluation never creates: a mistyped --train-dir must not appear on disk)."""
     if not check_dir(train_dir, "--train-dir"):
         return None
-    return checkpoint.CheckpointManager(train_dir, max_to_keep=None, read_only=True).latest()
+    return CheckpointManager(train_dir, max_to_keep=None, read_only=True).latest()
 
 
 class TrainingRun:
@@ -70,7 +71,7 @@ class TrainingRun:
         self.opt = make_optimizer(self.named)
         self.ema = None if ema_decay is None else optim.ExponentialMovingAverage(
             ema_decay, num_updates=lambda: self.opt.iterations)
-        self.manager = checkpoint.CheckpointManager(args.train_dir, max_to_keep=args.max_to_keep)
+        self.manager = CheckpointManager(args.train_dir, max_to_keep=args.max_to_keep)
         self.queue_state = None
         latest = self.manager.latest()
         if latest:

@@ -12,17 +12,12 @@ import time
 import numpy as np
 
 import tinybn.backend as backend
-from tinybn.ops.padding import window_padding
+from tinybn.ops.padding import window_geometry
 
 
-def conv_geometry(shape, k, s=1):
-    pads, (oh, ow) = window_padding(shape[1:3], (k, k), (s, s), (1, 1), "SAME")
-    return (k, k, s, s, 1, 1, pads, oh, ow)
-
-
-def pool_geometry(shape, k, s):
-    pads, _ = window_padding(shape[1:3], (k, k), (s, s), (1, 1), "SAME")
-    return (k, k), (s, s), pads
+def geometry(shape, k, s=1):
+    """The geometry.Window of a k x k, stride s, SAME window op over `shape`."""
+    return window_geometry(shape[1:3], (k, k), (s, s), (1, 1), "SAME")
 
 
 def cases(rng):
@@ -32,18 +27,18 @@ def cases(rng):
         return rng.standard_normal(shape).astype(f32)
 
     for shape in [(128, 24, 24, 3), (128, 12, 12, 64)]:
-        g = conv_geometry(shape, 5)
-        cols = normal(shape[0] * g[-2] * g[-1], 25 * shape[3])
-        yield "im2col", f"{shape} 5x5 SAME", (normal(*shape), *g)
-        yield "col2im", f"{shape} 5x5 SAME", (cols, shape, *g)
+        g = geometry(shape, 5)
+        cols = normal(shape[0] * g.OH * g.OW, 25 * shape[3])
+        yield "im2col", f"{shape} 5x5 SAME", (normal(*shape), g)
+        yield "col2im", f"{shape} 5x5 SAME", (cols, shape, g)
     for shape in [(128, 24, 24, 64), (128, 12, 12, 64)]:
-        ksize, strides, pads = pool_geometry(shape, 3, 2)
+        g = geometry(shape, 3, 2)
         x = normal(*shape)
-        y, argmax = backend.implementation("max_pool_forward", "numpy")(x, ksize, strides, pads)
-        yield "max_pool_forward", f"{shape} 3x3/2 SAME", (x, ksize, strides, pads)
-        yield "max_pool_backward", f"{shape} 3x3/2 SAME", (normal(*y.shape), argmax, shape, ksize, strides, pads)
-        yield "avg_pool_forward", f"{shape} 3x3/2 SAME", (x, ksize, strides, pads)
-        yield "avg_pool_backward", f"{shape} 3x3/2 SAME", (normal(*y.shape), shape, ksize, strides, pads)
+        y, argmax = backend.implementation("max_pool_forward", "numpy")(x, g)
+        yield "max_pool_forward", f"{shape} 3x3/2 SAME", (x, g)
+        yield "max_pool_backward", f"{shape} 3x3/2 SAME", (normal(*y.shape), argmax, shape, g)
+        yield "avg_pool_forward", f"{shape} 3x3/2 SAME", (x, g)
+        yield "avg_pool_backward", f"{shape} 3x3/2 SAME", (normal(*y.shape), shape, g)
     for shape in [(128, 12, 12, 64), (128, 24, 24, 64)]:
         x = normal(*shape)
         y, norm = backend.implementation("lrn_forward", "numpy")(x, 4, 1.0, 0.001 / 9, 0.75)

@@ -26,6 +26,8 @@ import os
 
 import numpy as np
 
+from tinybn.geometry import real_counts
+
 # source file -> kernels it defines; each is instantiated for float and double
 KERNELS = {
     "im2col.cu": ("im2col", "col2im"),
@@ -36,7 +38,8 @@ KERNELS = {
     "xent.cu": ("softmax_xent",),
 }
 C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-PRIMITIVES = ("im2col", "col2im", "max_pool_forward", "max_pool_backward", "avg_pool_forward",
+PRIMITIVES = ("im2col", "col2im", "conv_batch_chunks", "max_pool_forward", "max_pool_values",
+              "max_pool_backward", "avg_pool_forward",
               "avg_pool_backward", "batch_norm_train_forward", "batch_norm_train_backward",
               "batch_norm_inference", "lrn_forward", "lrn_backward", "softmax_cross_entropy")
 
@@ -59,6 +62,11 @@ def _i32(*values):
     return [np.int32(v) for v in values]
 
 
+def _conv_ints(window):
+    """KH, KW, SH, SW, DH, DW, top, left, OH, OW: the conv kernels' geometry arguments."""
+    return (*window[:6], window.top, window.left, window.OH, window.OW)
+
+
 class CudaPrimitives:
     def __init__(self, xp, launch, threads=256, max_blocks=1024, bn_rows_per_thread=256):
         self.xp, self.launch = xp, launch
@@ -78,62 +86,63 @@ class CudaPrimitives:
     def _in(self, a, dtype=None):
         return self.xp.ascontiguousarray(a, dtype=dtype)
 
-    # ---- im2col / col2im (tinybn/ops/conv.py) -----------------------------------
-    def im2col(self, x, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+    # ---- im2col / col2im (tinybn/ops/conv.py): a pointwise 1x1 conv never gets here ----
+    def im2col(self, x, window):
         N, H, W, C = x.shape
-        (pt, pb), (pl, pr) = pads
-        if KH == KW == SH == SW == 1 and not (pt or pb or pl or pr):
-            return x.reshape(N * H * W, C)
         x = self._in(x)
-        cols = self.xp.empty((N * OH * OW, KH * KW * C), x.dtype)
-        self._run("im2col", x.dtype, cols.size, x, *_i32(N, H, W, C, KH, KW, SH, SW, DH, DW, pt, pl, OH, OW), cols)
+        cols = self.xp.empty((N * window.OH * window.OW, window.KH * window.KW * C), x.dtype)
+        self._run("im2col", x.dtype, cols.size, x, *_i32(N, H, W, C, *_conv_ints(window)), cols)
         return cols
 
-    def col2im(self, cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+    def col2im(self, cols, x_shape, window):
         N, H, W, C = x_shape
-        (pt, pb), (pl, pr) = pads
-        if KH == KW == SH == SW == 1 and not (pt or pb or pl or pr):
-            return cols.reshape(N, H, W, C)
         cols = self._in(cols)
         x = self.xp.empty((N, H, W, C), cols.dtype)
-        self._run("col2im", cols.dtype, x.size, cols, *_i32(N, H, W, C, KH, KW, SH, SW, DH, DW, pt, pl, OH, OW), x)
+        self._run("col2im", cols.dtype, x.size, cols, *_i32(N, H, W, C, *_conv_ints(window)), x)
         return x
+
+    def conv_batch_chunks(self, x, cols_per_image):
+        """The GPU's conv chunking: the whole batch, one cuBLAS GEMM per conv (CPU-sized
+        chunks made conv2 at batch 128 about 64 small GEMMs)."""
+        return [slice(0, x.shape[0])]
 
     # ---- pooling (tinybn/ops/pool.py) -------------------------------------------
     @staticmethod
-    def _pool_geometry(in_shape, ksize, strides, pads):
-        (KH, KW), (SH, SW), ((pt, pb), (pl, pr)) = ksize, strides, pads
+    def _pool_ints(in_shape, window):
         N, H, W, C = in_shape
-        OH, OW = (H + pt + pb - KH) // SH + 1, (W + pl + pr - KW) // SW + 1
-        return (N, OH, OW, C), _i32(N, H, W, C, KH, KW, SH, SW, pt, pl, OH, OW)
+        return _i32(N, H, W, C, window.KH, window.KW, window.SH, window.SW, window.top, window.left,
+                    window.OH, window.OW)
 
-    def max_pool_forward(self, x, ksize, strides, pads):
+    def max_pool_forward(self, x, window):
         x = self._in(x)
-        out_shape, geometry = self._pool_geometry(x.shape, ksize, strides, pads)
+        out_shape = (x.shape[0], window.OH, window.OW, x.shape[3])
         y = self.xp.empty(out_shape, x.dtype)
         argmax = self.xp.empty(out_shape, self.xp.int32)
-        self._run("max_pool_forward", x.dtype, y.size, x, *geometry, y, argmax)
+        self._run("max_pool_forward", x.dtype, y.size, x, *self._pool_ints(x.shape, window), y, argmax)
         return y, argmax
 
-    def max_pool_backward(self, dy, argmax, in_shape, ksize, strides, pads):
+    def max_pool_values(self, x, window):
+        """y alone: the kernel picks the argmax on the way (one register per thread); it is dropped."""
+        return self.max_pool_forward(x, window)[0]
+
+    def max_pool_backward(self, dy, argmax, in_shape, window):
         dy, argmax = self._in(dy), self._in(argmax, np.int32)
-        _, geometry = self._pool_geometry(in_shape, ksize, strides, pads)
         dx = self.xp.empty(tuple(in_shape), dy.dtype)
-        self._run("max_pool_backward", dy.dtype, dx.size, dy, argmax, *geometry, dx)
+        self._run("max_pool_backward", dy.dtype, dx.size, dy, argmax, *self._pool_ints(in_shape, window), dx)
         return dx
 
-    def avg_pool_forward(self, x, ksize, strides, pads):
+    def avg_pool_forward(self, x, window):
         x = self._in(x)
-        out_shape, geometry = self._pool_geometry(x.shape, ksize, strides, pads)
-        y = self.xp.empty(out_shape, x.dtype)
-        self._run("avg_pool_forward", x.dtype, y.size, x, *geometry, y)
+        y = self.xp.empty((x.shape[0], window.OH, window.OW, x.shape[3]), x.dtype)
+        counts = real_counts(self.xp, x.shape[1:3], window, x.dtype)
+        self._run("avg_pool_forward", x.dtype, y.size, x, counts, *self._pool_ints(x.shape, window), y)
         return y
 
-    def avg_pool_backward(self, dy, in_shape, ksize, strides, pads):
+    def avg_pool_backward(self, dy, in_shape, window):
         dy = self._in(dy)
-        _, geometry = self._pool_geometry(in_shape, ksize, strides, pads)
         dx = self.xp.empty(tuple(in_shape), dy.dtype)
-        self._run("avg_pool_backward", dy.dtype, dx.size, dy, *geometry, dx)
+        counts = real_counts(self.xp, tuple(in_shape[1:3]), window, dy.dtype)
+        self._run("avg_pool_backward", dy.dtype, dx.size, dy, counts, *self._pool_ints(in_shape, window), dx)
         return dx
 
     # ---- fused batch norm (tinybn/ops/fused_batch_norm.py) -----------------------

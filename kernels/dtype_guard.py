@@ -8,28 +8,15 @@ every twin wrapped by `float32_or_float64`: before the kernel runs, each floatin
 array argument must be float32 or float64, else a one-line TypeError names the op the
 user called, the dtype, and the way out. The check reads only .dtype of the arguments
 (a few attribute reads per call), never the data.
-
-Not imported from tinybn.ops: TINYBN_BACKEND=numba loads the kernels while tinybn itself
-is still importing.
+Imports numpy and the backend's registry (its OPS: the op names a primitive serves).
 """
 import functools
 
 import numpy as np
 
+from tinybn.backend import OPS
+
 SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
-
-# primitive -> the tinybn.ops functions that reach it, as the user knows them
-OPS = {
-    "im2col": "conv2d / depthwise_conv2d / separable_conv2d",
-    "col2im": "conv2d / depthwise_conv2d / separable_conv2d (backward)",
-    "max_pool_forward": "max_pool2d", "max_pool_backward": "max_pool2d (backward)",
-    "avg_pool_forward": "avg_pool2d", "avg_pool_backward": "avg_pool2d (backward)",
-    "batch_norm_train_forward": "fused_batch_norm", "batch_norm_train_backward": "fused_batch_norm (backward)",
-    "batch_norm_inference": "fused_batch_norm (inference)",
-    "lrn_forward": "local_response_normalization", "lrn_backward": "local_response_normalization (backward)",
-    "softmax_cross_entropy": "softmax_cross_entropy_with_logits / sparse_softmax_cross_entropy_with_logits",
-}
-
 
 def unsupported_dtype(args):
     """The first float or complex dtype among the array arguments that is not float32/float64, or None."""

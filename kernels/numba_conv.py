@@ -1,7 +1,8 @@
 """numba twins of conv's hot primitives: im2col and its adjoint col2im.
 
-Shapes as tinybn.ops.conv: x (N, H, W, C), kernel KH x KW, strides SH, SW,
-dilations DH, DW, pads ((top, bottom), (left, right)), output OH x OW;
+Shapes as tinybn.ops.conv: x (N, H, W, C), a tinybn.geometry.Window (kernel KH x KW,
+strides SH, SW, dilations DH, DW, pads ((top, bottom), (left, right)), output OH x OW);
+a pointwise 1x1 conv never gets here (the op reads its pixels directly);
 cols (N*OH*OW, KH*KW*C) viewed here as (N, OH, OW, KH, KW, C).
 
     im2col   cols[n, i, j, a, b, c] = x[n, i*SH + a*DH - top, j*SW + b*DW - left, c]  (0 outside x)
@@ -64,32 +65,38 @@ _im2col_kernel = njit(parallel=True, cache=True)(_im2col_plain)
 _col2im_kernel = njit(parallel=True, cache=True)(_col2im_plain)
 
 
-def _ints(*values):
-    """Python ints, so numpy integer geometry does not compile another specialisation."""
-    return tuple(int(v) for v in values)
+def _ints(window):
+    """(KH, KW, SH, SW, DH, DW, top, left): what the kernels take of a geometry.Window."""
+    return (*window[:6], window.top, window.left)
 
 
-def _is_pointwise(KH, KW, SH, SW, pads):
-    (pt, pb), (pl, pr) = pads
-    return KH == KW == SH == SW == 1 and not (pt or pb or pl or pr)
-
-
-def im2col(x, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+def im2col(x, window):
     """As tinybn.ops.conv.im2col: cols (N*OH*OW, KH*KW*C), columns ordered (a, b, c)."""
-    N, H, W, C = x.shape
-    if _is_pointwise(KH, KW, SH, SW, pads):
-        return x.reshape(N * H * W, C)
-    cols = np.empty((N, OH, OW, KH, KW, C), x.dtype)
-    _im2col_kernel(np.ascontiguousarray(x), cols, *_ints(KH, KW, SH, SW, DH, DW, pads[0][0], pads[1][0]))
-    return cols.reshape(N * OH * OW, KH * KW * C)
+    N, _, _, C = x.shape
+    cols = np.empty((N, window.OH, window.OW, window.KH, window.KW, C), x.dtype)
+    _im2col_kernel(np.ascontiguousarray(x), cols, *_ints(window))
+    return cols.reshape(N * window.OH * window.OW, window.KH * window.KW * C)
 
 
-def col2im(cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+def col2im(cols, x_shape, window):
     """As tinybn.ops.conv.col2im: the adjoint of im2col, an x_shape array."""
     N, H, W, C = x_shape
-    if _is_pointwise(KH, KW, SH, SW, pads):
-        return cols.reshape(N, H, W, C)
     dx = np.empty((N, H, W, C), cols.dtype)
-    cols = np.ascontiguousarray(cols).reshape(N, OH, OW, KH, KW, C)
-    _col2im_kernel(cols, dx, *_ints(KH, KW, SH, SW, DH, DW, pads[0][0], pads[1][0]))
+    cols = np.ascontiguousarray(cols).reshape(N, window.OH, window.OW, window.KH, window.KW, C)
+    _col2im_kernel(cols, dx, *_ints(window))
     return dx
+
+
+# The numba backend's conv chunking: im2col + GEMM on a few images at a time, so the
+# window buffers stay about this size, in cache for the GEMM that reads them, instead of
+# the whole batch's (118 MB for the CIFAR models' conv2 at batch 128); backward gathers
+# the windows again rather than keeping them: faster, not just smaller (bench/README.md
+# has the measurements behind 2 MB).
+CHUNK_BYTES = 2 << 20
+
+
+def conv_batch_chunks(x, cols_per_image):
+    """As tinybn.ops.conv.conv_batch_chunks: batch slices of about CHUNK_BYTES of windows each."""
+    per_image = cols_per_image * x.shape[3] * x.dtype.itemsize
+    step = max(1, CHUNK_BYTES // max(per_image, 1))
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]

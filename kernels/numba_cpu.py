@@ -4,7 +4,8 @@ Importing registers a twin of each primitive under the backend "numba", with the
 reference's signature and return values (tinybn/ops/* hold the references):
 
     numba_conv   im2col, col2im                                   bit-identical
-    numba_pool   max_pool_forward/backward, avg_pool_forward/backward   bit-identical
+                 conv_batch_chunks: this backend's conv chunking (2 MB of windows)
+    numba_pool   max_pool_forward/values/backward, avg_pool_forward/backward   bit-identical
     numba_norm   batch_norm_train_forward/backward, batch_norm_inference
                  (float64 block sums: within an ulp of the reference's sums)
     numba_lrn    lrn_forward, lrn_backward                         float32 rounding
@@ -27,6 +28,8 @@ Conventions shared by every kernel module:
 - Long reductions accumulate in float64; float32 and float64 inputs both work.
 - numba_setup (imported first by each) sets OMP_WAIT_POLICY=passive unless set:
   spinning OpenMP workers starved the BLAS threads between kernels (6x slower steps).
+- Kernel modules import numpy, numba, tinybn.geometry and (this file) the backend's
+  registry, nothing else of tinybn: tinybn.backend loads this module on first use.
 - cache=True writes the compiled code next to these files (__pycache__), so only
   the first process pays the compile time (a few seconds per dtype).
 """
@@ -36,8 +39,8 @@ from . import numba_conv, numba_loss, numba_lrn, numba_norm, numba_pool
 from .dtype_guard import float32_or_float64
 
 TWINS = {
-    "im2col": numba_conv.im2col, "col2im": numba_conv.col2im,
-    "max_pool_forward": numba_pool.max_pool_forward, "max_pool_backward": numba_pool.max_pool_backward,
+    "im2col": numba_conv.im2col, "col2im": numba_conv.col2im, "conv_batch_chunks": numba_conv.conv_batch_chunks,
+    "max_pool_forward": numba_pool.max_pool_forward, "max_pool_values": numba_pool.max_pool_values, "max_pool_backward": numba_pool.max_pool_backward,
     "avg_pool_forward": numba_pool.avg_pool_forward, "avg_pool_backward": numba_pool.avg_pool_backward,
     "batch_norm_train_forward": numba_norm.batch_norm_train_forward,
     "batch_norm_train_backward": numba_norm.batch_norm_train_backward,

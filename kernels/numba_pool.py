@@ -1,7 +1,8 @@
 """numba twins of the pooling primitives (max and average, forward and backward).
 
-Shapes as tinybn.ops.pool: x (N, H, W, C), window KH x KW, strides SH, SW, pads
-((top, bottom), (left, right)), output (N, OH, OW, C). Window (i, j) covers
+Shapes as tinybn.ops.pool: x (N, H, W, C), a tinybn.geometry.Window (kernel KH x KW,
+strides SH, SW, pads ((top, bottom), (left, right)), output OH x OW; its real-pixel
+counts come from tinybn.geometry too), output (N, OH, OW, C). Window (i, j) covers
 rows i*SH - top + di and columns j*SW - left + dj, di < KH, dj < KW.
 
     max forward   y = the window's maximum; argmax = di*KW + dj of the FIRST maximum of its
@@ -26,6 +27,8 @@ Parallel over (n, output row) in the forward passes and (n, input row) in the ba
 """
 import numpy as np
 from numba import njit, prange
+
+from tinybn.geometry import real_counts
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 
@@ -130,57 +133,46 @@ _avg_pool_forward_kernel = njit(parallel=True, cache=True)(_avg_pool_forward_pla
 _avg_pool_backward_kernel = njit(parallel=True, cache=True)(_avg_pool_backward_plain)
 
 
-def _geometry(ksize, strides, pads):
-    """Python ints (KH, KW, SH, SW, top, left): one compiled specialisation per dtype."""
-    return tuple(int(v) for v in (*ksize, *strides, pads[0][0], pads[1][0]))
+def _ints(window):
+    """(KH, KW, SH, SW, top, left): what the kernels take of a geometry.Window."""
+    return window.KH, window.KW, window.SH, window.SW, window.top, window.left
 
 
-def _out_size(in_hw, ksize, strides, pads):
-    return tuple((n + p0 + p1 - k) // s + 1 for n, k, s, (p0, p1) in zip(in_hw, ksize, strides, pads))
-
-
-def _counts(in_hw, ksize, strides, pads, dtype):
-    """(OH, OW) real-pixel counts in `dtype`, as the reference's _real_counts (a product of
-    1-D counts). Not imported from tinybn.ops: TINYBN_BACKEND=numba loads this module while
-    tinybn itself is still importing."""
-    counts = []
-    for n, k, s, (before, _), out in zip(in_hw, ksize, strides, pads, _out_size(in_hw, ksize, strides, pads)):
-        start = np.arange(out) * s - before
-        counts.append(np.minimum(start + k, n) - np.maximum(start, 0))
-    return np.ascontiguousarray((counts[0][:, None] * counts[1][None, :]).astype(dtype))
-
-
-def max_pool_forward(x, ksize, strides, pads):
+def max_pool_forward(x, window):
     """As tinybn.ops.pool.max_pool_forward: (y, argmax int32), the first maximum's offset."""
-    N, H, W, C = x.shape
-    OH, OW = _out_size((H, W), ksize, strides, pads)
-    y = np.empty((N, OH, OW, C), x.dtype)
-    argmax = np.empty((N, OH, OW, C), np.int32)
-    _max_pool_forward_kernel(np.ascontiguousarray(x), y, argmax, *_geometry(ksize, strides, pads))
+    N, _, _, C = x.shape
+    y = np.empty((N, window.OH, window.OW, C), x.dtype)
+    argmax = np.empty((N, window.OH, window.OW, C), np.int32)
+    _max_pool_forward_kernel(np.ascontiguousarray(x), y, argmax, *_ints(window))
     return y, argmax
 
 
-def max_pool_backward(dy, argmax, in_shape, ksize, strides, pads):
+def max_pool_values(x, window):
+    """As tinybn.ops.pool.max_pool_values: y alone (the kernel picks the argmax on the way, at
+    the cost of a few vectorised selects; it is dropped)."""
+    return max_pool_forward(x, window)[0]
+
+
+def max_pool_backward(dy, argmax, in_shape, window):
     """As tinybn.ops.pool.max_pool_backward: dx of in_shape."""
     dx = np.empty(tuple(in_shape), dy.dtype)
     _max_pool_backward_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(argmax, dtype=np.int32), dx,
-                              *_geometry(ksize, strides, pads))
+                              *_ints(window))
     return dx
 
 
-def avg_pool_forward(x, ksize, strides, pads):
+def avg_pool_forward(x, window):
     """As tinybn.ops.pool.avg_pool_forward: window sums / real-pixel counts."""
     N, H, W, C = x.shape
-    OH, OW = _out_size((H, W), ksize, strides, pads)
-    y = np.empty((N, OH, OW, C), x.dtype)
-    _avg_pool_forward_kernel(np.ascontiguousarray(x), _counts((H, W), ksize, strides, pads, x.dtype), y,
-                             *_geometry(ksize, strides, pads))
+    y = np.empty((N, window.OH, window.OW, C), x.dtype)
+    _avg_pool_forward_kernel(np.ascontiguousarray(x), real_counts(np, (H, W), window, x.dtype), y,
+                             *_ints(window))
     return y
 
 
-def avg_pool_backward(dy, in_shape, ksize, strides, pads):
+def avg_pool_backward(dy, in_shape, window):
     """As tinybn.ops.pool.avg_pool_backward: dx of in_shape."""
     dx = np.empty(tuple(in_shape), dy.dtype)
-    counts = _counts(tuple(in_shape[1:3]), ksize, strides, pads, dy.dtype)
-    _avg_pool_backward_kernel(np.ascontiguousarray(dy), counts, dx, *_geometry(ksize, strides, pads))
+    counts = real_counts(np, tuple(in_shape[1:3]), window, dy.dtype)
+    _avg_pool_backward_kernel(np.ascontiguousarray(dy), counts, dx, *_ints(window))
     return dx

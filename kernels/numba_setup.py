@@ -10,17 +10,8 @@ the first parallel kernel call, so setting it at import is early enough.
 
 OpenBLAS's own spinning threads are the same problem from the other side, but
 OpenBLAS reads OPENBLAS_THREAD_TIMEOUT only when numpy loads it: tinybn/__init__.py
-sets it. If numpy was imported before tinybn (and the variable was not set), it is
-too late, and this warns once.
+sets it, and tinybn.backend warns, when it loads these kernels, if numpy came first.
 """
 import os
-import warnings
-
-import tinybn
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-if not tinybn.openblas_spin_limited:
-    warnings.warn("numpy was imported before tinybn without OPENBLAS_THREAD_TIMEOUT set, so OpenBLAS's "
-                  "idle threads busy-wait after each GEMM on the cores the numba kernels need (measured: "
-                  "training steps 1.2-1.6x slower on 2 cores). Import tinybn first, or set "
-                  "OPENBLAS_THREAD_TIMEOUT=4 in the environment.", RuntimeWarning, stacklevel=2)

@@ -12,7 +12,9 @@
 //                       tap) and a NaN there stays. Every window holds a real pixel.
 //   max_pool_backward   dx[p] = sum of dy over the windows whose argmax tap lands on p
 //   avg_pool_forward    y = (sum of the window's real pixels) / count, count = number
-//                       of real pixels in the window (TF's divisor, padding excluded)
+//                       of real pixels in the window (TF's divisor, padding excluded),
+//                       an (OH, OW) array the host computes (tinybn.geometry.real_counts,
+//                       the one copy of that arithmetic, shared with the reference)
 //   avg_pool_backward   dx[p] = sum over windows w containing p of dy[w] / count(w)
 //
 // Launch: 1-D grid-stride loops, one thread per output element (forward: per y
@@ -26,12 +28,6 @@ __device__ __forceinline__ int window_of(int p, int d, int stride, int out) {
     const int start = p - d;
     if (start < 0 || start % stride != 0 || start / stride >= out) return -1;
     return start / stride;
-}
-
-// number of real pixels among positions [i*S - pad, i*S - pad + K) of an axis of length n
-__device__ __forceinline__ int real_count(int i, int S, int pad, int K, int n) {
-    const int start = i * S - pad;
-    return min(start + K, n) - max(start, 0);
 }
 
 template <typename T>
@@ -92,8 +88,9 @@ __global__ void max_pool_backward(const T* __restrict__ dy, const int* __restric
 }
 
 template <typename T>
-__global__ void avg_pool_forward(const T* __restrict__ x, int N, int H, int W, int C, int KH, int KW, int SH,
-                                 int SW, int pt, int pl, int OH, int OW, T* __restrict__ y) {
+__global__ void avg_pool_forward(const T* __restrict__ x, const T* __restrict__ counts, int N, int H, int W,
+                                 int C, int KH, int KW, int SH, int SW, int pt, int pl, int OH, int OW,
+                                 T* __restrict__ y) {
     const index_t total = (index_t)N * OH * OW * C;
     GRID_STRIDE_LOOP(k, total) {
         index_t r = k;
@@ -110,14 +107,14 @@ __global__ void avg_pool_forward(const T* __restrict__ x, int N, int H, int W, i
                 if (w >= 0 && w < W) sum += x[((n * H + h) * W + w) * C + c];
             }
         }
-        const int count = real_count(i, SH, pt, KH, H) * real_count(j, SW, pl, KW, W);
-        y[k] = sum / T(count);
+        y[k] = sum / counts[i * OW + j];
     }
 }
 
 template <typename T>
-__global__ void avg_pool_backward(const T* __restrict__ dy, int N, int H, int W, int C, int KH, int KW, int SH,
-                                  int SW, int pt, int pl, int OH, int OW, T* __restrict__ dx) {
+__global__ void avg_pool_backward(const T* __restrict__ dy, const T* __restrict__ counts, int N, int H,
+                                  int W, int C, int KH, int KW, int SH, int SW, int pt, int pl, int OH, int OW,
+                                  T* __restrict__ dx) {
     const index_t total = (index_t)N * H * W * C;
     GRID_STRIDE_LOOP(k, total) {
         index_t r = k;
@@ -133,8 +130,7 @@ __global__ void avg_pool_backward(const T* __restrict__ dy, int N, int H, int W,
             for (int dj = 0; dj < KW; ++dj) {
                 const int j = window_of(wpad, dj, SW, OW);
                 if (j < 0) continue;
-                const int count = real_count(i, SH, pt, KH, H) * real_count(j, SW, pl, KW, W);
-                sum += dy[((n * OH + i) * OW + j) * C + c] / T(count);
+                sum += dy[((n * OH + i) * OW + j) * C + c] / counts[i * OW + j];
             }
         }
         dx[k] = sum;

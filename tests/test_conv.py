@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from tinybn import Tensor
 from tinybn.backend import dispatch
+from tinybn.geometry import Window
 from tinybn.gradcheck import check_gradients
 from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.padding import window_padding
@@ -158,7 +159,7 @@ def test_input_gradient_equals_col2im_of_dy_times_filters(case, stride_one):
     X = Tensor(x, requires_grad=True)
     conv2d(X, w, strides, padding, dilations=dilations).backward(gy)
     expected = dispatch("col2im", gy.reshape(-1, O) @ w.reshape(-1, O).T, x.shape,
-                        KH, KW, *strides, *dilations, pads, OH, OW)
+                        Window(KH, KW, *strides, *dilations, pads, OH, OW))
     np.testing.assert_allclose(X.grad, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -177,18 +178,18 @@ def test_col2im_is_the_adjoint_of_im2col(case):
     x, w, strides, padding, dilations = case
     KH, KW = w.shape[:2]
     pads, (OH, OW) = window_padding(x.shape[1:3], (KH, KW), strides, dilations, padding)
-    geometry = (KH, KW, *strides, *dilations, pads, OH, OW)
-    cols = dispatch("im2col", x, *geometry)
+    geometry = Window(KH, KW, *strides, *dilations, pads, OH, OW)
+    cols = dispatch("im2col", x, geometry)
     assert cols.shape == (x.shape[0] * OH * OW, KH * KW * x.shape[3])
     c = np.random.default_rng(3).standard_normal(cols.shape)
-    back = dispatch("col2im", c, x.shape, *geometry)
+    back = dispatch("col2im", c, x.shape, geometry)
     assert back.shape == x.shape
     np.testing.assert_allclose(np.sum(cols * c), np.sum(x * back), rtol=1e-10)
 
 
 def test_im2col_rows_hold_receptive_fields():
     x = np.arange(2 * 5 * 4 * 3, dtype=np.float64).reshape(2, 5, 4, 3)
-    cols = dispatch("im2col", x, 3, 2, 2, 1, 1, 2, ((1, 1), (0, 2)), 3, 2)
+    cols = dispatch("im2col", x, Window(3, 2, 2, 1, 1, 2, ((1, 1), (0, 2)), 3, 2))
     xpad = np.pad(x, ((0, 0), (1, 1), (0, 2), (0, 0)))
     # row of (n=1, i=2, j=1): window rows 4..6, columns 1 and 3
     np.testing.assert_array_equal(cols[1 * 6 + 2 * 2 + 1], xpad[1, 4:7, 1:4:2, :].ravel())

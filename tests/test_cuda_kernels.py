@@ -30,7 +30,8 @@ from tinybn.ops.conv import col2im, im2col
 from tinybn.ops.fused_batch_norm import batch_norm_inference, batch_norm_train_backward, batch_norm_train_forward
 from tinybn.ops.losses import softmax_cross_entropy
 from tinybn.ops.lrn import lrn_backward, lrn_forward
-from tinybn.ops.padding import window_padding
+from tinybn.geometry import window
+from tinybn.ops.padding import window_geometry
 from tinybn.ops.pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward
 
 DTYPES = [np.float32, np.float64]
@@ -142,22 +143,21 @@ AWKWARD_CONV = [  # SAME even kernels, stride > kernel, batch 1, 3x1 / 1x3, dila
 
 
 def conv_geometry(shape, ksize, strides, dilations, padding):
-    """im2col's geometry arguments, or None where the window does not fit."""
+    """im2col's geometry.Window, or None where the window does not fit."""
     try:
-        pads, (oh, ow) = window_padding(shape[1:3], ksize, strides, dilations, padding)
+        return window_geometry(shape[1:3], ksize, strides, dilations, padding)
     except ValueError:
         return None
-    return (*ksize, *strides, *dilations, pads, oh, ow)
 
 
 def check_conv(kernels, shape, ksize, strides, dilations, padding, dtype, seed=0):
     geometry = conv_geometry(shape, ksize, strides, dilations, padding)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
-    ref_cols = im2col(x, *geometry)
-    np.testing.assert_array_equal(kernels.im2col(x, *geometry), ref_cols, strict=True)
+    ref_cols = im2col(x, geometry)
+    np.testing.assert_array_equal(kernels.im2col(x, geometry), ref_cols, strict=True)
     cols = rng.standard_normal(ref_cols.shape).astype(dtype)
-    np.testing.assert_array_equal(kernels.col2im(cols, shape, *geometry), col2im(cols, shape, *geometry),
+    np.testing.assert_array_equal(kernels.col2im(cols, shape, geometry), col2im(cols, shape, geometry),
                                   strict=True)
 
 
@@ -175,9 +175,8 @@ def test_im2col_col2im_awkward_shapes(kernels, case):
 
 def test_im2col_of_a_non_contiguous_view(kernels):
     x = np.random.default_rng(1).standard_normal((3, 5, 4, 2)).astype(np.float32).transpose(0, 2, 1, 3)
-    pads, (oh, ow) = window_padding((4, 5), (3, 2), (1, 2), (1, 1), "SAME")
-    geometry = (3, 2, 1, 2, 1, 1, pads, oh, ow)
-    np.testing.assert_array_equal(kernels.im2col(x, *geometry), im2col(x, *geometry))
+    geometry = window_geometry((4, 5), (3, 2), (1, 2), (1, 1), "SAME")
+    np.testing.assert_array_equal(kernels.im2col(x, geometry), im2col(x, geometry))
 
 
 # ---- pooling -------------------------------------------------------------------------
@@ -204,31 +203,31 @@ AWKWARD_POOL = [  # the CIFAR pools (3x3/2 SAME, 2x2/2 SAME, 6x6 VALID), stride 
 
 
 def pool_pads(shape, ksize, strides, padding):
-    """The pads, or None where the op refuses the window (larger than the padded input,
+    """The geometry.Window, or None where the op refuses it (larger than the padded input,
     or a pad as large as the window)."""
     try:
-        pads, _ = window_padding(shape[1:3], ksize, strides, (1, 1), padding)
+        win = window_geometry(shape[1:3], ksize, strides, (1, 1), padding)
     except ValueError:
         return None
-    return pads if all(max(pads[d]) < ksize[d] for d in range(2)) else None
+    return win if all(max(win.pads[d]) < ksize[d] for d in range(2)) else None
 
 
 def check_pool(kernels, shape, ksize, strides, padding, dtype, seed=0):
-    pads = pool_pads(shape, ksize, strides, padding)
+    win = pool_pads(shape, ksize, strides, padding)
     rng = np.random.default_rng(seed)
     x = rng.integers(-2, 3, shape).astype(dtype)        # few values: many ties for the first-maximum rule
-    y, argmax = max_pool_forward(x, ksize, strides, pads)
-    y_k, argmax_k = kernels.max_pool_forward(x, ksize, strides, pads)
+    y, argmax = max_pool_forward(x, win)
+    y_k, argmax_k = kernels.max_pool_forward(x, win)
     np.testing.assert_array_equal(y_k, y, strict=True)
     np.testing.assert_array_equal(argmax_k, argmax, strict=True)
+    np.testing.assert_array_equal(kernels.max_pool_values(x, win), y, strict=True)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    np.testing.assert_array_equal(kernels.max_pool_backward(dy, argmax, shape, ksize, strides, pads),
-                                  max_pool_backward(dy, argmax, shape, ksize, strides, pads), strict=True)
+    np.testing.assert_array_equal(kernels.max_pool_backward(dy, argmax, shape, win),
+                                  max_pool_backward(dy, argmax, shape, win), strict=True)
     x = rng.standard_normal(shape).astype(dtype)
-    np.testing.assert_array_equal(kernels.avg_pool_forward(x, ksize, strides, pads),
-                                  avg_pool_forward(x, ksize, strides, pads), strict=True)
-    np.testing.assert_array_equal(kernels.avg_pool_backward(dy, shape, ksize, strides, pads),
-                                  avg_pool_backward(dy, shape, ksize, strides, pads), strict=True)
+    np.testing.assert_array_equal(kernels.avg_pool_forward(x, win), avg_pool_forward(x, win), strict=True)
+    np.testing.assert_array_equal(kernels.avg_pool_backward(dy, shape, win), avg_pool_backward(dy, shape, win),
+                                  strict=True)
 
 
 @given(case=pool_cases())
@@ -245,7 +244,7 @@ def test_pooling_awkward_shapes(kernels, case):
 
 def test_max_pool_tie_takes_the_first_maximum_and_keeps_a_leading_nan(kernels):
     x = np.array([[[[1.0], [3.0]], [[3.0], [2.0]]], [[[np.nan], [5.0]], [[1.0], [2.0]]]], np.float32)
-    y, argmax = kernels.max_pool_forward(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
+    y, argmax = kernels.max_pool_forward(x, window((2, 2), (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0))))
     np.testing.assert_array_equal(argmax.ravel(), [1, 0])          # 3 at tap 1 beats the 3 at tap 2
     assert y[0, 0, 0, 0] == 3 and np.isnan(y[1, 0, 0, 0])          # as the reference's scan from tap 0
 
@@ -264,16 +263,16 @@ def test_max_pool_of_mostly_minus_inf_equals_reference(kernels, case):
     """Windows whose real pixels are all -inf beside the padding: forward, argmax and backward
     equal the reference's, and every window's dy reaches a pixel (none is lost in padding)."""
     shape, ksize, strides, padding, dtype = case
-    pads = pool_pads(shape, ksize, strides, padding)
+    win = pool_pads(shape, ksize, strides, padding)
     rng = np.random.default_rng(1)
     x = np.where(rng.random(shape) < 0.8, -np.inf, rng.integers(-2, 3, shape)).astype(dtype)
-    y, argmax = max_pool_forward(x, ksize, strides, pads)
-    y_k, argmax_k = kernels.max_pool_forward(x, ksize, strides, pads)
+    y, argmax = max_pool_forward(x, win)
+    y_k, argmax_k = kernels.max_pool_forward(x, win)
     np.testing.assert_array_equal(y_k, y, strict=True)
     np.testing.assert_array_equal(argmax_k, argmax, strict=True)
     dy = np.ones(y.shape, dtype)
-    dx = kernels.max_pool_backward(dy, argmax, shape, ksize, strides, pads)
-    np.testing.assert_array_equal(dx, max_pool_backward(dy, argmax, shape, ksize, strides, pads), strict=True)
+    dx = kernels.max_pool_backward(dy, argmax, shape, win)
+    np.testing.assert_array_equal(dx, max_pool_backward(dy, argmax, shape, win), strict=True)
     assert dx.sum() == dy.size
 
 
@@ -282,10 +281,11 @@ def test_max_pool_window_of_minus_inf_takes_its_first_real_pixel(kernels):
     reads rows -1..1, cols -1..1, so its first real pixel is (0, 0) at tap 4, never a padded tap."""
     x = np.full((1, 4, 4, 1), -np.inf, np.float32)
     x[0, 2:, 2:, 0] = 7.0
-    y, argmax = kernels.max_pool_forward(x, (3, 3), (2, 2), ((1, 0), (1, 0)))
+    win = window((4, 4), (3, 3), (2, 2), (1, 1), ((1, 0), (1, 0)))
+    y, argmax = kernels.max_pool_forward(x, win)
     np.testing.assert_array_equal(argmax[0, :, :, 0], [[4, 3], [1, 4]])
     np.testing.assert_array_equal(y[0, :, :, 0], [[-np.inf, -np.inf], [-np.inf, 7]])
-    dx = kernels.max_pool_backward(np.ones_like(y), argmax, x.shape, (3, 3), (2, 2), ((1, 0), (1, 0)))
+    dx = kernels.max_pool_backward(np.ones_like(y), argmax, x.shape, win)
     np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
 
 

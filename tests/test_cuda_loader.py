@@ -65,6 +65,12 @@ def stub_cupy(device, launched):
     return stub
 
 
+def stand_in_arrays_on_device(monkeypatch):
+    """The stand-in cupy's arrays are numpy's: they count as device arrays (dispatch sends
+    them to the CUDA twins) while the cupy backend is selected, host arrays otherwise."""
+    monkeypatch.setattr(backend, "on_device", lambda a: isinstance(a, np.ndarray) and backend._current[0] == "cupy")
+
+
 def test_cupy_loader_runs_the_models_on_the_kernels(monkeypatch, emulation_dir):
     """tinybn.use_backend("cupy") with cupy_gpu.py loaded over a stand-in cupy: a training step and
     an evaluation of the BN models on the emulated kernels equal the numpy backend's, and every
@@ -75,6 +81,7 @@ def test_cupy_loader_runs_the_models_on_the_kernels(monkeypatch, emulation_dir):
     monkeypatch.setattr(backend, "_registry", copy.deepcopy(backend._registry))
     monkeypatch.setattr(backend, "_loaded", set(backend._loaded))
     monkeypatch.setattr(backend, "_current", [backend.current_backend()])
+    stand_in_arrays_on_device(monkeypatch)
     rng = np.random.default_rng(5)
     images, labels = rng.standard_normal((4, 24, 24, 3)).astype(np.float32), rng.integers(0, 10, 4)
 

@@ -25,7 +25,8 @@ from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
 from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
 from tinybn.ops.lrn import local_response_normalization
-from tinybn.ops.padding import window_padding
+from tinybn.geometry import window
+from tinybn.ops.padding import window_geometry
 from tinybn.ops.pool import avg_pool2d, max_pool2d
 
 _previous = backend.current_backend()
@@ -33,7 +34,8 @@ backend.use_backend("numba")      # loads and registers the kernels; the choice 
 backend.use_backend(_previous)
 
 MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss)
-WINDOW = ("im2col", "col2im", "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward")
+WINDOW = ("im2col", "col2im", "max_pool_forward", "max_pool_values", "max_pool_backward", "avg_pool_forward",
+          "avg_pool_backward")
 OTHER = ("lrn_forward", "lrn_backward", "batch_norm_train_forward", "batch_norm_train_backward",
          "batch_norm_inference", "softmax_cross_entropy")
 EXACT = set(WINDOW)
@@ -53,14 +55,24 @@ def ulps(name, dtype, args):
 
 
 def test_every_hot_primitive_has_a_numba_kernel():
-    assert sorted(name for name, impls in backend._registry.items() if "numba" in impls) == sorted(WINDOW + OTHER)
+    assert sorted(name for name, impls in backend._registry.items() if "numba" in impls) == sorted(
+        WINDOW + OTHER + ("conv_batch_chunks",))
+
+
+def test_numba_conv_chunks_are_the_cpu_chunks():
+    """numba keeps the CPU's 2 MB chunks: conv2 of the CIFAR models at batch 128 (12x12 outputs,
+    5x5 windows of 64 channels) holds 144 * 1600 * 4 = 922 kB of float32 windows per image,
+    so 2 images a chunk, 64 chunks."""
+    x = np.empty((128, 12, 12, 64), np.float32)
+    chunks = backend.implementation("conv_batch_chunks", "numba")(x, 12 * 12 * 25)
+    assert chunks == [slice(i, i + 2) for i in range(0, 128, 2)]
+    assert chunks == backend.implementation("conv_batch_chunks", "numpy")(x, 12 * 12 * 25)
 
 
 # ---- argument builders: one per primitive, shared by every test below ------------
 
 def _geometry(shape, ksize, strides, dilations, padding):
-    pads, (oh, ow) = window_padding(shape[1:3], ksize, strides, dilations, padding)
-    return pads, oh, ow
+    return window_geometry(shape[1:3], ksize, strides, dilations, padding)
 
 
 def _ties(rng, shape, dtype):
@@ -69,19 +81,20 @@ def _ties(rng, shape, dtype):
 
 
 def window_args(name, rng, dtype, shape, ksize, strides, dilations, padding):
-    pads, oh, ow = _geometry(shape, ksize, strides, dilations, padding)
+    win = _geometry(shape, ksize, strides, dilations, padding)
+    oh, ow = win.OH, win.OW
     normal = lambda *s: rng.standard_normal(s).astype(dtype)  # noqa: E731
     n, _, _, c = shape
     if name == "im2col":
-        return (normal(*shape), *ksize, *strides, *dilations, pads, oh, ow)
+        return (normal(*shape), win)
     if name == "col2im":
-        return (normal(n * oh * ow, ksize[0] * ksize[1] * c), shape, *ksize, *strides, *dilations, pads, oh, ow)
-    if name in ("max_pool_forward", "avg_pool_forward"):
-        return (_ties(rng, shape, dtype), ksize, strides, pads)
+        return (normal(n * oh * ow, ksize[0] * ksize[1] * c), shape, win)
+    if name in ("max_pool_forward", "max_pool_values", "avg_pool_forward"):
+        return (_ties(rng, shape, dtype), win)
     if name == "max_pool_backward":
-        _, argmax = backend.implementation("max_pool_forward", "numpy")(_ties(rng, shape, dtype), ksize, strides, pads)
-        return (normal(n, oh, ow, c), argmax, shape, ksize, strides, pads)
-    return (normal(n, oh, ow, c), shape, ksize, strides, pads)           # avg_pool_backward
+        _, argmax = backend.implementation("max_pool_forward", "numpy")(_ties(rng, shape, dtype), win)
+        return (normal(n, oh, ow, c), argmax, shape, win)
+    return (normal(n, oh, ow, c), shape, win)           # avg_pool_backward
 
 
 def other_args(name, rng, dtype, size, channels, radius, beta):
@@ -213,7 +226,7 @@ def test_max_pool_tie_rule_and_a_window_of_minus_inf_beside_padding():
     padding takes its first real pixel (never a padded tap), as the reference does."""
     x = np.full((1, 4, 4, 1), -np.inf, np.float32)
     x[0, 2:, 2:, 0] = 7.0
-    args = (x, (3, 3), (2, 2), ((1, 0), (1, 0)))
+    args = (x, window((4, 4), (3, 3), (2, 2), (1, 1), ((1, 0), (1, 0))))
     y, argmax = backend.implementation("max_pool_forward", "numba")(*args)
     y_ref, argmax_ref = backend.implementation("max_pool_forward", "numpy")(*args)
     np.testing.assert_array_equal(argmax, argmax_ref)
@@ -241,12 +254,12 @@ def test_max_pool_of_mostly_minus_inf_equals_reference(case, dtype):
     shape, ksize, strides, padding = LEADING_PADS[case]
     rng = np.random.default_rng(case)
     x = np.where(rng.random(shape) < 0.8, -np.inf, _ties(rng, shape, dtype)).astype(dtype)
-    pads, oh, ow = _geometry(shape, ksize, strides, (1, 1), padding)
-    check("max_pool_forward", dtype, (x, ksize, strides, pads))
-    _, argmax = backend.implementation("max_pool_forward", "numpy")(x, ksize, strides, pads)
-    dy = np.ones((shape[0], oh, ow, shape[3]), dtype)
-    check("max_pool_backward", dtype, (dy, argmax, shape, ksize, strides, pads))
-    dx = backend.implementation("max_pool_backward", "numba")(dy, argmax, shape, ksize, strides, pads)
+    win = _geometry(shape, ksize, strides, (1, 1), padding)
+    check("max_pool_forward", dtype, (x, win))
+    _, argmax = backend.implementation("max_pool_forward", "numpy")(x, win)
+    dy = np.ones((shape[0], win.OH, win.OW, shape[3]), dtype)
+    check("max_pool_backward", dtype, (dy, argmax, shape, win))
+    dx = backend.implementation("max_pool_backward", "numba")(dy, argmax, shape, win)
     assert dx.sum() == dy.size
 
 
@@ -335,11 +348,12 @@ def test_numba_disable_jit_runs_the_python_kernels():
     script = """
 import numpy as np
 import tinybn.backend as b
+from tinybn.geometry import window
 from tinybn.kernels import numba_pool
 b.use_backend("numba")
 assert numba_pool._max_pool_forward_kernel is numba_pool._max_pool_forward_plain
 x = np.random.default_rng(0).integers(-2, 3, (2, 5, 5, 3)).astype(np.float32)
-args = (x, (3, 3), (2, 2), ((0, 1), (0, 1)))
+args = (x, window((5, 5), (3, 3), (2, 2), (1, 1), ((0, 1), (0, 1))))
 y, a = b.implementation("max_pool_forward")(*args)
 y_ref, a_ref = b.implementation("max_pool_forward", "numpy")(*args)
 assert np.array_equal(y, y_ref) and np.array_equal(a, a_ref)

@@ -30,6 +30,7 @@ from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_
 from tinybn.ops.lrn import local_response_normalization
 from tinybn.ops.pool import avg_pool2d, max_pool2d
 from tinybn.ops.separable import separable_conv2d, spatially_separable_conv2d
+from test_cuda_loader import stand_in_arrays_on_device
 
 _previous = backend.current_backend()
 backend.use_backend("numba")      # loads the kernels; the choice itself is put back
@@ -94,6 +95,7 @@ def test_float16_under_cupy_is_the_same_clear_error(monkeypatch):
     monkeypatch.setattr(backend, "_registry", copy.deepcopy(backend._registry))
     monkeypatch.setattr(backend, "_loaded", set(backend._loaded))
     monkeypatch.setattr(backend, "_current", [backend.current_backend()])
+    stand_in_arrays_on_device(monkeypatch)
     x = np.ones((2, 4, 4, 3), F16)
     try:
         with backend.backend("cupy"):

@@ -10,8 +10,11 @@ import sys as _sys
 openblas_spin_limited = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from .tensor import Tensor, as_tensor, no_grad, grad_enabled  # noqa: F401
-from .backend import use_backend, current_backend  # noqa: F401
-from . import ops, nn, optim  # noqa: F401
+from . import backend as _backend  # noqa: E402  (numpy loads here)
+_backend.openblas_spin_limited = openblas_spin_limited   # the numba kernels' loader warns when False
+
+from .tensor import Tensor, as_tensor, no_grad, grad_enabled  # noqa: F401,E402
+from .backend import use_backend, current_backend  # noqa: F401,E402
+from . import ops, nn, optim  # noqa: F401,E402
 
 __version__ = "0.1.0"

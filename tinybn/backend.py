@@ -9,10 +9,16 @@ tinybn has three backends:
 Op code never branches on the backend. It asks for the array module of its
 inputs (`array_module(x)`) for plain array math, and calls `dispatch(name, ...)`
 for a hot primitive (im2col, pooling windows, fused BN, LRN, softmax
-cross-entropy). The reference implementation of each primitive registers itself
-under the backend "numpy" with `@primitive(name)`; a kernel module registers a
-faster twin with `@primitive(name, backend="numba")`. `dispatch` picks the
-current backend's twin when one exists, else the reference.
+cross-entropy, the conv's batch chunking). The reference implementation of each
+primitive registers itself under the backend "numpy" with `@primitive(name)`; a
+kernel module registers a faster twin with `@primitive(name, backend="numba")`.
+
+`dispatch` chooses by the arrays it is given:
+    cupy (device) arrays   the CUDA twins, always (loaded on the first such call)
+    numpy (host) arrays    the numba twins when the numba backend is selected, else the
+                           reference; under the cupy backend a TypeError naming the
+                           primitive and its op (the GEMMs around it would run on the
+                           host: move the tensors to the GPU, Module.to_backend("cupy"))
 
 The backend is chosen by `use_backend(name)`; until then, the first op (or
 `current_backend()`) takes it from the TINYBN_BACKEND environment variable
@@ -20,8 +26,22 @@ The backend is chosen by `use_backend(name)`; until then, the first op (or
 (an unknown name, a backend whose library is missing) cannot break
 `import tinybn`: it is reported, in one line, by whatever uses it, and an explicit
 `use_backend` (the CLIs' --backend) never reads it.
+
+Kernels load on first use, never at `import tinybn` (which imports neither numba nor
+cupy). They live in the top-level kernels/ folder, installed as tinybn.kernels
+(setup.cfg's package_dir). From a bare source checkout (PYTHONPATH=.) that name is not
+installed: `kernels_package()` then loads the checkout's kernels/ as tinybn.kernels
+with importlib (a package whose search location is that folder; no import hook stays
+installed). Kernel modules import numpy, numba or cupy, tinybn.geometry and this
+module's registry, nothing else of tinybn.
+
+Imports numpy and the standard library only; kernel modules are imported by name, on use.
 """
+import importlib
+import importlib.util
 import os
+import sys
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -30,6 +50,24 @@ BACKENDS = ("numpy", "numba", "cupy")
 _registry = {}          # primitive name -> {backend name -> function}
 _current = [None]       # one-element list: the current backend's name (None: not chosen yet)
 _loaded = set()         # backends whose kernel modules were imported
+KERNEL_MODULES = {"numba": "tinybn.kernels.numba_cpu", "cupy": "tinybn.kernels.cupy_gpu"}
+
+# Set by tinybn/__init__.py, which alone sees whether numpy (and OpenBLAS) loaded before
+# OPENBLAS_THREAD_TIMEOUT was set; the numba kernels' loader warns when it was not.
+openblas_spin_limited = True
+
+# primitive -> the tinybn.ops functions that reach it, as the user knows them
+OPS = {
+    "im2col": "conv2d / depthwise_conv2d / separable_conv2d",
+    "col2im": "conv2d / depthwise_conv2d / separable_conv2d (backward)",
+    "conv_batch_chunks": "conv2d / separable_conv2d",
+    "max_pool_forward": "max_pool2d", "max_pool_values": "max_pool2d", "max_pool_backward": "max_pool2d (backward)",
+    "avg_pool_forward": "avg_pool2d", "avg_pool_backward": "avg_pool2d (backward)",
+    "batch_norm_train_forward": "fused_batch_norm", "batch_norm_train_backward": "fused_batch_norm (backward)",
+    "batch_norm_inference": "fused_batch_norm (inference)",
+    "lrn_forward": "local_response_normalization", "lrn_backward": "local_response_normalization (backward)",
+    "softmax_cross_entropy": "softmax_cross_entropy_with_logits / sparse_softmax_cross_entropy_with_logits",
+}
 
 
 def primitive(name, backend="numpy"):
@@ -44,16 +82,29 @@ def primitive(name, backend="numpy"):
 
 
 def dispatch(name, *args, **kwargs):
-    """Call the current backend's implementation of primitive `name`."""
+    """Call primitive `name`'s implementation for these arrays (see the module docstring)."""
     impls = _registry.get(name)
     if impls is None:
         raise KeyError(f"no primitive named {name!r} is registered")
-    fn = impls.get(current_backend()) or impls["numpy"]
-    return fn(*args, **kwargs)
+    if any(on_device(a) for a in args):
+        if "cupy" not in _loaded:
+            _load_kernels("cupy")
+        return (impls.get("cupy") or impls["numpy"])(*args, **kwargs)
+    chosen = current_backend()
+    if chosen == "cupy":
+        raise TypeError(f"{OPS.get(name, name)}: the cupy backend got host (numpy) arrays for its {name} "
+                        f"kernel; move the tensors to the GPU first (Module.to_backend('cupy'), "
+                        f"tinybn.backend.device_array) or use the numpy or numba backend")
+    return (impls.get(chosen) or impls["numpy"])(*args, **kwargs)
+
+
+def on_device(x):
+    """Whether x is a GPU (cupy) array."""
+    return type(x).__module__.startswith("cupy")
 
 
 def implementation(name, backend=None):
-    """The function `dispatch(name, ...)` would call under `backend` (for tests)."""
+    """The function `dispatch(name, ...)` would call under `backend` for its arrays (for tests)."""
     impls = _registry[name]
     return impls.get(backend or current_backend()) or impls["numpy"]
 
@@ -98,22 +149,51 @@ def backend(name):
         _current[0] = previous
 
 
-def _load_kernels(name):
-    import importlib
-    module = {"numba": "tinybn.kernels.numba_cpu", "cupy": "tinybn.kernels.cupy_gpu"}[name]
+def kernels_package():
+    """The tinybn.kernels package: installed, or else a source checkout's kernels/ folder."""
     try:
+        return importlib.import_module("tinybn.kernels")
+    except ModuleNotFoundError as e:
+        if e.name != "tinybn.kernels":
+            raise
+        folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+        if not os.path.isfile(os.path.join(folder, "__init__.py")):
+            raise
+    # A checkout (PYTHONPATH=.): kernels/ sits beside tinybn/, mapped to tinybn.kernels only
+    # by an install. Load it under that name, with the folder as its submodules' search path.
+    spec = importlib.util.spec_from_file_location("tinybn.kernels", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["tinybn.kernels"] = package
+    try:
+        spec.loader.exec_module(package)
+    except BaseException:
+        del sys.modules["tinybn.kernels"]
+        raise
+    setattr(sys.modules["tinybn"], "kernels", package)
+    return package
+
+
+def _load_kernels(name):
+    module = KERNEL_MODULES[name]
+    try:
+        kernels_package()
         importlib.import_module(module)
     except Exception as e:   # ImportError, or the library's own error (a GPU library without a GPU)
         raise ImportError(
             f"backend {name!r} needs {module} and its dependencies "
             f"(pip install 'tinybn[{'numba' if name == 'numba' else 'gpu'}]'): {e}") from e
     _loaded.add(name)
+    if name == "numba" and not openblas_spin_limited:
+        warnings.warn("numpy was imported before tinybn without OPENBLAS_THREAD_TIMEOUT set, so OpenBLAS's "
+                      "idle threads busy-wait after each GEMM on the cores the numba kernels need (measured: "
+                      "training steps 1.2-1.6x slower on 2 cores). Import tinybn first, or set "
+                      "OPENBLAS_THREAD_TIMEOUT=4 in the environment.", RuntimeWarning, stacklevel=3)
 
 
 def array_module(x):
     """numpy or cupy, whichever owns array `x` (numpy for anything else)."""
-    mod = type(x).__module__
-    if mod.startswith("cupy"):
+    if on_device(x):
         import cupy
         return cupy
     return np
@@ -130,7 +210,7 @@ def device_array(x, name=None):
 
 def to_numpy(x):
     """A host numpy array of `x`, whatever array library holds it."""
-    if type(x).__module__.startswith("cupy"):
+    if on_device(x):
         return x.get()
     return np.asarray(x)
 

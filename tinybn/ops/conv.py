@@ -10,7 +10,9 @@ dilations (DH, DW); output y (N, OH, OW, O). P = N*OH*OW output pixels.
 
 How: im2col gathers every receptive field into one row of `cols` (P, KH*KW*C),
 column order (a, b, c) so that `w.reshape(KH*KW*C, O)` lines up with it; the
-conv is then one GEMM (run on a few images at a time to bound the buffers).
+conv is then one GEMM (run on the batch chunks the backend's policy gives: a few
+images at a time on the CPU, to bound the buffers; the whole batch on the GPU).
+A pointwise 1x1 conv (stride 1, no padding) skips im2col: its rows are the pixels.
 The backward is two GEMMs:
     dW    = cols^T @ dy                       (KH*KW*C, O)
     dcols = dy @ W^T, dx = col2im(dcols)      col2im is im2col's adjoint: it
@@ -39,10 +41,11 @@ convolution, so here it is an error). An empty batch (N = 0) gives (0, OH, OW, O
 """
 from ..backend import array_module, dispatch, primitive
 from ..function import Function
-from .padding import check_data_format, check_filter_dims, check_rank, pair, window_padding
+from ..geometry import Window
+from .padding import check_data_format, check_filter_dims, check_rank, pair, window_geometry
 
 
-# ---- hot primitives: plain arrays, explicit geometry (kernels implement the same signatures) ----
+# ---- hot primitives: plain arrays and a geometry.Window (kernels implement the same signatures) ----
 
 def _window(start, step, count):
     """The slice of a padded axis that a kernel tap at `start` reads for `count` outputs."""
@@ -50,18 +53,16 @@ def _window(start, step, count):
 
 
 @primitive("im2col")
-def im2col(x, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+def im2col(x, window):
     """Receptive fields of x (N, H, W, C) as rows: cols (N*OH*OW, KH*KW*C), columns ordered (a, b, c).
 
-    pads = ((top, bottom), (left, right)) of zeros around x; OH, OW the output
-    size they give (padding.window_padding computes both). Row n*OH*OW + i*OW + j
-    holds xpad[n, i*SH + a*DH, j*SW + b*DW, c] at column (a*KW + b)*C + c.
+    window: the conv's geometry.Window (pads of zeros around x, and the output size
+    they give). Row n*OH*OW + i*OW + j holds xpad[n, i*SH + a*DH, j*SW + b*DW, c] at
+    column (a*KW + b)*C + c.
     """
     xp = array_module(x)
     N, H, W, C = x.shape
-    (pt, pb), (pl, pr) = pads
-    if KH == KW == SH == SW == 1 and not (pt or pb or pl or pr):
-        return x.reshape(N * H * W, C)          # a 1x1 conv reads each pixel once: no copy
+    KH, KW, SH, SW, DH, DW, ((pt, pb), (pl, pr)), OH, OW = window
     if pt or pb or pl or pr:
         xpad = xp.zeros((N, H + pt + pb, W + pl + pr, C), x.dtype)
         xpad[:, pt:pt + H, pl:pl + W, :] = x
@@ -76,7 +77,7 @@ def im2col(x, KH, KW, SH, SW, DH, DW, pads, OH, OW):
 
 
 @primitive("col2im")
-def col2im(cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
+def col2im(cols, x_shape, window):
     """The adjoint of im2col: scatter-add rows of cols (N*OH*OW, KH*KW*C) back to an x_shape array.
 
     Overlapping windows add up; values that land in the padding are dropped.
@@ -84,9 +85,7 @@ def col2im(cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
     """
     xp = array_module(cols)
     N, H, W, C = x_shape
-    (pt, pb), (pl, pr) = pads
-    if KH == KW == SH == SW == 1 and not (pt or pb or pl or pr):
-        return cols.reshape(N, H, W, C)
+    KH, KW, SH, SW, DH, DW, ((pt, pb), (pl, pr)), OH, OW = window
     xpad = xp.zeros((N, H + pt + pb, W + pl + pr, C), cols.dtype)
     cols = cols.reshape(N, OH, OW, KH, KW, C)
     # within one tap the strided slice hits each position at most once, so += is a true scatter-add
@@ -96,35 +95,52 @@ def col2im(cols, x_shape, KH, KW, SH, SW, DH, DW, pads, OH, OW):
     return xp.ascontiguousarray(xpad[:, pt:pt + H, pl:pl + W, :])
 
 
-# ---- ops ---------------------------------------------------------------------------------
-
-# conv2d runs im2col + GEMM on a few images at a time, so the window buffers stay
-# about this size, in cache for the GEMM that reads them, instead of the whole
-# batch's (118 MB for the CIFAR models' conv2 at batch 128); backward gathers the
-# windows again rather than keeping them (measured: faster, not just smaller).
-# Quiet 2-core machine, numba, CIFAR bn model's conv2 forward at batch 128: 2, 4, 8,
-# 32 images per chunk 33, 35, 42, 56 ms; the whole batch 61 ms. Training step (bn):
-# 2 MB 262-292 ms, 4 MB 319-326 ms; tutorial: equal.
+# The numpy backend's chunking policy: im2col + GEMM on a few images at a time, so the
+# window buffers stay about this size, in cache for the GEMM that reads them, instead of
+# the whole batch's (118 MB for the CIFAR models' conv2 at batch 128); backward gathers
+# the windows again rather than keeping them. Each backend registers its own policy with
+# its kernels (kernels/numba_conv.py: the same 2 MB, measured there; the GPU: whole batches).
 CHUNK_BYTES = 2 << 20
 
 
-def _batch_chunks(x_shape, cols_per_image, dtype):
-    """Slices of the batch axis holding about CHUNK_BYTES of cols each (at least one image)."""
-    per_image = cols_per_image * x_shape[3] * dtype.itemsize
+@primitive("conv_batch_chunks")
+def conv_batch_chunks(x, cols_per_image):
+    """Slices of x's batch axis whose im2col buffers hold about CHUNK_BYTES each (at least
+    one image); cols_per_image = OH*OW*KH*KW window taps of x.shape[3] channels per image."""
+    per_image = cols_per_image * x.shape[3] * x.dtype.itemsize
     step = max(1, CHUNK_BYTES // max(per_image, 1))
-    return [slice(i, i + step) for i in range(0, x_shape[0], step)]
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
-def _correlate(x, w, geometry):
+# ---- ops ---------------------------------------------------------------------------------
+
+def _windows(x, window):
+    """im2col(x), except that a pointwise (1x1) window reads each pixel once: x itself, no copy."""
+    if window.is_pointwise:
+        return x.reshape(-1, x.shape[3])
+    return dispatch("im2col", x, window)
+
+
+def _scatter(cols, x_shape, window):
+    """col2im(cols), except that a pointwise (1x1) window's rows are the pixels themselves."""
+    if window.is_pointwise:
+        return cols.reshape(x_shape)
+    return dispatch("col2im", cols, x_shape, window)
+
+
+def _chunks(x, window):
+    """The current backend's batch chunks for an im2col of x under `window`."""
+    return dispatch("conv_batch_chunks", x, window.OH * window.OW * window.KH * window.KW)
+
+
+def _correlate(x, w, window):
     """conv2d's forward on arrays: y (N, OH, OW, O) = im2col(x) @ w, a chunk of the batch at a time."""
     KH, KW, C, O = w.shape
-    OH, OW = geometry[-2:]
     xp = array_module(x)
     w2 = w.reshape(KH * KW * C, O)
-    y = xp.empty((x.shape[0], OH, OW, O), x.dtype)
-    for part in _batch_chunks(x.shape, OH * OW * KH * KW, x.dtype):
-        cols = dispatch("im2col", x[part], *geometry)
-        xp.matmul(cols, w2, out=y[part].reshape(-1, O))       # the GEMM writes into y: no copy
+    y = xp.empty((x.shape[0], window.OH, window.OW, O), x.dtype)
+    for part in _chunks(x, window):
+        xp.matmul(_windows(x[part], window), w2, out=y[part].reshape(-1, O))   # the GEMM writes into y
     return y
 
 
@@ -159,11 +175,10 @@ class _Window(Function):
         self.dilations = pair(1 if dilations is None else dilations, "dilations", self.op)
 
     def _geometry(self, x, KH, KW):
-        pads, (OH, OW) = window_padding(x.shape[1:3], (KH, KW), self.strides, self.dilations, self.padding,
-                                        self.op)
         self.x_shape = x.shape
-        self.geometry = (KH, KW, *self.strides, *self.dilations, pads, OH, OW)
-        return OH, OW
+        self.geometry = window_geometry(x.shape[1:3], (KH, KW), self.strides, self.dilations, self.padding,
+                                        self.op)
+        return self.geometry.OH, self.geometry.OW
 
     def _wants(self, i):
         """Whether input i needs a gradient (skips dx of a first layer fed with images)."""
@@ -192,10 +207,9 @@ class Conv2D(_Window):
     def _filter_gradient(self, x, gy, w):
         """dW = sum over batch chunks of im2col(x)^T @ dy (the windows gathered again, not kept)."""
         KH, KW, C, O = w.shape
-        OH, OW = self.geometry[-2:]
         gw = array_module(gy).zeros((KH * KW * C, O), gy.dtype)
-        for part in _batch_chunks(x.shape, OH * OW * KH * KW, x.dtype):
-            gw += dispatch("im2col", x[part], *self.geometry).T @ gy[part].reshape(-1, O)
+        for part in _chunks(x, self.geometry):
+            gw += _windows(x[part], self.geometry).T @ gy[part].reshape(-1, O)
         return gw.reshape(w.shape)
 
     def _input_gradient(self, gy, w):
@@ -203,12 +217,11 @@ class Conv2D(_Window):
         adjoint = self._adjoint_geometry()
         if adjoint is not None:
             return _correlate(gy, _adjoint_kernel(w), adjoint)
-        KH, KW, C, O = w.shape
-        OH, OW = self.geometry[-2:]
+        O = w.shape[3]
         w2t = w.reshape(-1, O).T
         gx = array_module(gy).empty(self.x_shape, gy.dtype)
-        for part in _batch_chunks(self.x_shape, OH * OW * KH * KW, gy.dtype):
-            gx[part] = dispatch("col2im", gy[part].reshape(-1, O) @ w2t, gx[part].shape, *self.geometry)
+        for part in _chunks(gx, self.geometry):
+            gx[part] = _scatter(gy[part].reshape(-1, O) @ w2t, gx[part].shape, self.geometry)
         return gx
 
     def _adjoint_geometry(self):
@@ -217,7 +230,7 @@ class Conv2D(_Window):
         pads = (((KH - 1) * DH - pt, (KH - 1) * DH - pb), ((KW - 1) * DW - pl, (KW - 1) * DW - pr))
         if SH != 1 or SW != 1 or min(pads[0] + pads[1]) < 0:
             return None
-        return (KH, KW, 1, 1, DH, DW, pads, *self.x_shape[1:3])
+        return Window(KH, KW, 1, 1, DH, DW, pads, *self.x_shape[1:3])
 
 
 class DepthwiseConv2D(_Window):
@@ -234,7 +247,7 @@ class DepthwiseConv2D(_Window):
         KH, KW, C, CM = f.shape
         OH, OW = self._geometry(x, KH, KW)
         # (P, KH*KW*C) -> (C, P, KH*KW): one GEMM per channel, batched over C
-        cols = dispatch("im2col", x, *self.geometry).reshape(-1, KH * KW, C).transpose(2, 0, 1)
+        cols = _windows(x, self.geometry).reshape(-1, KH * KW, C).transpose(2, 0, 1)
         fc = f.reshape(KH * KW, C, CM).transpose(1, 0, 2)                 # (C, KH*KW, CM)
         self.save_for_backward(cols, f)
         y = cols @ fc                                                     # (C, P, CM)
@@ -248,7 +261,7 @@ class DepthwiseConv2D(_Window):
         if self._wants(0):
             fc = f.reshape(KH * KW, C, CM).transpose(1, 0, 2)
             gcols = (gy @ fc.transpose(0, 2, 1)).transpose(1, 2, 0)       # (P, KH*KW, C)
-            gx = dispatch("col2im", gcols.reshape(-1, KH * KW * C), self.x_shape, *self.geometry)
+            gx = _scatter(gcols.reshape(-1, KH * KW * C), self.x_shape, self.geometry)
         if self._wants(1):
             gf = (cols.transpose(0, 2, 1) @ gy).transpose(1, 0, 2).reshape(f.shape)
         return gx, gf

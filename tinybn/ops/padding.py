@@ -18,9 +18,12 @@ strides, dilations and ksize are positive ints (TF truncates 1.5 to 1 without a 
 here it is a TypeError), explicit pads are non-negative ints (1.7 is refused, not
 truncated), filters have no zero-sized dimension (an empty sum would give zeros, not
 an answer), input and filters have rank 4. A batch of N = 0 images is valid and gives
-an empty output of the right shape, as in TF.
+an empty output of the right shape, as in TF. The arithmetic itself (effective kernel,
+output size, SAME pads) is tinybn.geometry's, which the kernels share.
 """
 import numbers
+
+from ..geometry import effective_size, output_size, same_pads, window
 
 _EXPLICIT = "'SAME', 'VALID' or explicit [(top, bottom), (left, right)]"
 
@@ -66,29 +69,29 @@ def window_padding(in_size, kernel, stride, dilation, padding, op=None):
     [(top, bottom), (left, right)] (TF's 4-entry NHWC list is accepted too).
     Raises ValueError (TypeError for a non-int pad) naming the problem, prefixed by `op`.
     """
-    k_eff = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
     if isinstance(padding, str):
         mode = padding.upper()
         if mode == "VALID":
             pads = ((0, 0), (0, 0))
         elif mode == "SAME":
-            pads = []
-            for n, k, s in zip(in_size, k_eff, stride):
-                out = -(-n // s)
-                total = max(0, (out - 1) * s + k - n)
-                pads.append((total // 2, total - total // 2))
-            pads = tuple(pads)
+            pads = tuple(same_pads(n, k, s, d) for n, k, s, d in zip(in_size, kernel, stride, dilation))
         else:
             raise ValueError(f"{_prefix(op)}padding must be {_EXPLICIT}, got {padding!r}")
     else:
         pads = _explicit(padding, op)
     out = []
-    for dim, n, (before, after), k, s in zip("HW", in_size, pads, k_eff, stride):
-        if n + before + after < k:
+    for dim, n, (before, after), k, s, d in zip("HW", in_size, pads, kernel, stride, dilation):
+        if n + before + after < effective_size(k, d):
             raise ValueError(f"{_prefix(op)}kernel larger than the padded input along {dim}: effective kernel "
-                             f"size {k} > input {n} + padding {before + after}")
-        out.append((n + before + after - k) // s + 1)
+                             f"size {effective_size(k, d)} > input {n} + padding {before + after}")
+        out.append(output_size(n, k, s, d, before, after))
     return pads, tuple(out)
+
+
+def window_geometry(in_size, kernel, stride, dilation, padding, op=None):
+    """window_padding's result as the Window the primitives take (tinybn.geometry.Window)."""
+    pads, _ = window_padding(in_size, kernel, stride, dilation, padding, op)
+    return window(in_size, kernel, stride, dilation, pads)
 
 
 def _explicit(padding, op):

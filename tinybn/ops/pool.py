@@ -35,17 +35,14 @@ first real pixel of a window; here such a window gives NaN, with the same gradie
 """
 from ..backend import array_module, dispatch, primitive
 from ..function import Function
-from .padding import check_data_format, check_rank, pair, window_padding
+from ..geometry import real_counts
+from .padding import check_data_format, check_rank, pair, window_geometry
 
 
-def _window(xpad, di, dj, strides, out_size):
+def _window(xpad, di, dj, window):
     """The (di, dj) element of every window: an (N, OH, OW, C) strided view of xpad."""
-    (sh, sw), (oh, ow) = strides, out_size
+    sh, sw, oh, ow = window.SH, window.SW, window.OH, window.OW
     return xpad[:, di:di + sh * (oh - 1) + 1:sh, dj:dj + sw * (ow - 1) + 1:sw, :]
-
-
-def _out_size(in_hw, ksize, strides, pads):
-    return tuple((n + p0 + p1 - k) // s + 1 for n, k, s, (p0, p1) in zip(in_hw, ksize, strides, pads))
 
 
 def _pad(xp, x, pads, value):
@@ -58,91 +55,93 @@ def _crop(xp_grad, in_shape, pads):
     return xp_grad[:, pt:pt + in_shape[1], pl:pl + in_shape[2], :]
 
 
-def _real_counts(xp, in_hw, ksize, strides, pads, dtype):
-    """(OH, OW, 1) number of real input pixels in each window (a product of 1-D counts)."""
-    counts = []
-    for n, k, s, (before, _), out in zip(in_hw, ksize, strides, pads, _out_size(in_hw, ksize, strides, pads)):
-        start = xp.arange(out) * s - before
-        counts.append(xp.minimum(start + k, n) - xp.maximum(start, 0))
-    return (counts[0][:, None] * counts[1][None, :]).astype(dtype)[:, :, None]
-
-
-# ---- hot primitives: plain arrays, explicit geometry ------------------------------
-# ksize = (KH, KW), strides = (SH, SW), pads = ((top, bottom), (left, right)).
+# ---- hot primitives: plain arrays and a geometry.Window ----------------------------
+# window: KH, KW, SH, SW (dilations 1), pads ((top, bottom), (left, right)), OH, OW.
 
 @primitive("max_pool_forward")
-def max_pool_forward(x, ksize, strides, pads):
+def max_pool_forward(x, window):
     """(y, argmax): y (N, OH, OW, C) the window maxima; argmax (N, OH, OW, C) int32, the
     window offset di*KW + dj of the FIRST maximum of each window in row-major order,
     among its real pixels (every window holds one: each pad is smaller than the window)."""
+    return _max_pool(x, window, with_argmax=True)
+
+
+@primitive("max_pool_values")
+def max_pool_values(x, window):
+    """max_pool_forward's y alone, for a forward that nobody differentiates (no argmax kept)."""
+    return _max_pool(x, window, with_argmax=False)[0]
+
+
+def _max_pool(x, window, with_argmax):
     xp = array_module(x)
-    (sh, sw), ((pt, _), (pl, _)) = strides, pads
-    out_size = _out_size(x.shape[1:3], ksize, strides, pads)
+    KH, KW, sh, sw, _, _, pads, OH, OW = window
+    (pt, _), (pl, _) = pads
     xpad = _pad(xp, x, pads, -xp.inf)
-    y = _window(xpad, 0, 0, strides, out_size).copy()
-    argmax = xp.zeros(y.shape, dtype=xp.int32)
+    y = _window(xpad, 0, 0, window).copy()
+    argmax = xp.zeros(y.shape, dtype=xp.int32) if with_argmax else None
     # Each window starts from its first real pixel, as TF's scan does, so that a window of
     # -inf values beside the padding sends its gradient there, not to a padded tap. Only
     # the windows of the top rows and left columns start in the padding: i*SH < top or
     # j*SW < left. Their first real pixel is at offset (max(top - i*SH, 0), max(left - j*SW, 0)).
-    first_h = xp.maximum(pt - xp.arange(out_size[0]) * sh, 0)
-    first_w = xp.maximum(pl - xp.arange(out_size[1]) * sw, 0)
-    rows, cols = xp.arange(out_size[0]) * sh + first_h, xp.arange(out_size[1]) * sw + first_w
-    first_tap = (first_h[:, None] * ksize[1] + first_w[None, :]).astype(xp.int32)[:, :, None]
-    top, left = min(-(-pt // sh), out_size[0]), min(-(-pl // sw), out_size[1])
+    first_h = xp.maximum(pt - xp.arange(OH) * sh, 0)
+    first_w = xp.maximum(pl - xp.arange(OW) * sw, 0)
+    rows, cols = xp.arange(OH) * sh + first_h, xp.arange(OW) * sw + first_w
+    first_tap = (first_h[:, None] * KW + first_w[None, :]).astype(xp.int32)[:, :, None]
+    top, left = min(-(-pt // sh), OH), min(-(-pl // sw), OW)
     for i, j in ((slice(0, top), slice(None)), (slice(None), slice(0, left))):
         y[:, i, j] = xpad[:, rows[i, None], cols[None, j]]
-        argmax[:, i, j] = first_tap[i, j]
-    for di in range(ksize[0]):
-        for dj in range(ksize[1]):
-            candidate = _window(xpad, di, dj, strides, out_size)
+        if with_argmax:
+            argmax[:, i, j] = first_tap[i, j]
+    for di in range(KH):
+        for dj in range(KW):
+            candidate = _window(xpad, di, dj, window)
             # strictly greater: a tie keeps the earlier offset, TF's "first maximum";
             # padding (-inf) never wins
             better = candidate > y
             xp.copyto(y, candidate, where=better)
-            xp.copyto(argmax, di * ksize[1] + dj, where=better)
+            if with_argmax:
+                xp.copyto(argmax, di * KW + dj, where=better)
     return y, argmax
 
 
 @primitive("max_pool_backward")
-def max_pool_backward(dy, argmax, in_shape, ksize, strides, pads):
+def max_pool_backward(dy, argmax, in_shape, window):
     """dx of in_shape (N, H, W, C): each dy[n,i,j,c] added at its window's argmax offset."""
     xp = array_module(dy)
-    (pt, pb), (pl, pr) = pads
+    (pt, pb), (pl, pr) = window.pads
     n, h, w, c = in_shape
     dxpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=dy.dtype)
     zero = dy.dtype.type(0)
-    for di in range(ksize[0]):
-        for dj in range(ksize[1]):
-            _window(dxpad, di, dj, strides, dy.shape[1:3])[...] += xp.where(argmax == di * ksize[1] + dj, dy, zero)
-    return _crop(dxpad, in_shape, pads)
+    for di in range(window.KH):
+        for dj in range(window.KW):
+            _window(dxpad, di, dj, window)[...] += xp.where(argmax == di * window.KW + dj, dy, zero)
+    return _crop(dxpad, in_shape, window.pads)
 
 
 @primitive("avg_pool_forward")
-def avg_pool_forward(x, ksize, strides, pads):
+def avg_pool_forward(x, window):
     """y (N, OH, OW, C): window sums divided by the number of real pixels in each window."""
     xp = array_module(x)
-    out_size = _out_size(x.shape[1:3], ksize, strides, pads)
-    xpad = _pad(xp, x, pads, 0)
-    total = xp.zeros((x.shape[0],) + out_size + (x.shape[3],), dtype=x.dtype)
-    for di in range(ksize[0]):
-        for dj in range(ksize[1]):
-            total += _window(xpad, di, dj, strides, out_size)
-    return total / _real_counts(xp, x.shape[1:3], ksize, strides, pads, x.dtype)
+    xpad = _pad(xp, x, window.pads, 0)
+    total = xp.zeros((x.shape[0], window.OH, window.OW, x.shape[3]), dtype=x.dtype)
+    for di in range(window.KH):
+        for dj in range(window.KW):
+            total += _window(xpad, di, dj, window)
+    return total / real_counts(xp, x.shape[1:3], window, x.dtype)[:, :, None]
 
 
 @primitive("avg_pool_backward")
-def avg_pool_backward(dy, in_shape, ksize, strides, pads):
+def avg_pool_backward(dy, in_shape, window):
     """dx of in_shape (N, H, W, C): dy / count spread evenly over each window."""
     xp = array_module(dy)
-    (pt, pb), (pl, pr) = pads
+    (pt, pb), (pl, pr) = window.pads
     n, h, w, c = in_shape
-    share = dy / _real_counts(xp, (h, w), ksize, strides, pads, dy.dtype)
+    share = dy / real_counts(xp, (h, w), window, dy.dtype)[:, :, None]
     dxpad = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=dy.dtype)
-    for di in range(ksize[0]):
-        for dj in range(ksize[1]):
-            _window(dxpad, di, dj, strides, dy.shape[1:3])[...] += share
-    return _crop(dxpad, in_shape, pads)
+    for di in range(window.KH):
+        for dj in range(window.KW):
+            _window(dxpad, di, dj, window)[...] += share
+    return _crop(dxpad, in_shape, window.pads)
 
 
 # ---- ops -----------------------------------------------------------------------
@@ -159,37 +158,41 @@ class _Pool2D(Function):
         check_rank(x, 4, self.op, "input", "NHWC")
         if x.dtype.kind != "f":
             raise ValueError(f"{self.op}: input must be floating point, got {x.dtype}")
-        pads, _ = window_padding(x.shape[1:3], self.ksize, self.strides, (1, 1), self.padding, self.op)
-        for (before, after), k, dim in zip(pads, self.ksize, "HW"):
+        window = window_geometry(x.shape[1:3], self.ksize, self.strides, (1, 1), self.padding, self.op)
+        for (before, after), k, dim in zip(window.pads, self.ksize, "HW"):
             # a window made only of padding has no maximum and no real pixel to average
             if max(before, after) >= k:
                 raise ValueError(f"{self.op}: padding {(before, after)} along {dim} must be smaller "
                                  f"than the window size ksize={k}")
-        self.in_shape, self.pads = x.shape, pads
-        return pads
+        self.in_shape, self.window = x.shape, window
+        return window
 
 
 class MaxPool2D(_Pool2D):
     op = "max_pool2d"
 
     def forward(self, x):
-        y, argmax = dispatch("max_pool_forward", x, self.ksize, self.strides, self.geometry(x))
+        window = self.geometry(x)
+        needs = getattr(self, "needs_input_grad", None) or (True,)
+        if not needs[0]:     # under no_grad, or x needs no gradient: the maxima without their argmax
+            return dispatch("max_pool_values", x, window)
+        y, argmax = dispatch("max_pool_forward", x, window)
         self.save_for_backward(argmax)
         return y
 
     def backward(self, dy):
         (argmax,) = self.saved
-        return dispatch("max_pool_backward", dy, argmax, self.in_shape, self.ksize, self.strides, self.pads)
+        return dispatch("max_pool_backward", dy, argmax, self.in_shape, self.window)
 
 
 class AvgPool2D(_Pool2D):
     op = "avg_pool2d"
 
     def forward(self, x):
-        return dispatch("avg_pool_forward", x, self.ksize, self.strides, self.geometry(x))
+        return dispatch("avg_pool_forward", x, self.geometry(x))
 
     def backward(self, dy):
-        return dispatch("avg_pool_backward", dy, self.in_shape, self.ksize, self.strides, self.pads)
+        return dispatch("avg_pool_backward", dy, self.in_shape, self.window)
 
 
 def max_pool2d(input, ksize, strides, padding, data_format="NHWC"):  # noqa: A002  (tf.nn's name)

@@ -35,6 +35,8 @@ Calling a Function on Tensors (or arrays) checks that all inputs live on one dev
 forward, wraps the results in Tensors and, when some input needs a gradient, links
 the outputs to this Function so `Tensor.backward` can walk back to it.
 """
+import inspect
+
 from . import tensor as _t
 from .backend import array_module
 
@@ -63,16 +65,31 @@ def _check_one_device(fn, tensors):
     """TypeError naming the op and its inputs when they live on different devices.
 
     numpy (host) and cupy (device) arrays cannot meet in one op: cupy refuses a host
-    operand, and a GEMM in numpy would pull the device one over silently (or not at all).
+    operand, numpy tries to convert a device one, either way with an error from deep
+    inside the op that names neither. The op's name is its tf.nn name where it has one.
     """
     if len(tensors) < 2:
         return
     modules = [array_module(t.data) for t in tensors]
     if all(m is modules[0] for m in modules):
         return
-    where = ", ".join(f"input {i} {m.__name__} {t.shape}" for i, (t, m) in enumerate(zip(tensors, modules)))
-    raise TypeError(f"{type(fn).__name__}: inputs on different devices ({where}); move them to one "
+    names = _input_names(fn, len(tensors))
+    where = ", ".join(f"{n} {m.__name__} {t.shape}" for n, t, m in zip(names, tensors, modules))
+    raise TypeError(f"{getattr(fn, 'op', None) or type(fn).__name__}: inputs on different devices ({where}); move them to one "
                     f"(tinybn.backend.device_array, Tensor.numpy()) before the op")
+
+
+def _input_names(fn, count):
+    """What fn.forward calls its inputs ("x", "w"; "xs[1]" for *xs), for error messages."""
+    names, rest = [], None
+    for p in list(inspect.signature(fn.forward).parameters.values()):
+        if p.kind == p.VAR_POSITIONAL:
+            rest = p.name
+            break
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+    names += [f"{rest or 'input'}[{i}]" for i in range(count - len(names))]
+    return names[:count]
 
 
 class Function:

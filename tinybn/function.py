@@ -1,7 +1,7 @@
 """Function: the base of every op, with forward and backward side by side.
 
-Floor: core (with tensor.py), the lowest; imports only tensor.py, numpy and
-backend.array_module (which array library owns an array).
+Floor: core (with tensor.py, state.py, arrays.py), the lowest; imports only tensor.py and
+arrays.py (which array library holds an array).
 
 An op subclasses Function and writes two methods on plain arrays:
 
@@ -38,7 +38,7 @@ the outputs to this Function so `Tensor.backward` can walk back to it.
 import inspect
 
 from . import tensor as _t
-from .backend import array_module
+from .arrays import array_module
 
 
 class _Edge:

@@ -1,7 +1,7 @@
 """What the owners of state (Module, the optimizers, ExponentialMovingAverage) share:
 the strict load check, and the validated list of the parameters they are given.
 
-Floor: core; imports the tensor module, numpy and the array module helpers.
+Floor: core; imports tensor.py, arrays.py and numpy.
 
     pairs = named_tensors(params, "Momentum")    [(name or None, Tensor)], checked once
 
@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .backend import to_numpy
+from .arrays import to_numpy
 from .tensor import Tensor
 
 _ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu"}    # target dtype kind -> source kinds it takes

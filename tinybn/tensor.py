@@ -1,7 +1,7 @@
 """Tensor: an array, its gradient, and the op that made it.
 
-Floor: core (with function.py), the lowest; imports only numpy and backend's
-array_module / to_numpy (which array library owns an array).
+Floor: core (with function.py, state.py, arrays.py), the lowest; imports only numpy and
+arrays.py (which array library holds an array).
 
     t = Tensor(data, requires_grad=False)
     t.data      the array (numpy, or cupy on the GPU backend)
@@ -38,7 +38,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .backend import array_module, to_numpy
+from .arrays import array_module, to_numpy
 
 _state = threading.local()
 

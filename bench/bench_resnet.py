@@ -4,7 +4,7 @@
         [--num-batches 100] [--burn-in 10] [--frameworks tinybn-numpy,tinybn-numba,tf]
         [--threads N] [--markdown] [--json out.json]
 
-The protocol and the FLOP count are `python -m tinybn.bench resnet`'s (tinybn/bench.py,
+The protocol and the FLOP count are `python -m tinybn.bench resnet`'s (tinybn/tasks/resnet.py,
 TF's time_tensorflow_run): `burn_in` untimed then `num_batches` timed steps of
     Forward           inference mode (BN on moving statistics), no gradients
     Forward-backward  training mode, loss = mean sparse softmax xent on random labels +
@@ -69,7 +69,7 @@ def tf_steps(depth, variables, images, labels):
 
 def run_worker(args):
     import numpy as np
-    from tinybn.bench import conv_flops, make_inputs, peak_rss_mb, resnet_steps, time_run
+    from tinybn.tasks.resnet import conv_flops, make_inputs, peak_rss_mb, resnet_steps, time_run
     from tinybn.models.resnet_v2 import resnet_v2, slim_names
     fw = args.worker
     images, labels = make_inputs(args.batch_size, args.image_size, NUM_CLASSES)

@@ -34,7 +34,7 @@ import time, numpy as np, cupy
 import tinybn
 from tinybn import Tensor
 from tinybn.models import cifar10
-from tinybn.train import make_optimizer
+from tinybn.tasks.cifar import make_optimizer
 tinybn.use_backend("cupy")
 rng = np.random.default_rng(0)
 x = cupy.asarray(rng.standard_normal((128, 24, 24, 3)).astype(np.float32))

@@ -8,7 +8,8 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tinybn import checkpoint
-from tinybn.checkpoint import CheckpointError, CheckpointManager, flatten, load, save, unflatten
+from tinybn.checkpoint import CheckpointError, flatten, load, save, unflatten
+from tinybn.checkpoint_manager import CheckpointManager
 
 DTYPES = [np.float32, np.float64, np.int32, np.int64, np.uint8, np.bool_, np.dtype(">f4"), np.float16]
 arrays_st = st.sampled_from(DTYPES).flatmap(

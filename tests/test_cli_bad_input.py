@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from tinybn import checkpoint
+from tinybn import checkpoint_manager
 from tinybn.eval import main as eval_main
 from tinybn.train import main as train_main
 from tinybn.training import StopFlag
@@ -299,13 +299,13 @@ def test_stop_flag_takes_sigint_and_sigterm_and_restores_the_handlers():
 
 def test_watch_skips_a_checkpoint_rotated_away_before_it_is_read(cifar, cifar_run, tmp_path, capsys, monkeypatch):
     gone = tmp_path / "model.ckpt-2.npz"      # the name latest() gave, deleted before it is read
-    real_latest = checkpoint.CheckpointManager.latest
+    real_latest = checkpoint_manager.CheckpointManager.latest
     calls = []
 
     def latest_then_rotated(self):
         calls.append(1)
         return str(gone) if len(calls) == 1 else real_latest(self)
-    monkeypatch.setattr(checkpoint.CheckpointManager, "latest", latest_then_rotated)
+    monkeypatch.setattr(checkpoint_manager.CheckpointManager, "latest", latest_then_rotated)
     eval_cifar(cifar, cifar_run, tmp_path / "ev", "--watch", "--stop-at-step", "4", "--eval-interval-secs", "0.01",
                "--batch-size", "8")
     out = capsys.readouterr().out

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tinybn import checkpoint
+from tinybn import checkpoint, checkpoint_manager
 from tinybn.eval import main as eval_main
 from tinybn.train import main as train_main
 
@@ -170,7 +170,7 @@ def test_mismatched_checkpoint_is_refused_and_left_intact(data, tmp_path):
     arrays, meta = checkpoint.load(out / "model.ckpt-4.npz")
     arrays["model::net/conv1/kernel"] = np.zeros((3, 3, 3, 64), np.float32)
     other = tmp_path / "other"
-    checkpoint.CheckpointManager(other).save(4, arrays, meta)
+    checkpoint_manager.CheckpointManager(other).save(4, arrays, meta)
     before_other = snapshot(other)
     with pytest.raises(SystemExit, match="does not match.*net/conv1/kernel"):
         train(data, other, "--max-steps", "8")

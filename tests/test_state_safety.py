@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tinybn import checkpoint
+from tinybn import checkpoint, checkpoint_manager
 from tinybn.data.queue import ShuffleQueue
 from tinybn.eval import main as eval_main
 from tinybn.nn import layers
@@ -217,9 +217,9 @@ def test_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
         for name in stale + keep:
             (tmp_path / name).write_bytes(b"x")
         before = sorted(os.listdir(tmp_path))
-        checkpoint.CheckpointManager(tmp_path, read_only=True)      # a reader (eval) changes nothing
+        checkpoint_manager.CheckpointManager(tmp_path, read_only=True)      # a reader (eval) changes nothing
         assert sorted(os.listdir(tmp_path)) == before
-        mgr = checkpoint.CheckpointManager(tmp_path)
+        mgr = checkpoint_manager.CheckpointManager(tmp_path)
         assert sorted(os.listdir(tmp_path)) == sorted(keep + [busy])
         assert mgr.latest() is None
     finally:
@@ -232,7 +232,7 @@ def save_unindexed(mgr, step, arrays):
 
 
 def test_checkpoint_written_but_not_indexed_is_the_newest(tmp_path, capsys):
-    mgr = checkpoint.CheckpointManager(tmp_path, max_to_keep=3)
+    mgr = checkpoint_manager.CheckpointManager(tmp_path, max_to_keep=3)
     for step in (1, 2):
         mgr.save(step, {"w": np.array(float(step))})
     save_unindexed(mgr, 3, {"w": np.array(3.0)})

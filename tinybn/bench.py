@@ -34,8 +34,6 @@ import sys
 
 from . import cli_flags
 from .tasks.resnet import run_resnet
-# bench/bench_resnet.py's worker imports these from here; to go once it imports tinybn.tasks.resnet
-from .tasks.resnet import conv_flops, make_inputs, peak_rss_mb, resnet_steps, time_run  # noqa: F401
 
 MODES = ("forward", "forward-backward", "both")
 

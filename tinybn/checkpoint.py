@@ -25,7 +25,7 @@ namespaces are joined to names with "::" ("model::conv1/kernel",
 "optimizer::conv1/kernel/Momentum", "step"), because state_dict() names already
 contain "/".
 
-CheckpointManager (checkpoint_manager.py, part of this module's API) keeps a
+CheckpointManager (tinybn/checkpoint_manager.py, which builds on this module) keeps a
 directory of numbered checkpoints and their index.
 """
 import hashlib
@@ -244,7 +244,3 @@ def unflatten(flat):
             raise ValueError(f"flat: {ns!r} is both a namespace and an array")
         group[name] = value
     return tree
-
-
-# CheckpointManager lives in checkpoint_manager.py; it is part of this module's API.
-from .checkpoint_manager import CheckpointManager  # noqa: E402,F401

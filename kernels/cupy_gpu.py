@@ -5,7 +5,9 @@
 return values (the methods of kernels.cuda_primitives.CudaPrimitives with
 xp = cupy): im2col, col2im, max/avg pool forward and backward, fused batch norm
 (train forward/backward, inference), LRN forward/backward and softmax
-cross-entropy. Arrays stay on the GPU; GEMMs stay with cuBLAS (cupy's @). Each is
+cross-entropy, and the GPU's conv chunking (whole batches). dispatch sends every
+cupy array here, whichever backend is selected. Arrays stay on the GPU; GEMMs stay
+with cuBLAS (cupy's @). Each is
 registered through dtype_guard.float32_or_float64, as the numba ones: a float16 array
 is refused with a one-line TypeError naming the op (the kernels exist for float and
 double only).

@@ -40,7 +40,8 @@ from .dtype_guard import float32_or_float64
 
 TWINS = {
     "im2col": numba_conv.im2col, "col2im": numba_conv.col2im, "conv_batch_chunks": numba_conv.conv_batch_chunks,
-    "max_pool_forward": numba_pool.max_pool_forward, "max_pool_values": numba_pool.max_pool_values, "max_pool_backward": numba_pool.max_pool_backward,
+    "max_pool_forward": numba_pool.max_pool_forward, "max_pool_values": numba_pool.max_pool_values,
+    "max_pool_backward": numba_pool.max_pool_backward,
     "avg_pool_forward": numba_pool.avg_pool_forward, "avg_pool_backward": numba_pool.avg_pool_backward,
     "batch_norm_train_forward": numba_norm.batch_norm_train_forward,
     "batch_norm_train_backward": numba_norm.batch_norm_train_backward,

@@ -391,8 +391,8 @@ def test_results_do_not_depend_on_the_thread_count(name):
 
 
 def test_tinybn_backend_env_selects_numba_at_import():
-    """TINYBN_BACKEND=numba loads the kernels while tinybn is still importing: they must
-    not import tinybn.ops (a circular import)."""
+    """TINYBN_BACKEND=numba, read by the first current_backend() call, loads the kernels and
+    selects them (tests/test_backend_dispatch.py: not at `import tinybn`)."""
     script = "import tinybn.backend as b; assert b.current_backend() == 'numba'; print(b.implementation('im2col').__module__)"
     env = dict(os.environ, TINYBN_BACKEND="numba")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)

@@ -22,6 +22,7 @@ from tinybn.models import cifar10
 from tinybn.ops.conv import conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
 from tinybn.ops.padding import window_geometry
+from tinybn.ops.pool import max_pool2d
 from tinybn.optim import Momentum
 
 
@@ -137,6 +138,21 @@ def test_gpu_conv_takes_the_whole_batch(cp):
     conv2 of the CIFAR models at batch 128 64 small cuBLAS calls)."""
     x = cp.empty((128, 12, 12, 64), cp.float32)
     assert backend.dispatch("conv_batch_chunks", x, 12 * 12 * 25) == [slice(0, 128)]
+
+
+def test_cupy_arrays_get_the_cuda_kernels_under_any_backend(cp, monkeypatch):
+    """The backend is the arrays': under the numpy backend a cupy array still runs the CUDA
+    twin (and host arrays the reference), with the reference's values."""
+    ran = []
+    twin = backend._registry["max_pool_forward"]["cupy"]
+    monkeypatch.setitem(backend._registry["max_pool_forward"], "cupy", lambda *a: (ran.append(1), twin(*a))[1])
+    x = np.random.default_rng(4).standard_normal((2, 6, 6, 3)).astype(np.float32)
+    with backend.backend("numpy"):
+        X = Tensor(cp.asarray(x), requires_grad=True)
+        y = max_pool2d(X, 3, 2, "SAME")
+        ref = max_pool2d(x, 3, 2, "SAME")
+    assert ran == [1] and isinstance(y.data, cp.ndarray)
+    np.testing.assert_array_equal(cp.asnumpy(y.data), ref.data)
 
 
 def test_ops_end_to_end_on_gpu(cp):

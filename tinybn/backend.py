@@ -35,7 +35,8 @@ with importlib (a package whose search location is that folder; no import hook s
 installed). Kernel modules import numpy, numba or cupy, tinybn.geometry and this
 module's registry, nothing else of tinybn.
 
-Imports numpy and the standard library only; kernel modules are imported by name, on use.
+Imports tinybn.arrays (which library holds an array) and the standard library; kernel
+modules are imported by name, on use.
 """
 import importlib
 import importlib.util
@@ -44,7 +45,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 
-import numpy as np
+from .arrays import array_module, on_device, to_numpy  # noqa: F401  (the ops import array_module from here)
 
 BACKENDS = ("numpy", "numba", "cupy")
 _registry = {}          # primitive name -> {backend name -> function}
@@ -96,11 +97,6 @@ def dispatch(name, *args, **kwargs):
                         f"kernel; move the tensors to the GPU first (Module.to_backend('cupy'), "
                         f"tinybn.backend.device_array) or use the numpy or numba backend")
     return (impls.get(chosen) or impls["numpy"])(*args, **kwargs)
-
-
-def on_device(x):
-    """Whether x is a GPU (cupy) array."""
-    return type(x).__module__.startswith("cupy")
 
 
 def implementation(name, backend=None):
@@ -191,14 +187,6 @@ def _load_kernels(name):
                       "OPENBLAS_THREAD_TIMEOUT=4 in the environment.", RuntimeWarning, stacklevel=3)
 
 
-def array_module(x):
-    """numpy or cupy, whichever owns array `x` (numpy for anything else)."""
-    if on_device(x):
-        import cupy
-        return cupy
-    return np
-
-
 def device_array(x, name=None):
     """`x` as an array of backend `name`'s device (default: the current backend):
     a cupy array for "cupy", a numpy array for "numpy" and "numba"."""
@@ -206,11 +194,3 @@ def device_array(x, name=None):
         import cupy
         return cupy.asarray(x)
     return to_numpy(x)
-
-
-def to_numpy(x):
-    """A host numpy array of `x`, whatever array library holds it."""
-    if on_device(x):
-        return x.get()
-    return np.asarray(x)
-

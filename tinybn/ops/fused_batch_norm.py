@@ -20,7 +20,7 @@ Inference (is_training=False), with the given mean and variance:
     dx = dy * a,  doffset = sum(dy),  dscale = sum(dy * (x - mean)) * rsqrt(variance + eps),
     dmean = -doffset * a,  dvariance = -0.5 * scale * rsqrt^3 * sum(dy * (x - mean))
 
-TF conventions followed (TF-SEMANTICS.md section 5):
+TF conventions followed (docs/tf-conventions.md#fused-batch-norm):
 - y is always normalised with the population variance, and so is the gradient.
 - The returned variance is TF's: Bessel-corrected, var * n/(n-1) (n = 1 divides by 1),
   when `bessel_correction=True` (the default, as the TF twin). Pass

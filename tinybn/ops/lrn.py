@@ -12,7 +12,7 @@ renormalisation by the window's length; a radius >= C just sums every channel):
 
 TF's alpha is NOT divided by the window size 2r+1 (Caffe and PyTorch do divide); the
 CIFAR-10 tutorial's alpha=0.001/9 is that tutorial's own choice. Op defaults:
-depth_radius=5, bias=1, alpha=1, beta=0.5 (TF-SEMANTICS.md section 4).
+depth_radius=5, bias=1, alpha=1, beta=0.5 (docs/tf-conventions.md#lrn).
 
 Backward, derived by hand. y_j depends on x_k directly when j = k and through N_j
 whenever |j - k| <= r, with dN_j/dx_k = 2 alpha x_k:

@@ -18,7 +18,7 @@ without the class axis. Sparse labels are integers of shape (...) in [0, K).
                     = the same with one-hot labels;  d logits = g * (softmax - onehot)
     l2_loss(t)      = sum(t ** 2) / 2;  dt = t * g
 
-TF conventions followed (TF-SEMANTICS.md section 9, tensorflow/core/kernels/xent_op.h):
+TF conventions followed (docs/tf-conventions.md#losses, tensorflow/core/kernels/xent_op.h):
 - The max is subtracted before exp, so logits of 1e4 give a loss of exactly 1e4.
 - The logits gradient is the kernel's `backprop = softmax - labels`, scaled by the
   upstream gradient, *even when the labels do not sum to 1*: that is not the true

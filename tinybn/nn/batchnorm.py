@@ -20,7 +20,7 @@ where v depends on `moving_variance_rule`:
 Inference (`.eval()`): y = gamma * (x - moving_mean) * rsqrt(moving_variance + eps) + beta;
 the moving statistics are never changed.
 
-zero_debias_moving_mean=True (TF1 contrib, moving mean only; TF-SEMANTICS.md section 5):
+zero_debias_moving_mean=True (TF1 contrib, moving mean only; docs/tf-conventions.md#zero-debias-moving-mean):
     moving_mean_biased -= (moving_mean_biased - mean_B) * (1 - decay);  local_step += 1
     moving_mean = moving_mean_biased / (1 - (1 - (1 - decay))**local_step)
 computed in the layer's dtype in that order, so float32 reproduces TF's 2.000026;

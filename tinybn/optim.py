@@ -5,7 +5,7 @@ own floor: ExponentialMovingAverage lives there, one file each so both stay shor
 and is re-exported here as part of this module's API).
 
 Update rules, exactly those of tensorflow/core/kernels/training_ops.cc and
-tf.compat.v1.train (TF-SEMANTICS.md sections 6, 7, 10), in the parameter's dtype:
+tf.compat.v1.train (docs/tf-conventions.md#optimizers), in the parameter's dtype:
 
     GradientDescent   var -= lr * g
     Momentum          accum = accum * momentum + g

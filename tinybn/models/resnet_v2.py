@@ -38,7 +38,7 @@ Slim conventions followed:
 - Batch norm: slim.batch_norm with resnet_arg_scope's decay 0.997, epsilon 1e-5, center and
   scale. On 4-D inputs slim runs TF1's fused kernel: y uses the population variance, the
   moving variance averages var * n/(n-1), n = N*H*W (moving_variance_rule="bessel";
-  TF-SEMANTICS.md section 5), and TF1's nn.fused_batch_norm raises any epsilon below
+  docs/tf-conventions.md#moving-variance), and TF1's nn.fused_batch_norm raises any epsilon below
   1.001e-5 (cuDNN's minimum) to 1.001e-5: slim's networks ran with 1.001e-5, as this one.
 - Weights: slim.variance_scaling_initializer() (factor 2, FAN_IN, normal), in TF1
   truncated_normal(0, sqrt(1.3 * 2 / fan_in)) redrawn beyond 2 stddev; biases 0.

@@ -1,4 +1,4 @@
-"""tf.train.ExponentialMovingAverage of parameters (TF-SEMANTICS.md section 6).
+"""tf.train.ExponentialMovingAverage of parameters (docs/tf-conventions.md#exponential-moving-average).
 
 Floor: optim; imports the core (state), backend and numpy, never optim.py: it shares
 the parameter-list check and the strict load with the optimizers through state.py.

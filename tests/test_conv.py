@@ -64,7 +64,7 @@ def conv_case(draw, depthwise=False):
 @pytest.mark.parametrize("n, k, s, expected", [
     (5, 2, 1, [3, 5, 7, 9, 5]), (6, 3, 2, [6, 12, 11]), (7, 3, 2, [3, 9, 15, 13]), (8, 5, 2, [10, 20, 30, 21])])
 def test_same_padding_worked_examples(n, k, s, expected):
-    """TF-SEMANTICS.md section 1: SAME on a 1-D ramp, along W and along H."""
+    """docs/tf-conventions.md#padding: SAME on a 1-D ramp, along W and along H."""
     ramp = np.arange(1, n + 1, dtype=np.float64)
     assert np.array_equal(conv2d(ramp.reshape(1, 1, n, 1), np.ones((1, k, 1, 1)), s, "SAME").numpy().ravel(), expected)
     assert np.array_equal(conv2d(ramp.reshape(1, n, 1, 1), np.ones((k, 1, 1, 1)), s, "SAME").numpy().ravel(), expected)

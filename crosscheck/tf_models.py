@@ -19,7 +19,7 @@ total_loss: reduce_mean(sparse xent) + 0.004 * l2_loss of local3 and local4 weig
 Models are float32 (TF's kernels) or float64. TF registers tf.nn.lrn for half,
 bfloat16 and float32 only, so in float64 the LRN is its op-doc formula written with
 tf ops (window clipped at the channel edges, alpha times the raw sum of squares;
-TF-SEMANTICS.md section 4) and differentiated by the tape.
+docs/tf-conventions.md#lrn) and differentiated by the tape.
 
 The variable list of each model is written down here, independently of tinybn, so
 an export with a wrong name or shape fails in TFModel.load.

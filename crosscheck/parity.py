@@ -1,6 +1,6 @@
 """The parity bookkeeping of crosscheck/: one tolerance table, one error measure, one report.
 
-Error measure (one number per comparison, the one TF-SEMANTICS.md uses):
+Error measure (one number per comparison; docs/tf-conventions.md#tolerances):
 
     err = max|ours - tf| / max|tf|          (max|tf| floored at 1e-30)
 

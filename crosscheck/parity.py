@@ -25,7 +25,7 @@ the defaults 1e-6 and 1e-15 leave 10x or more; conv2d's 50-term window sums agai
 oneDNN needed 1.1e-6 (its row: 1e-5), separable and spatially separable 7e-7 (5e-6).
 
 Tolerances: float32 ops agree with TF to about 1e-7..2e-6 of the largest value
-(TF-SEMANTICS.md section 11: oneDNN conv vs numpy im2col differs by 1.6e-6 of
+(docs/tf-conventions.md#tolerances: oneDNN conv vs numpy im2col differs by 1.6e-6 of
 max|ref|); reductions over many terms (filter gradients, BN over N*H*W) get
 more room. Each limit leaves roughly 5-10x headroom over what was measured.
 """

@@ -141,7 +141,7 @@ def test_exponential_decay_cifar_tutorial():
 
 
 def test_float32_conventions_bit_exact():
-    """TF-SEMANTICS.md sections 6 and 10: the TF1 rules are bit-exact in float32, and only
+    """docs/tf-conventions.md#optimizers: the TF1 rules are bit-exact in float32, and only
     bit-exactness sees conventions such as float32 (1 - beta1) = 0.100000024 or the float32
     EMA decay; a 1e-6 tolerance cannot tell them from float64 hyperparameters."""
     for make_tb, make_tf in [

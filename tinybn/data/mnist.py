@@ -22,7 +22,7 @@ tinybn.data.download.download: streamed into a temporary file, its md5 checked
 against torchvision's published checksum, then renamed into place. download.py
 checks md5 only, so md5 it is. Files already on disk are not checksummed, only
 validated as above: re-compressed copies are as good as the originals (the t10k
-files in /work/shared/data/mnist have other .gz headers, hence other .gz md5s, than
+files of one such copy have other .gz headers, hence other .gz md5s, than
 the originals, but their decompressed bytes have the published md5s
 2646ac647ad5339dbf082846283269ea and 27ae3e4e09519cfbb04c329615203637).
 

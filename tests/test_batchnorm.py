@@ -307,7 +307,7 @@ def test_zero_debias_moving_mean_float32_matches_tf():
     layer.moving_mean.data = np.full(2, 5.0, np.float32)       # ignored: the mean is assigned
     x = np.array([[2.0, 1.0], [2.0, 3.0]], np.float32)
     layer(x)
-    # TF 1 - (1 - decay)^t cancellation in float32 gives 2.0000257, not 2 (docs/tf-conventions.md#zero-debias-moving-mean)
+    # TF: 1 - (1 - decay)^t cancels in float32, giving 2.0000257, not 2 (docs/tf-conventions.md#zero-debias-moving-mean)
     np.testing.assert_array_equal(layer.moving_mean.data, np.float32([2.0000257, 2.0000257]))
     assert layer.local_step.data == 1
     layer(x)

@@ -17,6 +17,9 @@ is garbage on the device), arrays contiguous, writes outside an array (guard
 zones around every buffer), writes to an input, and outputs left unwritten
 (outputs are filled with NaN before the launch). Reads outside an array get +inf
 from the guard zones, which shows up in the results.
+
+Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
+tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 """
 import ctypes
 import glob

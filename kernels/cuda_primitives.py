@@ -21,6 +21,9 @@ so CI checks this file's geometry and argument lists along with the kernels.
 Every kernel is a grid-stride loop, so any grid is correct; `max_blocks` only
 caps the launch near what the device holds at once (132 SMs x 2048 threads on
 an H100 is ~1000 blocks of 256).
+
+Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
+tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 """
 import os
 

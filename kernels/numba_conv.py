@@ -14,6 +14,9 @@ reference's scatter, so threads never write the same pixel. It visits the taps
 in the reference's (a, b) order and adds in x's dtype, so it repeats the
 reference's float additions one for one: the result is bit-identical.
 Both loops run in parallel over (n, row) and copy channel runs in the inner loop.
+
+Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
+tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 """
 import numpy as np
 from numba import njit, prange

@@ -17,6 +17,9 @@ norm^(-beta) is most of the cost: pow does not vectorise. For beta 0.5 and 0.75
 vectorise and round to the float32 a correctly rounded pow gives (numpy's float32
 pow, the reference's, is within 0.5 ulp too); other betas call pow.
 Parallel over (n, row); the channel loops are innermost.
+
+Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
+tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 """
 import numpy as np
 from numba import njit, prange

@@ -16,6 +16,9 @@ machine. The elementwise terms are computed in x's dtype in the reference's orde
 and the (C,) arithmetic is the reference's own numpy code, so outputs differ from
 the reference only where the float64 sums round differently (<= 1 float32 ulp of
 mean, variance, dscale, doffset, and what follows from them).
+
+Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
+tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 """
 import numpy as np
 from numba import njit, prange

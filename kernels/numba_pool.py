@@ -24,6 +24,9 @@ one as the reference does (its -inf padding never wins a strict comparison), and
 average's zero padding adds nothing. Every window must hold a real pixel (each pad
 smaller than the window: the ops check it).
 Parallel over (n, output row) in the forward passes and (n, input row) in the backward.
+
+Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
+tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 """
 import numpy as np
 from numba import njit, prange

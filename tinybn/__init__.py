@@ -1,4 +1,7 @@
-"""tinybn: a readable deep learning engine in numpy, proven equal to TensorFlow op by op."""
+"""tinybn: a readable deep learning engine in numpy, proven equal to TensorFlow op by op.
+
+Floor: api (tests/test_layering.py): the package root re-exports core, backend, ops, nn and
+optim, and imports nothing above them."""
 import os as _os
 import sys as _sys
 

@@ -27,6 +27,9 @@ contain "/".
 
 CheckpointManager (tinybn/checkpoint_manager.py, which builds on this module) keeps a
 directory of numbered checkpoints and their index.
+
+Floor: training (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models, data and training.
 """
 import hashlib
 import io

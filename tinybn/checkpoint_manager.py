@@ -14,6 +14,9 @@ that the index does not list yet: its step is above every indexed one, and it
 counts as the newest. A crash while deleting leaves older unlisted files: the
 next save deletes them. A crash while writing (kill -9) leaves a temporary file:
 the next manager on the directory deletes it once its writer is gone.
+
+Floor: training (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models, data and training.
 """
 import json
 import os

@@ -3,6 +3,9 @@
 A run resumed from a checkpoint at step S repeats the steps after S that the crashed
 run had logged; CSVLogger(purge_step=S + 1) drops those rows first, as the event
 files' SessionLog START (tinybn/summary.py) drops their events from TensorBoard's view.
+
+Floor: training (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models, data and training.
 """
 import csv
 import io

@@ -7,6 +7,9 @@ gradient G of the output's shape, so the scalar under test is L = sum(G * fn(x))
 runs tinybn's backward, and compares each input's gradient with the float64
 central difference (L(x + h e_i) - L(x - h e_i)) / 2h. Inputs must be float64:
 in float32 the difference quotient itself is only good to ~1e-3.
+
+Floor: training (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models, data and training.
 """
 import numpy as np
 

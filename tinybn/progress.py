@@ -4,6 +4,9 @@ Each `log(step, text)` prints the tutorial's line
     2026-11-26 15:40:01.123: step 120, loss = 3.21 (512.0 examples/sec; 0.250 sec/batch)
 On a terminal the line is redrawn in place with a bar and the time left,
 estimated from the steps done since this process started.
+
+Floor: training (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models, data and training.
 """
 import datetime
 import sys

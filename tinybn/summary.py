@@ -32,6 +32,9 @@ value v counted in the first bucket whose limit is > v, and runs of empty
 buckets collapsed into one entry carrying the run's last limit. bins=<int n>
 gives n equal-width buckets over [min, max] (np.histogram), bucket_limit being
 each bucket's right edge. Non-finite values are refused, as TF's op does.
+
+Floor: training (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models, data and training.
 """
 import os
 import socket

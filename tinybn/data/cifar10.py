@@ -21,6 +21,9 @@ or file we may not read is a PermissionError naming it, never "not found".
 The eval iterator returns the last partial batch with its real size (no
 padding, no repeats), so every example is counted exactly once; the tutorial's
 cifar10_eval.py instead runs ceil(N/B) full batches and counts repeats.
+
+Floor: data (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models and data.
 """
 import os
 import tarfile

@@ -17,6 +17,9 @@ is left where it is (it is the user's: never deleted or replaced).
 Extraction is tinybn.data.extract.safe_extract: plain files and folders only,
 each resolved inside the target, unpacked into a temporary folder and renamed
 into place, so a refused or interrupted extraction leaves no partial folder.
+
+Floor: data (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models and data.
 """
 import hashlib
 import http.client

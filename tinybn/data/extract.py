@@ -19,6 +19,9 @@ setgid or sticky bit; owner read and write always), as the "data" filter does.
 Owners are never changed. Everything is unpacked into a temporary folder inside
 the target and each top-level entry renamed into place at the end, so a refused
 or broken archive leaves nothing behind.
+
+Floor: data (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models and data.
 """
 import gzip
 import os

@@ -9,6 +9,9 @@ the path itself cannot even be looked at, the folder that stops it.
     path_kind(path)    "dir", "file", "other" or None (absent)
     read_bytes(path)   the content of a file
     open_binary(path)  the file opened "rb"
+
+Floor: data (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models and data.
 """
 import errno
 import os

@@ -26,6 +26,9 @@ This is host-side input code: it runs on numpy arrays before a batch becomes a
 Tensor, so it uses numpy directly. Means are accumulated in float64 and rounded
 to the image dtype (TF's Eigen tree sums are as accurate, numpy's float32 sums
 over non-contiguous axes are not).
+
+Floor: data (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models and data.
 """
 import numpy as np
 

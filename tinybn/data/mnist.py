@@ -32,6 +32,9 @@ the originals, but their decompressed bytes have the published md5s
     parse_split / load_split         "test[:8000]" style index ranges of a file set
     scale_images                     float32 in [0, 1], as TF's mnist input_data
     train_batches / eval_batches     shuffled epochs (a ShuffleQueue) / sequential batches
+
+Floor: data (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models and data.
 """
 import gzip
 import math

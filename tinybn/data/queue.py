@@ -36,6 +36,9 @@ position, chunk count and buffer must be ones the queue could have reached;
 anything else is a ValueError, not a hang or a silently different order.
 The same numpy version gives the same order (Generator streams are only
 guaranteed stable within a numpy version).
+
+Floor: data (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root, models and data.
 """
 import threading
 

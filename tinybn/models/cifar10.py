@@ -37,6 +37,9 @@ mode for the tutorial. The BN models in training mode refuse it with a ValueErro
 leave their moving statistics as they were: zero examples have no batch mean or
 variance (TF returns NaN for both and averages the NaN into the moving statistics).
 The MNIST models (tinybn.models.mnist) behave the same.
+
+Floor: models (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root and models.
 """
 import numpy as np
 

@@ -36,6 +36,9 @@ decay**k of those values, 0.999**2000 = 13% but 0.99**2000 = 2e-9. A run of a fe
 steps with 0.999 evaluates in inference mode with statistics that are mostly the
 initial ones. Training mode normalises with the batch's statistics; eval() normalises
 with the moving ones and never changes them.
+
+Floor: models (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root and models.
 """
 import numpy as np
 

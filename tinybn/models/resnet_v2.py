@@ -53,6 +53,9 @@ Slim conventions followed:
   default: they would stay alive as long as the dict).
 model.train() / model.eval() are slim's is_training. Not implemented: output_stride
 (atrous convolution); the network always runs at its nominal stride 32.
+
+Floor: models (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root and models.
 """
 import math
 from collections import OrderedDict, namedtuple

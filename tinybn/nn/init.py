@@ -14,6 +14,8 @@
 
 Fans follow TF's `_compute_fans`: a (in, out) matrix has fan_in=in, fan_out=out; an
 HWIO filter has fan_in = KH*KW*I and fan_out = KH*KW*O.
+
+Floor: nn (tests/test_layering.py): imports from tinybn only core, backend, ops and nn.
 """
 import math
 

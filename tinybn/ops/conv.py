@@ -38,6 +38,8 @@ Arguments are checked by tinybn.ops.padding before any array work: strides,
 dilations and pads must be ints (TF truncates 1.5 and 1.7 silently), filters have no
 zero-sized dimension (TF returns an empty output for O = 0; an empty sum is no
 convolution, so here it is an error). An empty batch (N = 0) gives (0, OH, OW, O).
+
+Floor: ops (tests/test_layering.py): imports from tinybn only core, backend and ops.
 """
 from ..backend import array_module, dispatch, primitive
 from ..function import Function

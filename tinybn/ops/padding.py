@@ -20,6 +20,8 @@ truncated), filters have no zero-sized dimension (an empty sum would give zeros,
 an answer), input and filters have rank 4. A batch of N = 0 images is valid and gives
 an empty output of the right shape, as in TF. The arithmetic itself (effective kernel,
 output size, SAME pads) is tinybn.geometry's, which the kernels share.
+
+Floor: ops (tests/test_layering.py): imports from tinybn only core, backend and ops.
 """
 import numbers
 

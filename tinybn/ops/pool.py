@@ -32,6 +32,8 @@ has maximum -inf here, while TF's forward returns the dtype's lowest finite valu
 (-3.4e38 in float32: its running maximum starts there), with the same gradient. Inputs
 are assumed NaN-free: TF's forward skips NaN but its gradient picks a NaN that is the
 first real pixel of a window; here such a window gives NaN, with the same gradient.
+
+Floor: ops (tests/test_layering.py): imports from tinybn only core, backend and ops.
 """
 from ..backend import array_module, dispatch, primitive
 from ..function import Function

@@ -28,6 +28,8 @@ Shapes: input x (N, H, W, C); output (N, OH, OW, O).
         which kernels separate, a model would learn A and B with a small M instead.
 
 Gradients follow from the two ops' backward passes (autograd), nothing new to derive.
+
+Floor: ops (tests/test_layering.py): imports from tinybn only core, backend and ops.
 """
 from ..backend import array_module
 from ..tensor import Tensor, as_tensor

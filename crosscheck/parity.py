@@ -118,31 +118,36 @@ ELEMENTWISE = {"float32": (1e-6, 1e-5), "float64": (1e-15, 1e-10)}
 _worst = {}   # (op, direction) -> worst err seen this session
 
 
-def relative_error(ours, theirs, scale=0.0):
-    """max|ours - tf| / max(max|tf|, scale). `scale`, for a result that is a sum whose terms may
-    cancel far below their size: the largest sum of |terms|, which is what rounding is relative to."""
+def _comparable(ours, theirs):
+    """Both as float64 arrays of one shape; None when there is nothing to compare, and
+    "nan" when NaNs sit in different places (an infinite error)."""
     ours = np.asarray(ours, dtype=np.float64)
     theirs = np.asarray(theirs, dtype=np.float64)
     if ours.shape != theirs.shape:
         raise AssertionError(f"shape mismatch: tinybn {ours.shape} vs TF {theirs.shape}")
     if theirs.size == 0:
-        return 0.0
+        return None
     if not np.array_equal(np.isnan(ours), np.isnan(theirs)):
-        return float("inf")
-    ours, theirs = np.nan_to_num(ours), np.nan_to_num(theirs)
+        return "nan"
+    return ours, theirs
+
+
+def relative_error(ours, theirs, scale=0.0):
+    """max|ours - tf| / max(max|tf|, scale). `scale`, for a result that is a sum whose terms may
+    cancel far below their size: the largest sum of |terms|, which is what rounding is relative to."""
+    pair = _comparable(ours, theirs)
+    if pair is None or isinstance(pair, str):
+        return 0.0 if pair is None else float("inf")
+    ours, theirs = np.nan_to_num(pair[0]), np.nan_to_num(pair[1])
     return float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), scale, 1e-30))
 
 
 def elementwise_excess(ours, theirs, atol, rtol):
     """max of |ours - tf| / (atol + rtol * |tf|) over the entries: <= 1 passes, inf for a NaN mismatch."""
-    ours = np.asarray(ours, dtype=np.float64)
-    theirs = np.asarray(theirs, dtype=np.float64)
-    if ours.shape != theirs.shape:
-        raise AssertionError(f"shape mismatch: tinybn {ours.shape} vs TF {theirs.shape}")
-    if theirs.size == 0:
-        return 0.0
-    if not np.array_equal(np.isnan(ours), np.isnan(theirs)):
-        return float("inf")
+    pair = _comparable(ours, theirs)
+    if pair is None or isinstance(pair, str):
+        return 0.0 if pair is None else float("inf")
+    ours, theirs = pair
     same = (ours == theirs) | (np.isnan(ours) & np.isnan(theirs))    # equal infinities, NaNs: no error
     diff = np.where(same, 0.0, np.abs(ours - theirs))
     return float((diff / (atol + rtol * np.abs(np.nan_to_num(theirs)))).max())

@@ -117,6 +117,14 @@ def test_known_mismatches_name_real_samples():
         assert desc in [s.desc for s in samples_of(ROWS[op], dtype)], f"{op} {dtype}: no sample {desc!r}"
 
 
+def known_mismatches_of(name):
+    """(dtype, desc, sample, the rng check_sample would use) of op `name`'s KNOWN_MISMATCHES."""
+    for op, dtype, desc in KNOWN_MISMATCHES:
+        if op == name:
+            sample = next(s for s in samples_of(ROWS[op], dtype) if s.desc == desc)
+            yield dtype, desc, sample, np.random.default_rng(zlib.crc32(desc.encode()))
+
+
 def tf_avg_pool_adjoint(x, dy, ksize, strides, padding):
     """The exact VJP of TF's avg_pool2d forward (a linear map): its Jacobian from basis images."""
     n, h, w, c = x.shape
@@ -130,11 +138,7 @@ def test_avg_pool_mismatches_are_tf_gradient_errors():
     """In avg_pool2d's KNOWN_MISMATCHES tinybn's gradient is the adjoint of TF's own forward
     and TF's AvgPoolGrad is not: the mismatch is TF's gradient kernel, not tinybn."""
     row = ROWS["avg_pool2d"]
-    for (op, dtype, desc) in KNOWN_MISMATCHES:
-        if op != "avg_pool2d":
-            continue
-        sample = next(s for s in samples_of(row, dtype) if s.desc == desc)
-        rng = np.random.default_rng(zlib.crc32(desc.encode()))
+    for dtype, desc, sample, rng in known_mismatches_of("avg_pool2d"):
         _, (dy,), (ours,) = tb_forward_backward_all(row, sample, rng)
         _, (theirs,) = tf_forward_backward_all(row, sample, [dy])
         adjoint = tf_avg_pool_adjoint(sample.arrays[0], dy, **sample.params)
@@ -147,11 +151,7 @@ def test_max_pool_all_inf_mismatch_is_the_forward_only():
     """In max_pool2d's KNOWN_MISMATCHES the gradients agree; the outputs differ exactly where TF
     gives the lowest finite value for a window of -inf and tinybn gives -inf."""
     row = ROWS["max_pool2d"]
-    for (op, dtype, desc) in KNOWN_MISMATCHES:
-        if op != "max_pool2d":
-            continue
-        sample = next(s for s in samples_of(row, dtype) if s.desc == desc)
-        rng = np.random.default_rng(zlib.crc32(desc.encode()))
+    for dtype, desc, sample, rng in known_mismatches_of("max_pool2d"):
         (ours,), upstreams, (our_grad,) = tb_forward_backward_all(row, sample, rng)
         (theirs,), (their_grad,) = tf_forward_backward_all(row, sample, upstreams)
         parity.assert_parity(FLOAT64_KEY if dtype == "float64" else "max_pool2d", "backward", our_grad, their_grad,

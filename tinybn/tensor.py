@@ -15,6 +15,14 @@ aggregation of several losses and PyTorch's .grad). Intermediate tensors get
 no `.grad`. The order is computed iteratively, so a graph thousands of layers
 deep does not hit Python's recursion limit.
 
+`t.register_post_accumulate_grad_hook(hook)` (PyTorch's name; t a leaf that requires
+grad) returns a handle with .remove(). During each backward() that accumulates into
+t.grad, hook(t) runs once, right after the last accumulation (after the last function,
+in the walk's order, that has t as an input), so it sees the full gradient of that
+backward while the rest of the graph is still being walked: data parallelism starts
+reducing the gradients of the last layers there. A backward that gives t no gradient
+does not call it. Only graphs with a hooked leaf pay for the bookkeeping.
+
 In-place changes: the optimizers, ExponentialMovingAverage's swap and
 load_state_dict change a parameter's value after a forward pass may have saved
 its array for backward. Each of them calls `t.mark_modified(by, name)`, which
@@ -34,6 +42,7 @@ numpy arrays keep their dtype, so float64 works everywhere (the gradient
 checks use it) and integer arrays stay integers (labels).
 """
 import threading
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -41,6 +50,7 @@ import numpy as np
 from .arrays import array_module, to_numpy
 
 _state = threading.local()
+_hooked_leaves = weakref.WeakSet()    # leaves with a post-accumulate-grad hook: backward's fast path
 
 
 def grad_enabled():
@@ -83,6 +93,7 @@ class _Version:
 class Tensor:
     __array_priority__ = 100     # numpy defers `array * tensor` to Tensor.__rmul__
     _version = None              # a _Version once first modified (or detached); most tensors never are
+    _post_accumulate_grad_hooks = None    # {key: hook} once one is registered
 
     def __init__(self, data, requires_grad=False, dtype=None):
         self.data = _to_array(data, dtype)
@@ -132,6 +143,24 @@ class Tensor:
             self._version = _Version()
         return self._version
 
+    # --- hooks ---------------------------------------------------------------
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call hook(self) in each backward() once it has accumulated all of this leaf's
+        gradient into .grad (see the module docstring). Returns a handle: .remove() unhooks."""
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+        if self.creator is not None or not self.requires_grad:
+            what = (f"the output of {type(self.creator).__name__}" if self.creator is not None
+                    else "a tensor with requires_grad=False")
+            raise ValueError(f"register_post_accumulate_grad_hook: only a leaf that requires grad "
+                             f"accumulates a .grad; this is {what}")
+        if self._post_accumulate_grad_hooks is None:
+            self._post_accumulate_grad_hooks = {}
+        handle = _HookHandle(self)
+        self._post_accumulate_grad_hooks[handle] = hook
+        _hooked_leaves.add(self)
+        return handle
+
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
         return f"Tensor({self.numpy()!r}{grad})"
@@ -158,40 +187,78 @@ class Tensor:
                 raise ValueError(f"backward(grad=...): grad has shape {grad.shape}, tensor has {self.shape}")
         if self.creator is None:
             _accumulate(self, grad)
+            _run_hooks([self], {id(self)})
             return
         order = _reverse_topological(self.creator)
         _check_versions(order)          # before any gradient is accumulated
         grads = {(id(self.creator), self.output_index): grad}      # keyed by (Function, output)
-        for fn in order:
+        # hooked leaves by the index (in order) of their last consumer; the leaves reached so far
+        hooks_after, reached = (_last_consumers(order), set()) if _hooked_leaves else (None, None)
+        for step, fn in enumerate(order):
             gys = [grads.pop((id(fn), i), None) for i in range(len(fn.output_meta))]
-            if all(g is None for g in gys):
-                continue
-            if fn.released:
-                raise RuntimeError(
-                    f"trying to backward through {fn!r} a second time: its saved buffers were freed "
-                    "after the first backward. Pass retain_graph=True to the first backward "
-                    "if the graph must be walked twice.")
-            if fn.materialize_grads:
-                gys = [g if g is not None else xp.zeros(shape, dtype) for g, (shape, dtype)
-                       in zip(gys, fn.output_meta)]
-            gxs = fn.backward(*gys)
-            if not isinstance(gxs, tuple):
-                gxs = (gxs,)
-            if len(gxs) != len(fn.inputs):
-                raise RuntimeError(f"{fn!r}.backward returned {len(gxs)} gradients for {len(fn.inputs)} inputs")
-            for x, gx in zip(fn.inputs, gxs):
-                if gx is None or not x.requires_grad:
-                    continue
-                if gx.shape != x.shape:
-                    raise RuntimeError(f"{fn!r}.backward gave a gradient of shape {gx.shape} "
-                                       f"for an input of shape {x.shape}")
-                if x.creator is None:
-                    _accumulate(x, gx)
-                else:
-                    key = (id(x.creator), x.output_index)
-                    grads[key] = grads[key] + gx if key in grads else gx
-            if not retain_graph:
-                fn.release()
+            if any(g is not None for g in gys):
+                if fn.released:
+                    raise RuntimeError(
+                        f"trying to backward through {fn!r} a second time: its saved buffers were freed "
+                        "after the first backward. Pass retain_graph=True to the first backward "
+                        "if the graph must be walked twice.")
+                if fn.materialize_grads:
+                    gys = [g if g is not None else xp.zeros(shape, dtype) for g, (shape, dtype)
+                           in zip(gys, fn.output_meta)]
+                gxs = fn.backward(*gys)
+                if not isinstance(gxs, tuple):
+                    gxs = (gxs,)
+                if len(gxs) != len(fn.inputs):
+                    raise RuntimeError(f"{fn!r}.backward returned {len(gxs)} gradients for {len(fn.inputs)} inputs")
+                for x, gx in zip(fn.inputs, gxs):
+                    if gx is None or not x.requires_grad:
+                        continue
+                    if gx.shape != x.shape:
+                        raise RuntimeError(f"{fn!r}.backward gave a gradient of shape {gx.shape} "
+                                           f"for an input of shape {x.shape}")
+                    if x.creator is None:
+                        _accumulate(x, gx)
+                        if reached is not None:
+                            reached.add(id(x))
+                    else:
+                        key = (id(x.creator), x.output_index)
+                        grads[key] = grads[key] + gx if key in grads else gx
+                if not retain_graph:
+                    fn.release()
+            if hooks_after and step in hooks_after:     # also when no gradient reached fn itself
+                _run_hooks(hooks_after.pop(step), reached)
+
+
+class _HookHandle:
+    """What register_post_accumulate_grad_hook returns: .remove() takes the hook off again."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def remove(self):
+        hooks = self.tensor._post_accumulate_grad_hooks
+        hooks.pop(self, None)
+        if not hooks:
+            _hooked_leaves.discard(self.tensor)
+
+
+def _last_consumers(order):
+    """{index in order: [hooked leaves whose last consumer order[index] is]}, each leaf once,
+    in the order of that function's inputs."""
+    by_step, seen = {}, set()
+    for step in range(len(order) - 1, -1, -1):
+        for x in order[step].inputs:
+            if x.creator is None and x._post_accumulate_grad_hooks and id(x) not in seen:
+                seen.add(id(x))
+                by_step.setdefault(step, []).append(x)
+    return by_step
+
+
+def _run_hooks(leaves, reached):
+    for leaf in leaves:
+        if id(leaf) in reached and leaf._post_accumulate_grad_hooks:
+            for hook in list(leaf._post_accumulate_grad_hooks.values()):   # a hook may remove itself
+                hook(leaf)
 
 
 def as_tensor(x):

@@ -1,7 +1,7 @@
 """BatchNorm: batch normalisation over the last axis of (N, C) or NHWC (N, H, W, C) inputs.
 
-Floor: nn; imports the core (tensor), backend, ops (basic, batchnorm, fused_batch_norm),
-nn/module.py and numpy.
+Floor: nn; imports the core (tensor), backend, ops (basic, batchnorm, fused_batch_norm,
+sync_batch_norm), nn/module.py and numpy.
 
 Training (`.train()`, the default): normalise with this batch's mean and
 population variance (reduced over all axes but the last) through
@@ -17,6 +17,13 @@ where v depends on `moving_variance_rule`:
     "bessel"                v = var_B * n/(n-1), n = N (2-D) or N*H*W (4-D): TF1's fused
                             batch norm (contrib batch_norm on 4-D, tf.compat.v1.layers,
                             tf_keras), PyTorch.
+synchronized=True (Keras's name; cross-replica batch norm): when `replica_group` is set
+to a group of more than one replica (the data-parallel trainer sets it on every BatchNorm
+of the model), training mode normalises through ops/sync_batch_norm.py with the mean and
+variance of every replica's batch together, and the moving statistics above are updated
+from those global statistics (the "bessel" rule's n is the global count), by the same rule
+in the same order, so every replica holds the same moving statistics. Without a group, or
+with a group of one, the layer computes exactly as synchronized=False. Not with renorm.
 Inference (`.eval()`): y = gamma * (x - moving_mean) * rsqrt(moving_variance + eps) + beta;
 the moving statistics are never changed.
 
@@ -41,6 +48,7 @@ from ..backend import array_module
 from ..ops.basic import add, mul
 from ..ops.batchnorm import batch_normalization, moments, renorm_correction
 from ..ops.fused_batch_norm import fused_batch_norm
+from ..ops.sync_batch_norm import sync_batch_norm
 from ..tensor import Tensor, as_tensor
 from .module import Module
 
@@ -57,7 +65,9 @@ class BatchNorm(Module):
     epsilon: 0.001. moving_variance_rule: "population" (default, Keras 3) or "bessel"
     (TF1 fused, n/(n-1)). zero_debias_moving_mean: TF1 contrib's debiased moving mean.
     renorm, renorm_clipping ({'rmin', 'rmax', 'dmax'}), renorm_decay (Keras's
-    renorm_momentum, default 0.99): batch renormalisation. dtype: float32 default.
+    renorm_momentum, default 0.99): batch renormalisation. synchronized: cross-replica batch
+    statistics through the `replica_group` attribute (default None: local statistics).
+    dtype: float32 default.
 
     Parameters: gamma (ones, if scale), beta (zeros, if center). Buffers: moving_mean
     (zeros), moving_variance (ones); with renorm also moving_stddev, renorm_mean,
@@ -66,7 +76,7 @@ class BatchNorm(Module):
 
     def __init__(self, num_features, decay=0.999, center=True, scale=True, epsilon=0.001,
                  moving_variance_rule="population", zero_debias_moving_mean=False, renorm=False,
-                 renorm_clipping=None, renorm_decay=0.99, dtype=np.float32, momentum=None):
+                 renorm_clipping=None, renorm_decay=0.99, dtype=np.float32, momentum=None, synchronized=False):
         super().__init__()
         if momentum is not None:
             if decay != 0.999 and decay != momentum:
@@ -87,6 +97,9 @@ class BatchNorm(Module):
         if self.dtype.kind != "f":
             raise ValueError(f"BatchNorm: dtype must be a floating type, got {self.dtype}")
         if renorm:
+            if synchronized:
+                raise ValueError("BatchNorm: synchronized (cross-replica) batch statistics are not supported "
+                                 "with renorm")
             if moving_variance_rule != "population":
                 raise ValueError("BatchNorm: renorm derives moving_variance from moving_stddev; "
                                  "moving_variance_rule='bessel' cannot be combined with renorm")
@@ -110,6 +123,8 @@ class BatchNorm(Module):
         self.moving_variance_rule = moving_variance_rule
         self.zero_debias_moving_mean, self.renorm = bool(zero_debias_moving_mean), bool(renorm)
         self.renorm_clipping, self.renorm_decay = renorm_clipping, float(renorm_decay)
+        self.synchronized = bool(synchronized)
+        self.replica_group = None   # .size and .sum(array); set by the data-parallel trainer
 
         c, dt = self.num_features, self.dtype
         self.gamma = self.add_parameter("gamma", np.ones(c, dt)) if self.scale else None
@@ -140,15 +155,21 @@ class BatchNorm(Module):
             y, _, _ = fused_batch_norm(x, ones if gamma is None else gamma, zeros if beta is None else beta,
                                        self.moving_mean, self.moving_variance, self.epsilon, is_training=False)
             return y
-        if x.size == 0:     # TF returns NaN and averages it into the moving statistics
+        group = self.replica_group if self.synchronized else None
+        synchronized = group is not None and group.size > 1
+        # a replica may hold no rows: then sync_batch_norm refuses an empty GLOBAL batch, on every replica
+        if x.size == 0 and not synchronized:     # TF returns NaN and averages it into the moving statistics
             raise ValueError(f"BatchNorm: training mode needs at least one example to take batch statistics "
                              f"over, got shape {x.shape}")
         if self.renorm:
             return self._renorm_forward(x, gamma, beta)
         ones, zeros = self._ones_zeros()
-        y, mean, var = fused_batch_norm(x, ones if gamma is None else gamma, zeros if beta is None else beta,
-                                        epsilon=self.epsilon,
-                                        bessel_correction=self.moving_variance_rule == "bessel")
+        scale, offset = ones if gamma is None else gamma, zeros if beta is None else beta
+        bessel = self.moving_variance_rule == "bessel"
+        if synchronized:
+            y, mean, var = sync_batch_norm(x, scale, offset, self.epsilon, group, bessel_correction=bessel)
+        else:
+            y, mean, var = fused_batch_norm(x, scale, offset, epsilon=self.epsilon, bessel_correction=bessel)
         self._update_moving(mean.data, var.data)
         return y
 
@@ -162,7 +183,7 @@ class BatchNorm(Module):
         return moving * t(decay) + value * t(1.0 - decay)
 
     def _update_moving(self, mean, var):
-        # var is already Bessel-corrected by fused_batch_norm under the "bessel" rule.
+        # var is already Bessel-corrected (by fused_batch_norm or sync_batch_norm) under the "bessel" rule.
         if self.zero_debias_moving_mean:
             t = self.dtype.type
             one_minus_decay = t(1.0 - self.decay)     # TF: convert_to_tensor(1.0 - decay)
@@ -201,5 +222,6 @@ class BatchNorm(Module):
     def extra_repr(self):
         extra = f", renorm, renorm_clipping={self.renorm_clipping}" if self.renorm else ""
         extra += ", zero_debias_moving_mean" if self.zero_debias_moving_mean else ""
+        extra += ", synchronized" if self.synchronized else ""
         return (f"{self.num_features}, decay={self.decay}, epsilon={self.epsilon}, center={self.center}, "
                 f"scale={self.scale}, moving_variance_rule={self.moving_variance_rule!r}{extra}")

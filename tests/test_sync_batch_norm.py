@@ -233,6 +233,10 @@ def test_layer_without_a_group_of_several_computes_as_today():
 def test_renorm_refused():
     with pytest.raises(ValueError, match="synchronized .* not supported with renorm"):
         BatchNorm(3, renorm=True, synchronized=True)
+    layer = BatchNorm(3, renorm=True)
+    layer.synchronized = True       # as a trainer may set it, after construction
+    with pytest.raises(ValueError, match="synchronized .* not supported with renorm"):
+        layer(np.ones((4, 3), np.float32))
 
 
 def test_bad_inputs():

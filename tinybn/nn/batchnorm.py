@@ -162,6 +162,9 @@ class BatchNorm(Module):
             raise ValueError(f"BatchNorm: training mode needs at least one example to take batch statistics "
                              f"over, got shape {x.shape}")
         if self.renorm:
+            if self.synchronized:      # set after construction, where the constructor could not refuse it
+                raise ValueError("BatchNorm: synchronized (cross-replica) batch statistics are not supported "
+                                 "with renorm")
             return self._renorm_forward(x, gamma, beta)
         ones, zeros = self._ones_zeros()
         scale, offset = ones if gamma is None else gamma, zeros if beta is None else beta

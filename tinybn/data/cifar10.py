@@ -159,12 +159,13 @@ def distorted_inputs(data_dir=None, batch_size=128, seed=0, num_threads=2, downl
     return training_queue(images, labels, batch_size, seed=seed, num_threads=num_threads, state=state)
 
 
-def training_queue(images, labels, batch_size=128, seed=0, num_threads=2, state=None):
+def training_queue(images, labels, batch_size=128, seed=0, num_threads=2, state=None, shard=None):
     """distorted_inputs' queue over images already loaded (the trainer reads the data before it
-    creates --train-dir, so a data error leaves nothing on disk)."""
+    creates --train-dir, so a data error leaves nothing on disk). With shard=(index, count),
+    batch_size is the global batch and each rank distorts only its own slice of it (ShuffleQueue)."""
     min_after_dequeue = int(len(images) * MIN_FRACTION_OF_EXAMPLES_IN_QUEUE)
     return ShuffleQueue(images, labels, batch_size, min_after_dequeue, transform=train_transform,
-                        seed=seed, num_threads=num_threads, state=state)
+                        seed=seed, num_threads=num_threads, state=state, shard=shard)
 
 
 def inputs(eval_data=True, data_dir=None, batch_size=128, download=True):

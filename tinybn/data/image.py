@@ -20,7 +20,8 @@ standardization. Eval: resize_with_crop_or_pad(24, 24), standardization.
 TF's random streams cannot be reproduced in numpy, so every transform takes its
 random draws as explicit arguments (which is how the crosscheck compares them
 with tf.image); `draw_train_params` makes the draws from a numpy Generator and
-`train_transform` applies them to a whole batch at once.
+`train_transform` applies them to a whole batch at once. Every step is per image, so the draws
+of a batch applied to some of its images give those images' rows bitwise (`rowwise` says so).
 
 This is host-side input code: it runs on numpy arrays before a batch becomes a
 Tensor, so it uses numpy directly. Means are accumulated in float64 and rounded
@@ -156,6 +157,22 @@ def apply_train_transform(images, params, crop_size=CROP_SIZE):
     return per_image_standardization(x)
 
 
+def rowwise(draw, apply):
+    """Declare that transform(images, rng) == apply(images, draw(rng, len(images), images.shape[1:]))
+    with output row i a function of images[i] and entry i of every params array alone (a dict of
+    arrays with one entry per row). A ShuffleQueue shard then draws a chunk's params whole, from the
+    chunk's Generator as the single process does, and applies them to its own rows only."""
+    def declare(transform):
+        transform.rowwise = (draw, apply)
+        return transform
+    return declare
+
+
+def _draw_for_chunk(rng, n, image_shape):
+    return draw_train_params(rng, n, image_shape[0], image_shape[1])
+
+
+@rowwise(_draw_for_chunk, apply_train_transform)
 def train_transform(images, rng, crop_size=CROP_SIZE):
     """Randomly distorted float32 (N, 24, 24, C) training images from uint8 (N, H, W, C)."""
     x = np.asarray(images)

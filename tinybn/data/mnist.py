@@ -48,6 +48,7 @@ import numpy as np
 from .batches import SequentialBatches
 from .download import DatasetNotFoundError, default_data_dir, download
 from .files import path_kind, read_bytes
+from .image import rowwise
 from .queue import ShuffleQueue
 
 IMAGE_SIZE = 28
@@ -230,17 +231,28 @@ def load_split(split, data_dir=None, download=True, urlopen=None, mirrors=MIRROR
 
 
 # -- input pipeline -----------------------------------------------------------------------------
+def _no_draws(rng, n, image_shape):
+    return {}
+
+
+def _scale_rows(images, params):
+    return scale_images(images)
+
+
+@rowwise(_no_draws, _scale_rows)
 def scale_images(images, rng=None):
     """float32 in [0, 1]: pixels * (1/255) in float32, as TF's input_data (rng unused: no augmentation)."""
     return images.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
-def train_batches(images, labels, batch_size, seed=0, state=None):
+def train_batches(images, labels, batch_size, seed=0, state=None, shard=None):
     """Shuffled minibatches, a new permutation each epoch, deterministic for a seed and resumable:
     a ShuffleQueue with no shuffle buffer (min_after_dequeue 0), so batch b is stream positions
-    [b*B, (b+1)*B) and a batch may straddle two epochs, as input_data's next_batch."""
+    [b*B, (b+1)*B) and a batch may straddle two epochs, as input_data's next_batch. With
+    shard=(index, count), batch_size is the global B and each batch is this shard's B/count rows
+    of the global one, only those scaled (ShuffleQueue's shard)."""
     return ShuffleQueue(images, labels, batch_size, 0, transform=scale_images, seed=seed, num_threads=1,
-                        state=state)
+                        state=state, shard=shard)
 
 
 def eval_batches(images, labels, batch_size):

@@ -1,10 +1,11 @@
-"""A shuffle-batch input queue (tf.train.shuffle_batch) that is deterministic despite threads.
+"""A shuffle-batch input queue (tf.train.shuffle_batch) that is deterministic despite threads and ranks.
 
 What it does, as TF does: worker threads preprocess examples ahead of the
 training step into a shuffle buffer; each batch is drawn at random from the
 buffer once it holds at least min_after_dequeue + batch_size examples.
 
-Why the order does not depend on thread timing:
+Why the order does not depend on thread timing (shuffle_buffer.py keeps this
+bookkeeping, on stream positions alone):
 
     stream     the examples in order, epoch after epoch; epoch e visits them in
                the permutation drawn from seed sequence (seed, 1, e). Stream
@@ -17,21 +18,50 @@ Why the order does not depend on thread timing:
                most `prefetch_chunks` chunks exist beyond the buffer, which
                bounds memory (the TF queue's `capacity`).
     buffer     only the consumer (the thread calling next_batch) touches it.
-               Before batch b it inserts whole chunks, in chunk order, until
+               Before batch t it inserts whole chunks, in chunk order, until
                the buffer holds >= min_after_dequeue + batch_size; then it
-               picks batch_size distinct slots with rng (seed, 3, b) and fills
-               the holes from the buffer's tail. Its contents after b batches
-               are therefore a function of (seed, b) only.
+               picks batch_size distinct slots with rng (seed, 3, t) and fills
+               the holes from the buffer's tail. Its contents after t batches
+               are therefore a function of (seed, t) only.
+
+Shards (data parallelism): with shard=(index, count), batch_size is the GLOBAL
+batch B and next_batch() returns rows [index*b, (index+1)*b) of global batch t,
+b = B / count, so the count shards' batches, concatenated, are the single-process
+batch t bitwise. Every rank keeps the single-process bookkeeping above, on
+positions alone, so it knows which examples each batch takes without a pixel:
+
+    follower   the buffer of the consumer's position; state_dict() is its state,
+               the same on every rank and the same as the unsharded queue's.
+    planner    the same buffer run ahead by `lookahead` batches; for each batch it
+               plans, it hands the workers this shard's b positions. Instead of
+               pixels its buffer carries each position's random draws: chunk k's
+               are drawn whole from rng (seed, 2, k) as it goes in (cheap, and the
+               very draws the single process makes).
+    workers    compute planned batches in order, in any thread: the raw images
+               of the b positions through the transform with their draws, so a
+               rank preprocesses only its own slice. No buffer of pixels exists:
+               at most `lookahead` batches of b rows (prefetch_chunks * chunk_size
+               // b, at least 1) are planned and not yet consumed, fewer rows than
+               the unsharded queue's buffer (>= B) plus its prefetch.
+This needs a transform whose rows can be computed apart, declared with
+image.rowwise(draw, apply): train_transform (crop, flip, brightness, contrast,
+standardization, all per image) and mnist.scale_images (no draws). Any other
+transform(images, rng) is run as the single process runs it: every rank
+preprocesses every chunk into the full buffer and keeps its slice of each batch
+(correct and bitwise equal, but without the saving).
 
 Resume: `state_dict()` is {seed, batches, next_chunk, buffer (the stream
 positions held), and the sizes it was made with}, all integers, so it fits an
-npz checkpoint. `load_state_dict` (or `state=` at construction) recomputes the
-buffered examples from their chunks (about as long as the first fill) and
-continues with batch `batches`. A state with only seed and batches (say, a
+npz checkpoint. The shard is not part of it: a state saved by shards of any
+count loads in a queue of any other count, or none, with the same global batch
+size, and continues the same global order, re-sliced. `load_state_dict` (or
+`state=` at construction) recomputes the buffered examples from their chunks
+(about as long as the first fill; a rows-only shard just redraws their params)
+and continues with batch `batches`. A state with only seed and batches (say, a
 global step) also works: the buffer bookkeeping is replayed on stream
-positions alone, without pixels, at well under a millisecond per batch
-(up to MAX_REPLAY_BATCHES). A restored state is checked first: its sizes must
-be this queue's (a data set of another size is named as such), and its
+positions alone, without pixels, at well under a millisecond per batch (up to
+shuffle_buffer.MAX_REPLAY_BATCHES). A restored state is checked first: its sizes
+must be this queue's (a data set of another size is named as such), and its
 position, chunk count and buffer must be ones the queue could have reached;
 anything else is a ValueError, not a hang or a silently different order.
 The same numpy version gives the same order (Generator streams are only
@@ -45,29 +75,19 @@ import threading
 import numpy as np
 
 from .image import train_transform
-
-_PERMUTATION, _CHUNK, _SELECT = 1, 2, 3
-_CONFIG = ("batch_size", "min_after_dequeue", "chunk_size", "num_examples")
-MAX_REPLAY_BATCHES = 10 ** 6     # a state without its buffer is replayed batch by batch (well under 1 ms each)
-
-
-def _integer(state, name):
-    """state[name] as a Python int, or a ValueError naming it."""
-    value = np.asarray(state[name])
-    if value.ndim != 0 or value.dtype.kind not in "iu":
-        raise ValueError(f"state {name} must be an integer, got {value.dtype} of shape {value.shape}")
-    return int(value)
+from .shuffle_buffer import CONFIG, ShuffleBuffer, Stream, checked_state, chunk_rng, shard_rows
 
 
 class ShuffleQueue:
-    """next_batch() -> (float32 images (B, ...), int32 labels (B,)), shuffled through a buffer.
+    """next_batch() -> (float32 images (B, ...), int32 labels (B,)), shuffled through a buffer;
+    with shard=(index, count) this shard's B/count rows of each global batch of B.
 
     The workers run until close() (or the end of a `with` block); a queue that
     is never closed keeps its daemon threads parked until the program exits.
     """
 
     def __init__(self, images, labels, batch_size, min_after_dequeue, transform=train_transform,
-                 seed=0, num_threads=2, chunk_size=None, prefetch_chunks=None, state=None):
+                 seed=0, num_threads=2, chunk_size=None, prefetch_chunks=None, state=None, shard=None):
         if len(images) != len(labels) or len(images) == 0:
             raise ValueError(f"images and labels must be non-empty and equally long, "
                              f"got {len(images)} and {len(labels)}")
@@ -82,126 +102,115 @@ class ShuffleQueue:
         self.prefetch_chunks = int(prefetch_chunks or 2 * num_threads)
         if self.chunk_size < 1 or self.prefetch_chunks < 1:
             raise ValueError("chunk_size and prefetch_chunks must be positive")
+        self._rows = shard_rows(shard, self.batch_size)
+        self.shard = None if shard is None else (int(shard[0]), int(shard[1]))
         self.num_examples = len(images)
-        self._threshold = self.min_after_dequeue + self.batch_size
-        self._positions = np.empty(self._threshold + self.chunk_size - 1, dtype=np.int64)
-        self._payload = None           # (images, labels) arrays parallel to _positions
-        self._perms, self._perm_lock = {}, threading.Lock()
+        self._stream = Stream(self.num_examples, self.seed)
+        sizes = (self.batch_size, self.min_after_dequeue, self.chunk_size, self.seed)
+        self._book = ShuffleBuffer(*sizes)     # the consumer's buffer: state_dict() is its state
+        # a shard whose transform splits by rows computes only its rows, planned ahead (module docstring)
+        self._rows_only = shard is not None and getattr(transform, "rowwise", None) is not None
+        if self._rows_only:
+            self._plan, self._param_names = ShuffleBuffer(*sizes), None
+            b = self._rows.stop - self._rows.start
+            self.lookahead = max(1, self.prefetch_chunks * self.chunk_size // b)
         self._cond = threading.Condition()
         self._threads, self._closed = [], False
-        self._reset(0, 0, np.empty(0, np.int64))
         if state is not None:
             self._restore(state)
         self._start()
 
-    # -- the stream and its chunks (any thread) ------------------------------------
-    def _permutation(self, epoch):
-        with self._perm_lock:
-            if epoch not in self._perms:
-                if len(self._perms) > 4:
-                    self._perms.pop(min(self._perms))
-                rng = np.random.default_rng([self.seed, _PERMUTATION, epoch])
-                self._perms[epoch] = rng.permutation(self.num_examples)
-            return self._perms[epoch]
-
-    def _example_indices(self, positions):
-        epochs, within = np.divmod(positions, self.num_examples)
-        out = np.empty_like(positions)
-        for e in np.unique(epochs):
-            at = epochs == e
-            out[at] = self._permutation(int(e))[within[at]]
-        return out
-
+    # -- what the workers compute (any thread) ------------------------------------------
     def _make_chunk(self, k):
-        positions = k * self.chunk_size + np.arange(self.chunk_size)
-        idx = self._example_indices(positions)
-        rng = np.random.default_rng([self.seed, _CHUNK, k])
-        return np.asarray(self.transform(self.images[idx], rng)), self.labels[idx]
+        """Chunk k preprocessed whole: (images, labels) of its chunk_size stream positions."""
+        idx = self._stream.example_indices(k * self.chunk_size + np.arange(self.chunk_size))
+        return np.asarray(self.transform(self.images[idx], chunk_rng(self.seed, k))), self.labels[idx]
 
-    # -- worker threads ---------------------------------------------------------------
+    def _make_rows(self, job):
+        """(images, labels) of a shard's planned positions, each with its chunk's draws for its row."""
+        positions, params = job
+        idx = self._stream.example_indices(positions)
+        apply = self.transform.rowwise[1]
+        return np.asarray(apply(self.images[idx], dict(zip(self._param_names, params)))), self.labels[idx]
+
+    # -- worker threads -------------------------------------------------------------------
     def _start(self):
         self._closed, self._error, self._ready = False, None, {}
-        self._next_claim = self._next_chunk
+        if self._rows_only:
+            self._jobs = {}            # planned batch t -> (positions, params), until a worker claims it
+            self._next_claim = self._book.batches
+            self._replan()
+        else:
+            self._next_claim = self._book.next_chunk
         self._threads = [threading.Thread(target=self._work, name=f"ShuffleQueue-{i}", daemon=True)
                          for i in range(self.num_threads)]
         for t in self._threads:
             t.start()
 
+    def _claim(self, n):
+        """(Under the lock.) Job n when it may be computed now, else None."""
+        if self._rows_only:      # a planned batch: the planner bounds how far ahead
+            return self._jobs.pop(n, None)
+        return n if n < self._book.next_chunk + self.prefetch_chunks else None
+
     def _work(self):
+        compute = self._make_rows if self._rows_only else self._make_chunk
         while True:
             with self._cond:
-                while not self._closed and self._next_claim >= self._next_chunk + self.prefetch_chunks:
-                    self._cond.wait()
+                job = None
+                while not self._closed and job is None:
+                    job = self._claim(self._next_claim)
+                    if job is None:
+                        self._cond.wait()
                 if self._closed:
                     return
-                k, self._next_claim = self._next_claim, self._next_claim + 1
+                n, self._next_claim = self._next_claim, self._next_claim + 1
             try:
-                chunk = self._make_chunk(k)
+                result = compute(job)
             except BaseException as e:   # handed to the consumer, which would otherwise wait forever
                 with self._cond:
                     self._error = self._error or e
                     self._cond.notify_all()
                 return
             with self._cond:
-                self._ready[k] = chunk
+                self._ready[n] = result
                 self._cond.notify_all()
 
-    def _fetch(self, k):
+    def _fetch(self, n):
         with self._cond:
-            while k not in self._ready:
+            while n not in self._ready:
                 if self._error is not None:
                     raise RuntimeError("a ShuffleQueue worker failed") from self._error
                 if self._closed:
                     raise RuntimeError("the ShuffleQueue is closed")
                 self._cond.wait()
-            return self._ready.pop(k)
+            return self._ready.pop(n)
 
     # -- the buffer (consumer thread only) ------------------------------------------
-    def _reset(self, batches, next_chunk, positions):
-        self._batches, self._next_chunk, self._count = batches, next_chunk, len(positions)
-        self._positions[:self._count] = positions
-
     def _top_up(self, fetch):
-        while self._count < self._threshold:
-            k, n0, n1 = self._next_chunk, self._count, self._count + self.chunk_size
-            self._positions[n0:n1] = k * self.chunk_size + np.arange(self.chunk_size)
-            if fetch is not None:
-                images, labels = fetch(k)
-                self._store(slice(n0, n1), images, labels)
-            self._count = n1
-            with self._cond:   # a freed prefetch slot: wake the workers
-                self._next_chunk = k + 1
+        book = self._book
+        while book.wants_chunk():
+            book.insert_chunk(None if fetch is None else fetch(book.next_chunk))
+            with self._cond:   # a freed prefetch slot: wake the workers (they read next_chunk under the lock)
                 self._cond.notify_all()
 
-    def _store(self, rows, images, labels):
-        if self._payload is None:
-            capacity = len(self._positions)
-            self._payload = (np.empty((capacity,) + images.shape[1:], images.dtype),
-                             np.empty(capacity, np.int32))
-        self._payload[0][rows], self._payload[1][rows] = images, labels
-
     def _take(self, with_payload):
-        count, keep = self._count, self._count - self.batch_size
-        rng = np.random.default_rng([self.seed, _SELECT, self._batches])
-        picked = rng.choice(count, self.batch_size, replace=False)
-        arrays = [self._positions] + (list(self._payload) if with_payload else [])
-        batch = [a[picked] for a in arrays[1:]]
-        # the survivors in the tail [keep, count) move into the holes in [0, keep)
-        holes = picked[picked < keep]
-        tail_taken = np.zeros(count - keep, bool)
-        tail_taken[picked[picked >= keep] - keep] = True
-        movers = keep + np.flatnonzero(~tail_taken)
-        for a in arrays:
-            a[holes] = a[movers]
-        self._count, self._batches = keep, self._batches + 1
-        return batch
+        return self._book.take(with_payload)
 
     def next_batch(self):
         """The next (images, labels) batch; waits only if the workers are behind."""
         if self._closed:
             raise RuntimeError("the ShuffleQueue is closed")
+        if self._rows_only:
+            batch = self._fetch(self._book.batches)
+            self._top_up(None)
+            self._take(with_payload=False)
+            self._plan_ahead()
+            return batch
         self._top_up(self._fetch)
-        images, labels = self._take(with_payload=True)
+        _, (images, labels) = self._take(with_payload=True)
+        if self._rows is not None:   # a transform that does not split: the whole batch was made, keep ours
+            return images[self._rows].copy(), labels[self._rows].copy()
         return images, labels
 
     def __iter__(self):
@@ -210,86 +219,74 @@ class ShuffleQueue:
     def __next__(self):
         return self.next_batch()
 
+    # -- the planner of a rows-only shard (consumer thread only) --------------------------
+    def _draws(self, k):
+        """Chunk k's random draws for all its rows, as a list in _param_names order."""
+        draw = self.transform.rowwise[0]
+        params = draw(chunk_rng(self.seed, k), self.chunk_size, self.images.shape[1:])
+        if self._param_names is None:
+            self._param_names = sorted(params)
+        return [np.asarray(params[name]) for name in self._param_names]
+
+    def _replan(self):
+        """Put the planner at the consumer's position, the draws of the buffered positions redrawn."""
+        plan, book = self._plan, self._book
+        plan.reset(book.batches, book.next_chunk, book.positions[:book.count])
+        positions = plan.positions[:plan.count]
+        chunks = positions // self.chunk_size
+        for k in np.unique(chunks):
+            rows = np.flatnonzero(chunks == k)
+            plan.store(rows, [a[positions[rows] - k * self.chunk_size] for a in self._draws(int(k))])
+        self._plan_ahead()
+
+    def _plan_ahead(self):
+        plan = self._plan
+        while plan.batches < self._book.batches + self.lookahead:
+            while plan.wants_chunk():
+                plan.insert_chunk(self._draws(plan.next_chunk))
+            t = plan.batches
+            positions, params = plan.take(with_payload=True)
+            with self._cond:
+                self._jobs[t] = (positions[self._rows], [p[self._rows] for p in params])
+                self._cond.notify_all()
+
     # -- resume --------------------------------------------------------------------------
     @property
     def position(self):
         """The number of batches consumed so far."""
-        return self._batches
+        return self._book.batches
 
     def state_dict(self):
-        state = {name: getattr(self, name) for name in _CONFIG}
-        state.update(seed=self.seed, batches=self._batches, next_chunk=self._next_chunk,
-                     buffer=self._positions[:self._count].copy())
+        state = {name: getattr(self, name) for name in CONFIG}
+        state.update(seed=self.seed, **self._book.state())
         return state
 
     def load_state_dict(self, state):
-        """Continue exactly where the queue that wrote `state` was."""
+        """Continue exactly where the queue that wrote `state` was (sharded or not, same global batch)."""
         self._stop()
         self._restore(state)
         self._start()
 
     def _restore(self, state):
-        batches, next_chunk, buffer = self._checked(state)
+        config = {name: getattr(self, name) for name in ("seed",) + CONFIG}
+        batches, next_chunk, buffer = checked_state(state, config)
+        book = self._book
         if buffer is not None:
-            self._reset(batches, next_chunk, buffer)
+            book.reset(batches, next_chunk, buffer)
         else:   # replay the bookkeeping on stream positions only
-            self._reset(0, 0, np.empty(0, np.int64))
+            book.reset(0, 0, np.empty(0, np.int64))
             for _ in range(batches):
                 self._top_up(None)
                 self._take(with_payload=False)
-        positions = self._positions[:self._count]
+        if self._rows_only:      # no pixels are buffered: _start() replans from here
+            return
+        positions = book.positions[:book.count]
         chunks = positions // self.chunk_size
         for k in np.unique(chunks):
             rows = np.flatnonzero(chunks == k)
             images, labels = self._make_chunk(int(k))
             offsets = positions[rows] - k * self.chunk_size
-            self._store(rows, images[offsets], labels[offsets])
-
-    def _checked(self, state):
-        """(batches, next_chunk, buffer or None) of `state`, refused with a ValueError unless it is
-        one this queue could have written: a checkpoint's numbers are not trusted blindly (an
-        absurd position would replay for hours, a wrong buffer would silently change the order)."""
-        missing = {"seed", "batches"} - set(state)
-        if missing:
-            raise ValueError(f"state lacks {sorted(missing)}")
-        values = {name: _integer(state, name) for name in ("seed", "batches", "next_chunk") + _CONFIG
-                  if name in state}
-        if "num_examples" in values and values["num_examples"] != self.num_examples:
-            raise ValueError(f"the checkpoint was made with a data set of {values['num_examples']} images, "
-                             f"this one has {self.num_examples}; resume with the same data")
-        if "min_after_dequeue" in values and values["min_after_dequeue"] != self.min_after_dequeue \
-                and "num_examples" not in values:
-            raise ValueError(f"state min_after_dequeue is {values['min_after_dequeue']} but this queue has "
-                             f"{self.min_after_dequeue}: the checkpoint was probably made with a data set of "
-                             f"another size than this one's {self.num_examples} images")
-        for name in ("seed",) + _CONFIG:
-            if name in values and values[name] != getattr(self, name):
-                raise ValueError(f"state {name} is {values[name]} but this queue has {getattr(self, name)}")
-        batches = values["batches"]
-        if batches < 0:
-            raise ValueError(f"state batches is {batches}: a position cannot be negative")
-        if "buffer" not in state:
-            if batches > MAX_REPLAY_BATCHES:
-                raise ValueError(f"state batches is {batches} without a buffer: replaying more than "
-                                 f"{MAX_REPLAY_BATCHES} batches is refused (a full state_dict() resumes at once)")
-            return batches, 0, None
-        if "next_chunk" not in values:
-            raise ValueError("state has a buffer but lacks next_chunk")
-        next_chunk, buffer = values["next_chunk"], np.asarray(state["buffer"])
-        inserted = next_chunk * self.chunk_size        # stream positions that went into the buffer so far
-        if buffer.ndim != 1 or buffer.dtype.kind not in "iu":
-            raise ValueError(f"state buffer must be a 1-D integer array, got {buffer.dtype} of shape {buffer.shape}")
-        low, high = (0, 0) if batches == 0 else (self.min_after_dequeue, self.min_after_dequeue + self.chunk_size - 1)
-        if not (0 <= next_chunk and inserted < 2 ** 62 and low <= len(buffer) <= high
-                and len(buffer) == inserted - batches * self.batch_size):
-            raise ValueError(f"queue state is inconsistent: {batches} batches of {self.batch_size} and "
-                             f"{next_chunk} chunks of {self.chunk_size} cannot leave {len(buffer)} examples "
-                             f"in the buffer (a damaged or edited checkpoint)")
-        buffer = buffer.astype(np.int64)
-        if len(buffer) and (buffer.min() < 0 or buffer.max() >= inserted or len(np.unique(buffer)) != len(buffer)):
-            raise ValueError(f"state buffer holds positions outside [0, {inserted}) or twice "
-                             f"(a damaged or edited checkpoint)")
-        return batches, next_chunk, buffer
+            book.store(rows, (images[offsets], labels[offsets]))
 
     # -- shutdown ------------------------------------------------------------------------
     def _stop(self):

@@ -8,6 +8,8 @@ when one of them fails.
     communicator(world, kind)     a Communicator that sums one array over the replicas (MPI on
                                   numpy arrays; NCCL, nccl.py, on cupy arrays with a GPU per rank)
     abort_on_error(world)         an error on any rank ends every rank (MPI_Abort)
+    JobExit                       an error every rank raises alike: each exits by itself, no abort
+    use_local_gpu(world, backend) the cupy backend: each rank of a host on a GPU of its own
     check_same_flags(world, flags)    refuses ranks started with different flags
     first_divergence(world, named_arrays)   the first array whose bytes differ between ranks
 
@@ -265,6 +267,26 @@ def communicator(world, array_kind="numpy"):
     return nccl.NcclCommunicator(world)
 
 
+class JobExit(SystemExit):
+    """SystemExit raised by every rank of the job at the same point with the same message (a
+    refused flag, a refused checkpoint, a diverged loss): no rank waits for another, so each
+    exits by itself with the message printed by rank 0 alone, and abort_on_error lets it pass."""
+
+    def __init__(self, world, message):
+        super().__init__(message if world.is_root else 1)
+
+
+def use_local_gpu(world, backend):
+    """Under the cupy backend, make GPU local_rank this rank's current device when the host has a
+    GPU for each of its ranks (the NCCL case of communicator()); with fewer GPUs the ranks share
+    the current one. Before the model is built: its arrays are allocated on the current device."""
+    if backend != "cupy" or world.size == 1:
+        return
+    import cupy
+    if world.local_size <= cupy.cuda.runtime.getDeviceCount():
+        cupy.cuda.Device(world.local_rank).use()
+
+
 @contextlib.contextmanager
 def abort_on_error(world):
     """Any exception but SystemExit(0) raised inside: this rank prints its error (the one-line
@@ -275,6 +297,8 @@ def abort_on_error(world):
         return
     try:
         yield
+    except JobExit:
+        raise
     except SystemExit as e:
         if e.code is None or e.code == 0:
             raise
@@ -302,8 +326,8 @@ def check_same_flags(world, flags):
             if key not in theirs or key not in root or theirs[key] != root[key]:
                 mine = f"{_as_flag(key)} {theirs[key]}" if key in theirs else f"no {_as_flag(key)}"
                 zero = root[key] if key in root else f"no {_as_flag(key)}"
-                raise SystemExit(f"error: rank {rank} has {mine}, rank 0 has {zero}; every rank must be "
-                                 "started with the same flags")
+                raise JobExit(world, f"error: rank {rank} has {mine}, rank 0 has {zero}; every rank must be "
+                                     "started with the same flags")
 
 
 def first_divergence(world, named_arrays):

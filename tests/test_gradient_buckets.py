@@ -4,7 +4,8 @@ In one process the replicas are simulated: the other towers run first with a com
 records the buffers they send, then tower 0 runs with one that adds those recordings to its own
 buffers, call by call, as an allreduce would. Values are small integers in float64 where a
 closed form is compared, so every sum is exact; random floats where two ways of bucketing are
-compared bitwise. The last test runs the buckets under `mpiexec -n 2` on the tutorial model.
+compared bitwise. On a GPU (skipped elsewhere) the same sums run in cupy buffers. The last test
+runs the buckets under `mpiexec -n 2` on the tutorial model.
 """
 import os
 import shutil
@@ -15,15 +16,17 @@ import threading
 import numpy as np
 import pytest
 
+import tinybn.backend as backend
 from tinybn import Tensor
+from tinybn.backend import device_array
 from tinybn.distributed.buckets import BUCKET_BYTES, GradientBuckets
 from tinybn.nn.layers import Dense, ReLU, Sequential
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WIDTHS = (5, 7, 6, 3)        # a 3-layer perceptron: 6 tensors, of 10 to 48 elements
+WIDTHS = (5, 7, 6, 3)        # a 3-layer perceptron: 6 tensors, of 3 to 42 elements
 
 
-def perceptron(seed, integers=True):
+def perceptron(seed, integers=True, device=False):
     rng = np.random.default_rng(seed)
     layers = []
     for n_in, n_out in zip(WIDTHS, WIDTHS[1:]):
@@ -31,12 +34,13 @@ def perceptron(seed, integers=True):
     model = Sequential(*layers[:-1])
     for _, p in model.named_parameters():
         p.data = rng.integers(-2, 3, p.shape).astype(np.float64) if integers else rng.standard_normal(p.shape)
-    return model
+    return model.to_backend("cupy") if device else model
 
 
-def tower_batch(k, integers=True):
+def tower_batch(k, integers=True, device=False):
     rng = np.random.default_rng(100 + k)
-    return rng.integers(-2, 3, (4, WIDTHS[0])).astype(np.float64) if integers else rng.standard_normal((4, WIDTHS[0]))
+    x = rng.integers(-2, 3, (4, WIDTHS[0])).astype(np.float64) if integers else rng.standard_normal((4, WIDTHS[0]))
+    return device_array(x, "cupy") if device else x
 
 
 def tower_loss(model, x):
@@ -79,13 +83,13 @@ def step(model, x, communicator, **options):
     return {name: p.grad for name, p in model.named_parameters()}, buckets
 
 
-def replicas(k, integers=True, **options):
+def replicas(k, integers=True, device=False, **options):
     """Tower 0's gradients after the bucketed sum over k simulated towers (same weights)."""
     others = []
     for tower in range(1, k):
         others.append(Recording(k))
-        step(perceptron(0, integers), tower_batch(tower, integers), others[-1], **options)
-    return step(perceptron(0, integers), tower_batch(0, integers), Replay(others), **options)
+        step(perceptron(0, integers, device), tower_batch(tower, integers, device), others[-1], **options)
+    return step(perceptron(0, integers, device), tower_batch(0, integers, device), Replay(others), **options)
 
 
 def tower_gradients(k, integers=True):
@@ -241,6 +245,33 @@ def test_close_unhooks_the_parameters_and_ends_the_thread():
 def test_bad_arguments_are_refused_in_one_line(make, error, words):
     with pytest.raises(error, match=words):
         make(Tensor(np.ones(2), requires_grad=True))
+
+
+def _no_gpu():
+    """None if CuPy imports and sees a device, else why not."""
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:    # ImportError, or CUDARuntimeError when there is no driver
+        return f"no CUDA GPU / CuPy: {type(e).__name__}: {e}"
+    return None if count > 0 else "no CUDA GPU / CuPy: CuPy sees 0 devices"
+
+
+NO_GPU = _no_gpu()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_GPU is not None, reason=NO_GPU or "")
+@pytest.mark.parametrize("overlap", [True, False])
+def test_cupy_parameters_are_summed_in_device_buffers_to_the_same_numbers(overlap):
+    import cupy
+    with backend.backend("cupy"):
+        grads, buckets = replicas(3, device=True, bucket_bytes=200, overlap=overlap)
+    assert all(isinstance(b.flat, cupy.ndarray) for b in buckets.buckets)
+    on_host, _ = replicas(3, bucket_bytes=200, overlap=overlap)
+    for name, g in grads.items():
+        assert isinstance(g, cupy.ndarray), name
+        np.testing.assert_array_equal(cupy.asnumpy(g), on_host[name], err_msg=name)
 
 
 def mpiexec_path():

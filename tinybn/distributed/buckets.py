@@ -42,7 +42,8 @@ of turn after a failed one. finish() never waits for a bucket that will not come
 GPU. The buffers are allocated with the parameters' array module (tinybn.backend.array_module),
 so cupy parameters are summed on device buffers. The copy into a buffer runs on the main
 thread's current stream; an event recorded after it is waited for on the background thread's
-stream before sum_, so the sum never reads a half-written buffer whatever stream backward used.
+stream before sum_, and one recorded after sum_ on the main thread's before the division, so
+neither side reads a half-written buffer, whatever streams the two threads use.
 
 Floor: distributed (tests/test_layering.py); imports tinybn.tensor, tinybn.backend's array
 helpers and the standard library; cupy only through array_module, when handed cupy arrays.
@@ -86,7 +87,8 @@ class _Bucket:
     def reset(self):
         self.ready = [False] * len(self.params)
         self.pending = len(self.params)
-        self.sent, self.seconds, self.copied = False, 0.0, None
+        self.sent, self.seconds = False, 0.0
+        self.copied = self.summed = None      # GPU events: the buffer filled / summed
         self.done.clear()
 
     def fill(self):
@@ -149,6 +151,7 @@ class GradientBuckets:
         if self._error is not None:
             raise self._error
         for b in self.buckets:
+            _wait_for(b.summed, b.flat)
             used = to_numpy(b.flat[b.count:])
             size = b.flat.dtype.type(self.size)
             for p, where, replicas in zip(b.params, b.slices, used):
@@ -209,6 +212,7 @@ class GradientBuckets:
                     self.communicator.sum_(bucket.flat)
                 finally:
                     bucket.seconds = time.perf_counter() - start
+                bucket.summed = _event_after_writes(bucket.flat)
         except BaseException as error:       # noqa: B902  (it reaches finish(), whatever it is)
             if hasattr(error, "add_note"):
                 error.add_note(f"raised by the gradient allreduce of {bucket.describe()}")

@@ -12,6 +12,7 @@ Floors, lowest first (README "What is where"):
     api       tinybn (the package root)        re-exports core, backend, ops, nn, optim
     models    tinybn.models                    CIFAR-10, MNIST, ResNet-V2 networks
     data      tinybn.data                      readers, download, preprocessing, input queues
+    distributed  tinybn.distributed            MPI world, gradient buckets, data parallelism
     training  training, metrics, checkpoint*, summary, csv_log, progress, run_dirs, gradcheck
     tasks     tinybn.tasks                     per task: model, optimizer, inputs
     cli       train, eval, bench, export, cli_flags   the commands under python -m
@@ -40,8 +41,10 @@ FLOORS = [
     ("api", ["tinybn"]),
     ("models", ["tinybn.models"]),
     ("data", ["tinybn.data"]),
+    ("distributed", ["tinybn.distributed"]),
     ("training", ["tinybn.training", "tinybn.metrics", "tinybn.checkpoint", "tinybn.checkpoint_manager",
-                  "tinybn.summary", "tinybn.csv_log", "tinybn.progress", "tinybn.run_dirs", "tinybn.gradcheck"]),
+                  "tinybn.summary", "tinybn.csv_log", "tinybn.progress", "tinybn.run_dirs", "tinybn.gradcheck",
+                  "tinybn.evaluation", "tinybn.stop_flag"]),
     ("tasks", ["tinybn.tasks"]),
     ("cli", ["tinybn.train", "tinybn.eval", "tinybn.bench", "tinybn.export", "tinybn.cli_flags",
              "tinybn.__main__"]),

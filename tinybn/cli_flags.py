@@ -26,7 +26,7 @@ from .run_dirs import check_dir, describe_os_error, one_line
 # whichever of them the command has
 POSITIVE_FLAGS = ("batch_size", "max_steps", "log_every", "summary_every", "checkpoint_every", "max_to_keep",
                   "num_threads")
-NON_NEGATIVE_FLAGS = ("seed", "num_examples", "stop_at_step")
+NON_NEGATIVE_FLAGS = ("seed", "num_examples", "stop_at_step", "check_replicas")
 SECONDS_FLAGS = ("eval_interval_secs",)
 
 
@@ -117,6 +117,11 @@ def training_flags(train_dir, max_steps):
     p.add_argument("--summary-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--max-to-keep", type=int, default=5)
+    # data parallelism (mpiexec -n K; tinybn.distributed): no effect in one process
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under mpiexec: batch norm with cross-replica statistics (default: each replica's own)")
+    p.add_argument("--check-replicas", type=int, default=0, metavar="N",
+                   help="under mpiexec: check every N steps that the replicas' state is bitwise equal (0: never)")
     return p
 
 

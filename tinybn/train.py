@@ -3,11 +3,12 @@
 The flags are checked (cli_flags), the data read, and only then is --train-dir touched:
 tinybn.tasks.cifar and tinybn.tasks.mnist build the run and train it (tinybn.training).
 
-Command-line floor: imports tasks, cli_flags and the floors below; nothing imports it.
+Command-line floor: imports tasks, cli_flags, distributed and the floors below; nothing imports it.
 """
 import argparse
 
 from . import cli_flags
+from .distributed import world as world_lib
 from .models import cifar10 as cifar_models
 from .models import mnist as mnist_models
 from .tasks import cifar, mnist
@@ -32,6 +33,14 @@ the steps after that checkpoint that a crashed run had logged are dropped from
 train.csv and, by a SessionLog START event, from TensorBoard's view.
 Ctrl-C or SIGTERM (what batch schedulers send before SIGKILL) finishes the step
 in flight, saves a checkpoint and exits with status 0; a second one aborts at once.
+
+Data parallel, as cifar10_multi_gpu_train.py's towers: `mpiexec -n K python -m
+tinybn.train cifar ...` (or srun, or mpiexec with a host file) runs K replicas,
+each on --batch-size images of the global batch of K x --batch-size; the tower
+gradients are averaged, the update is the same on every rank, decay_steps is
+divided by K, and only rank 0 writes --train-dir. --sync-bn normalises with
+cross-replica batch statistics; --check-replicas N verifies every N steps that
+the replicas are bitwise equal. See tinybn/distributed/__init__.py.
 """
 
 MNIST_DESCRIPTION = """python -m tinybn.train mnist (and python -m tinybn.eval mnist): the two MNIST BN models.
@@ -114,7 +123,9 @@ def main(argv=None):
     cifar_parser(sub).set_defaults(run=train_cifar)
     mnist_parser(sub).set_defaults(run=train_mnist)
     args = parser.parse_args(argv)
-    cli_flags.run_command(args)
+    # under mpiexec, an error on one rank ends the job instead of leaving the others waiting
+    with world_lib.abort_on_error(world_lib.world()):
+        cli_flags.run_command(args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 (CifarRun), and precision@1 of a run's checkpoints (evaluate_checkpoints, with --watch).
 
 Schedules: the tutorial models use plain SGD with lr 0.1 x 0.1 every 350 epochs
-(decay_steps = int(50000 / batch_size * 350), staircase); the seed's BN model uses
+(decay_steps = int(50000 / batch_size / K * 350), staircase, K the number of replicas
+as cifar10_multi_gpu_train.py's num_gpus, 1 in one process); the seed's BN model uses
 Adam with 0.04 x 0.9 every 1000 steps (staircase). The moving averages of the
 weights (decay 0.9999) are what evaluation restores by default, as the tutorial's
 `variable_averages.variables_to_restore()`.
@@ -15,6 +16,7 @@ import numpy as np
 
 from .. import checkpoint, optim
 from ..data import cifar10 as cifar_data
+from ..distributed import world as world_lib
 from ..models import cifar10 as cifar_models
 from ..run_dirs import open_csv
 from ..summary import SummaryWriter
@@ -27,11 +29,13 @@ EMA_SUFFIX = "/ExponentialMovingAverage"
 EVAL_CSV_FIELDS = ("step", "precision_at_1", "examples")
 
 
-def make_optimizer(model_name, named_params, batch_size):
+def make_optimizer(model_name, named_params, batch_size, replicas=1):
+    """The model's optimizer; batch_size is per replica, replicas the K of a data-parallel job."""
     if model_name == "bn":
         lr = optim.ExponentialDecay(0.04, 1000, 0.9, staircase=True)
         return optim.Adam(named_params, learning_rate=lr)
-    decay_steps = int(NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN / batch_size * 350)
+    num_batches_per_epoch = NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN / batch_size / replicas
+    decay_steps = int(num_batches_per_epoch * 350)
     lr = optim.ExponentialDecay(0.1, decay_steps, 0.1, staircase=True)
     return optim.GradientDescent(named_params, learning_rate=lr)
 
@@ -47,10 +51,11 @@ def load_split(split, args):
 class CifarRun(TrainingRun):
     """The tutorial's run: the model, its optimizer and the weights' moving averages (EMA_DECAY)."""
 
-    def __init__(self, args):
+    def __init__(self, args, num_examples=None, world=None):
         model = cifar_models.MODELS[args.model](rng=np.random.default_rng(args.seed))
-        super().__init__(args, model, lambda named: make_optimizer(args.model, named, args.batch_size),
-                         ema_decay=EMA_DECAY)
+        world = world or world_lib.world()
+        super().__init__(args, model, lambda named: make_optimizer(args.model, named, args.batch_size, world.size),
+                         ema_decay=EMA_DECAY, num_examples=num_examples, world=world)
 
     def meta(self):
         a = self.args
@@ -59,13 +64,13 @@ class CifarRun(TrainingRun):
 
 def train(args, images, labels):
     """Train a CifarRun of --train-dir on the training set (images, labels) to --max-steps."""
-    run = CifarRun(args)
+    run = CifarRun(args, num_examples=len(images))
     if run.step >= args.max_steps:
-        print(f"nothing to do: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
+        run.say(f"nothing to do: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
         return run
     try:
-        queue = cifar_data.training_queue(images, labels, args.batch_size, seed=args.seed,
-                                          num_threads=args.num_threads, state=run.queue_state)
+        queue = cifar_data.training_queue(images, labels, run.global_batch_size, seed=args.seed,
+                                          num_threads=args.num_threads, state=run.queue_state, shard=run.shard)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     with queue, run.open_csv("train.csv", TRAIN_CSV_FIELDS) as csv, run.open_events() as writer:

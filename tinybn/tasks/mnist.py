@@ -54,14 +54,14 @@ class MnistRun(TrainingRun):
 
     resume_keys = RESUME_KEYS
 
-    def __init__(self, args, train_split):
+    def __init__(self, args, train_split, num_examples=None):
         self.train_split = str(train_split)        # before the base class restores: meta() needs it
         model = mnist_models.MODELS[args.model](rng=np.random.default_rng(args.seed), bn_decay=args.bn_decay)
-        super().__init__(args, model, lambda named: make_optimizer(args.model, named))
+        super().__init__(args, model, lambda named: make_optimizer(args.model, named), num_examples=num_examples)
 
     def progress_line(self, loss, accuracy, duration):
         return (f"loss = {loss:.4f}, batch accuracy = {accuracy:.3f} "
-                f"({self.args.batch_size / duration:.1f} examples/sec; {duration:.3f} sec/batch)")
+                f"({self.global_batch_size / duration:.1f} examples/sec; {duration:.3f} sec/batch)")
 
     def meta(self):
         a = self.args
@@ -69,8 +69,9 @@ class MnistRun(TrainingRun):
                 "bn_decay": a.bn_decay, "train_split": self.train_split, "eval_split": a.eval_split}
 
 
-def evaluate(model, sets, batch_size, step, writer=None, csv=None):
-    """precision@1 of each (name, (images, labels, split)) with BN in inference mode; {name: precision}."""
+def evaluate(model, sets, batch_size, step, writer=None, csv=None, say=print):
+    """precision@1 of each (name, (images, labels, split)) with BN in inference mode; {name: precision}.
+    say(line) prints the result (a data-parallel job's ranks other than 0 say nothing)."""
     was_training = model.training
     model.eval()
     out = {}
@@ -79,8 +80,8 @@ def evaluate(model, sets, batch_size, step, writer=None, csv=None):
             result = evaluate_batches(model, mnist_data.eval_batches(images, labels, batch_size),
                                       mnist_models.NUM_CLASSES)
             precision, total = result.precision, result.total
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}: {name} set {split} ({total} examples, "
-                  f"BN in inference mode): precision @ 1 = {precision:.4f}", flush=True)
+            say(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}: {name} set {split} ({total} examples, "
+                f"BN in inference mode): precision @ 1 = {precision:.4f}")
             if writer is not None:
                 writer.scalar(f"precision @ 1/{name}", precision, step)
                 csv.log(step=step, set=name, split=str(split), examples=total, precision_at_1=precision)
@@ -93,28 +94,29 @@ def evaluate(model, sets, batch_size, step, writer=None, csv=None):
 def train(args, train_set, eval_set):
     """Train an MnistRun of --train-dir on train_set to --max-steps, evaluating both sets every
     --eval-every steps and at the end (run.results: {"eval": precision, "train": precision})."""
-    run = MnistRun(args, train_set[2])
+    run = MnistRun(args, train_set[2], num_examples=len(train_set[1]))
     sets = [("eval", eval_set), ("train", train_set)]
     with run.open_csv("train.csv", TRAIN_CSV_FIELDS) as csv, run.open_csv("eval.csv", EVAL_CSV_FIELDS) as eval_csv, \
             run.open_events() as writer:
         if run.step >= args.max_steps:
-            print(f"nothing to train: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
+            run.say(f"nothing to train: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
         else:
             _train_loop(run, args, train_set, sets, csv, writer, eval_csv)
-        run.results = evaluate(run.model, sets, args.batch_size, run.step, writer, eval_csv)
+        run.results = evaluate(run.model, sets, args.batch_size, run.step, writer, eval_csv, say=run.say)
     return run
 
 
 def _train_loop(run, args, train_set, sets, csv, writer, eval_csv):
     images, labels, _ = train_set
     try:
-        queue = mnist_data.train_batches(images, labels, args.batch_size, seed=args.seed, state=run.queue_state)
+        queue = mnist_data.train_batches(images, labels, run.global_batch_size, seed=args.seed,
+                                         state=run.queue_state, shard=run.shard)
     except ValueError as e:
         raise SystemExit(f"error: cannot resume the input position: {e}")
 
     def evaluate_now_and_then(step):
         if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
-            evaluate(run.model, sets, args.batch_size, step, writer, eval_csv)
+            evaluate(run.model, sets, args.batch_size, step, writer, eval_csv, say=run.say)
             return True
         return False
     with queue:

@@ -138,6 +138,32 @@ def test_float32_replicas_stay_bitwise_identical_and_buckets_equal_per_tensor(tm
         assert np.array_equal(bucketed[0][name], per_tensor[0][name]), name
 
 
+def test_check_replicas_stops_naming_the_first_tensor_that_diverged(tmp_path):
+    """Rank 1 nudges one weight from step 4 on; --check-replicas 3 passes at step 3 and stops the
+    job at step 6, naming that weight, on rank 0's line alone."""
+    out = tmp_path / "diverge"
+    out.mkdir()
+    p = mpiexec(2, os.path.join(HERE, "mpi_scripts", "dp_train_worker.py"), str(out), "tutorial", "float32",
+                "10", "8", "0", "-1", "3", "4", check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    message = (f"error: the replicas diverged by step 6: model::{worker.PERTURBED} differs between ranks "
+               "(--check-replicas 3)")
+    assert p.stderr.count(message) == 1, p.stderr
+    assert not list(out.glob("rank*.npz"))
+
+
+@pytest.mark.parametrize("batch_size, replicas, decay_steps", [(128, 1, 136718), (64, 2, 136718), (64, 4, 68359),
+                                                                (100, 3, 58333)])
+def test_the_tutorial_schedule_divides_decay_steps_by_the_replicas(batch_size, replicas, decay_steps):
+    """cifar10_multi_gpu_train.py: int(50000 / batch_size / num_gpus * 350); lr 0.1 until then,
+    0.01 from that global step (staircase)."""
+    w = Tensor(np.zeros(1, np.float32), requires_grad=True)
+    opt = make_optimizer("tutorial", [("w", w)], batch_size, replicas)
+    assert opt.learning_rate.decay_steps == decay_steps
+    assert opt.learning_rate(decay_steps - 1) == pytest.approx(0.1, rel=1e-6)
+    assert opt.learning_rate(decay_steps) == pytest.approx(0.01, rel=1e-6)
+
+
 # -- the command line under mpiexec ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -265,6 +291,16 @@ def test_flags_that_differ_between_ranks_are_refused_naming_rank_and_flag(data, 
     assert p.returncode != 0
     assert "error: rank 1 has --seed 3, rank 0 has 0" in p.stderr
     assert not checkpoints(out)
+
+
+def test_a_training_set_of_another_size_on_one_rank_is_refused(data, tmp_path):
+    other = write_cifar(tmp_path / "other", n_train=36)
+    out = tmp_path / "run"
+    cmd = [mpiexec_path(), "-n", "1", sys.executable, *train_args(data, out, "--max-steps", "5"), ":",
+           "-n", "1", sys.executable, *train_args(other, out, "--max-steps", "5")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=environment(), cwd=ROOT)
+    assert p.returncode != 0
+    assert "error: rank 1 has the training set's size 180, rank 0 has 200" in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])

@@ -144,7 +144,7 @@ class TrainingRun:
         flags = {f: getattr(self.args, f) for f in SAME_ON_EVERY_RANK if hasattr(self.args, f)}
         flags.update(self.meta())
         if num_examples is not None:
-            flags["training_examples"] = int(num_examples)
+            flags["the training set's size"] = int(num_examples)
         world_lib.check_same_flags(self.world, flags)
 
     @property

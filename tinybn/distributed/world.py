@@ -312,7 +312,9 @@ def abort_on_error(world):
 
 
 def _as_flag(key):
-    return "--" + key.replace("_", "-")
+    """--batch-size for "batch_size"; a key with a space names no flag and is shown as it is
+    ("the training set's size")."""
+    return key if " " in key else "--" + key.replace("_", "-")
 
 
 def check_same_flags(world, flags):

@@ -58,10 +58,13 @@ class DataParallel:
                 bn.synchronized, bn.replica_group = True, self.main
 
     def describe(self, backend, batch_size):
-        bn = "cross-replica (--sync-bn)" if self.sync_bn else "per replica, moving statistics averaged"
-        return (f"data parallel: {self.size} replicas, backend {backend}, batch {batch_size} per replica "
+        line = (f"data parallel: {self.size} replicas, backend {backend}, batch {batch_size} per replica "
                 f"(global {self.size * batch_size}); gradients summed by {self.gradient_communicator.name} "
-                f"({self.world.library}); batch norm {bn}")
+                f"({self.world.library})")
+        if self.batch_norms:
+            line += "; batch norm " + ("cross-replica (--sync-bn)" if self.sync_bn
+                                       else "per replica, moving statistics averaged")
+        return line
 
     def broadcast(self, obj):
         return self.world.bcast_object(obj, root=0)

@@ -1,4 +1,5 @@
-"""python -m tinybn.bench resnet: time ResNet-V2 forward and forward+backward, as TF's benchmarks did.
+"""python -m tinybn.bench resnet: time ResNet-V2 forward and forward+backward, as TF's benchmarks did
+(and `python -m tinybn.bench profile cifar`: a training step op by op, see its --help).
 
     python -m tinybn.bench resnet [--depth {50,101,152,200}] [--batch-size 32] [--image-size 224]
         [--num-batches 100] [--burn-in 10] [--backend {numpy,numba,cupy}]
@@ -27,13 +28,41 @@ Then GFLOP/s: conv FLOPs / mean seconds, the FLOPs counted exactly from the shap
 The last line is the process's peak memory, ru_maxrss.
 """
 # The command line only (its docstring is its --help): argparse and calls into
-# tinybn.tasks.resnet, which holds the protocol, the steps and the FLOP count.
-# Command-line floor: imports tasks and cli_flags.
+# tinybn.tasks.resnet, which holds the protocol, the steps and the FLOP count, and into
+# tinybn.profiler, which times a training step op by op.
+# Command-line floor: imports tasks, models, profiler, moving_averages and cli_flags.
 import argparse
 import sys
 
+import numpy as np
+
 from . import cli_flags
+from .models import cifar10 as cifar_models
+from .moving_averages import ExponentialMovingAverage
+from .profiler import profile_training
+from .tasks.cifar import EMA_DECAY, make_optimizer
 from .tasks.resnet import run_resnet
+
+PROFILE_DOC = """python -m tinybn.bench profile cifar: where the time of a CIFAR-10 training step goes, op by op.
+
+    python -m tinybn.bench profile cifar [--model {tutorial,tutorial_bn,bn}] [--backend {numpy,numba,cupy}]
+        [--batch-size 128] [--steps 10] [--warmup 3] [--seed 0]
+
+The step is the trainer's (python -m tinybn.train cifar): forward, the loss (mean sparse
+softmax cross-entropy plus the tutorial's weight decay), backward, the model's optimizer
+(SGD for the tutorial models, Adam for bn, as tinybn.tasks.cifar) and the moving averages of
+the weights (decay 0.9999), on one fixed batch of N(0, 1) images (N, 24, 24, 3) float32 and
+uniform labels (seed --seed). After --warmup untimed steps, --steps steps run with the
+profiler on (tinybn.profiler), then as many with it off, whose mean is printed too.
+
+Printed per op (Function class), then per layer and op: the forward and backward time per
+step in ms, their share of the profiled step, the calls per step (forward/backward) and, for
+the GEMM-shaped ops (Conv2D, MatMul), GFLOP/s with the FLOPs counted from the shapes
+(2 * N * OH * OW * KH * KW * C * O for a conv, 2 * M * K * N for a matmul; backward: that
+count for each operand that needs a gradient). Then the optimizer, the EMA and "other", the
+step less everything timed (Python: the graph walk, gradient accumulation, zero_grad, the
+profiler's bookkeeping); the shares add up to 100%.
+"""
 
 MODES = ("forward", "forward-backward", "both")
 
@@ -65,14 +94,43 @@ def build_parser():
     p.add_argument("--num-classes", type=_positive, default=1000)
     cli_flags.add_backend_flag(p)
     p.add_argument("--mode", default="both", choices=MODES)
+    p = sub.add_parser("profile", help="a CIFAR-10 training step, op by op (forward, backward, share, GFLOP/s)",
+                       description=PROFILE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=("cifar",), help="what to profile")
+    p.add_argument("--model", default="bn", choices=tuple(cifar_models.MODELS))
+    p.add_argument("--batch-size", type=_positive, default=128)
+    p.add_argument("--steps", type=_positive, default=10, help="profiled steps (default 10)")
+    p.add_argument("--warmup", type=_non_negative, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--seed", type=_non_negative, default=0)
+    cli_flags.add_backend_flag(p)
     return parser
+
+
+def profile_cifar(args, log=print):
+    """Profile args.steps training steps of the CIFAR-10 model args.model; returns the Profile."""
+    model = cifar_models.MODELS[args.model](rng=np.random.default_rng(args.seed)).to_backend(args.backend)
+    named = list(model.named_parameters())
+    optimizer = make_optimizer(args.model, named, args.batch_size)
+    ema = ExponentialMovingAverage(EMA_DECAY, num_updates=lambda: optimizer.iterations)
+    ema.apply(named, num_updates=0)
+    rng = np.random.default_rng(args.seed)
+    images = rng.standard_normal((args.batch_size, cifar_models.IMAGE_SIZE, cifar_models.IMAGE_SIZE, 3),
+                                 dtype=np.float32)
+    labels = rng.integers(0, cifar_models.NUM_CLASSES, args.batch_size).astype(np.int32)
+    log(f"cifar {args.model}: batch {args.batch_size}, backend {args.backend}, {args.warmup} warm-up steps, "
+        f"{args.steps} profiled")
+    profile = profile_training(model, optimizer, ema, images, labels, steps=args.steps, warmup=args.warmup)
+    log(profile.format())
+    return profile
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli_flags.select_backend(args)
     if args.command == "resnet":
-        cli_flags.select_backend(args)
         run_resnet(args)
+    elif args.command == "profile":
+        profile_cifar(args)
     return 0
 
 

@@ -51,6 +51,7 @@ from .arrays import array_module, to_numpy
 
 _state = threading.local()
 _hooked_leaves = weakref.WeakSet()    # leaves with a post-accumulate-grad hook: backward's fast path
+profiler = None     # a tinybn.profiler.OpProfiler while one is active: Function calls and backward time through it
 
 
 def grad_enabled():
@@ -205,7 +206,7 @@ class Tensor:
                 if fn.materialize_grads:
                     gys = [g if g is not None else xp.zeros(shape, dtype) for g, (shape, dtype)
                            in zip(gys, fn.output_meta)]
-                gxs = fn.backward(*gys)
+                gxs = fn.backward(*gys) if profiler is None else profiler.backward(fn, gys)
                 if not isinstance(gxs, tuple):
                     gxs = (gxs,)
                 if len(gxs) != len(fn.inputs):

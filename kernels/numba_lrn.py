@@ -31,19 +31,20 @@ _POW, _RSQRT, _RSQRT_3_4 = 0, 1, 2
 _SPECIAL_BETAS = {0.5: _RSQRT, 0.75: _RSQRT_3_4}
 
 
-def _window_sums_plain(v, radius, out):
-    """out[k] = sum_{|j-k| <= radius, 0 <= j < C} v[j], ascending j, in v's dtype."""
-    channels = v.shape[0]
+def _window_sums_plain(padded, radius, out):
+    """out[k] = sum_{|j-k| <= radius, 0 <= j < C} v[j], ascending j, in v's dtype, where
+    padded = (radius zeros, v, radius zeros): out[k] = sum_{d <= 2 radius} padded[k + d]."""
+    channels = out.shape[0]
+    # one offset d at a time over all k: contiguous, so it vectorises. The zeros stand for the
+    # channels past the edges and add exactly nothing, so each sum is the clipped window's,
+    # term by term in ascending j (0 + v[j0] + ...: the sign of a zero sum is the clipped sum's
+    # too); without them every offset had its own clipped range (2x slower)
     for k in range(channels):
         out[k] = 0
-    # one offset d = j - k at a time, over slices: the loop over k is contiguous and
-    # vectorises (2x faster than a loop over j for each k); each sum still adds in ascending j
-    for d in range(-radius, radius + 1):
-        lo, hi = max(0, -d), min(channels, channels - d)
-        if lo < hi:
-            into, terms = out[lo:hi], v[lo + d:hi + d]
-            for k in range(hi - lo):
-                into[k] += terms[k]
+    for d in range(2 * radius + 1):
+        terms = padded[d:d + channels]
+        for k in range(channels):
+            out[k] += terms[k]
 
 
 # The power loops are written out in both kernels, with the mode tested outside
@@ -56,12 +57,13 @@ def _lrn_forward_plain(x, radius, bias, alpha, neg_beta, mode, y, norm):
     t = x.dtype.type
     for row in prange(N * H):
         n, h = row // H, row % H
-        terms, sums = np.empty(C, x.dtype), np.empty(C, x.dtype)
+        padded, sums = np.zeros(C + 2 * radius, x.dtype), np.empty(C, x.dtype)
+        terms = padded[radius:radius + C]
         for w in range(W):
             xv, yv, nv = x[n, h, w], y[n, h, w], norm[n, h, w]
             for c in range(C):
                 terms[c] = xv[c] * xv[c]
-            _window_sums(terms, radius, sums)
+            _window_sums(padded, radius, sums)
             for c in range(C):
                 nv[c] = bias + alpha * sums[c]
             if mode == _RSQRT_3_4:
@@ -81,12 +83,13 @@ def _lrn_backward_plain(dy, x, y, norm, radius, coef, neg_beta, mode, dx):
     t = x.dtype.type
     for row in prange(N * H):
         n, h = row // H, row % H
-        terms, sums = np.empty(C, x.dtype), np.empty(C, x.dtype)
+        padded, sums = np.zeros(C + 2 * radius, x.dtype), np.empty(C, x.dtype)
+        terms = padded[radius:radius + C]
         for w in range(W):
             g, xv, yv, nv, into = dy[n, h, w], x[n, h, w], y[n, h, w], norm[n, h, w], dx[n, h, w]
             for c in range(C):
                 terms[c] = g[c] * yv[c] / nv[c]
-            _window_sums(terms, radius, sums)
+            _window_sums(padded, radius, sums)
             if mode == _RSQRT_3_4:
                 for c in range(C):
                     s = np.sqrt(np.float64(nv[c]))
@@ -108,12 +111,18 @@ def _power_args(beta, t):
     return t(-beta), _SPECIAL_BETAS.get(float(beta), _POW)
 
 
+def _radius(depth_radius, channels):
+    """The radius clipped to C - 1: a wider window holds the same channels, and the kernels'
+    zero padding grows with the radius."""
+    return int(max(0, min(depth_radius, channels - 1)))
+
+
 def lrn_forward(x, depth_radius, bias, alpha, beta):
     """As tinybn.ops.lrn.lrn_forward: (y, norm), both (N, H, W, C)."""
     x = np.ascontiguousarray(x)
     t = x.dtype.type
     y, norm = np.empty_like(x), np.empty_like(x)
-    _lrn_forward_kernel(x, int(depth_radius), t(bias), t(alpha), *_power_args(beta, t), y, norm)
+    _lrn_forward_kernel(x, _radius(depth_radius, x.shape[-1]), t(bias), t(alpha), *_power_args(beta, t), y, norm)
     return y, norm
 
 
@@ -122,5 +131,6 @@ def lrn_backward(dy, x, y, norm, depth_radius, alpha, beta):
     t = dy.dtype.type
     dy, x, y, norm = (np.ascontiguousarray(a) for a in (dy, x, y, norm))
     dx = np.empty_like(dy)
-    _lrn_backward_kernel(dy, x, y, norm, int(depth_radius), t(2 * alpha * beta), *_power_args(beta, t), dx)
+    _lrn_backward_kernel(dy, x, y, norm, _radius(depth_radius, x.shape[-1]), t(2 * alpha * beta),
+                         *_power_args(beta, t), dx)
     return dx

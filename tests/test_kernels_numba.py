@@ -206,6 +206,15 @@ def test_kernel_equals_reference(name, dtype, size, channels, radius, beta, seed
     check(name, dtype, other_args(name, np.random.default_rng(seed), dtype, size, channels, radius, beta))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", ["lrn_forward", "lrn_backward"])
+@pytest.mark.parametrize("radius", [4, 5, 10**6])
+def test_lrn_window_wider_than_the_channels(name, dtype, radius):
+    """A radius >= C - 1 sums every channel (the kernels clip it to C - 1, so their zero
+    padding stays C + 2 (C - 1) long even for a radius of a million)."""
+    check(name, dtype, other_args(name, np.random.default_rng(radius), dtype, 7, 5, radius, 0.75))
+
+
 @pytest.mark.parametrize("name", WINDOW + OTHER)
 def test_non_contiguous_inputs(name):
     """Views (a channel slice of a wider array) give the same answer as their copies."""

@@ -13,11 +13,13 @@ frameworks; bench_cifar.py checks that it does.
               loss = mean sparse xent; Adam lr 0.04 (beta1 0.9, beta2 0.999, eps 1e-8)
     batch norm: epsilon 1e-3, moving-average decay 0.999, batch statistics in training.
 
-TensorFlow: tf.nn ops on tf.Variables inside tf.function, batch norm as TF's fused
+TensorFlow: tf.nn ops on tf.Variables inside tf.function (jit_compile=True for tf-xla), batch norm as TF's fused
 kernel (tf.compat.v1.nn.fused_batch_norm, what tf.keras used on 4-D inputs), updates
 by TF's own optimizer kernels (ResourceApplyGradientDescent, ResourceApplyAdam).
 
-PyTorch: eager NCHW (the batch is transposed once, outside the timing). Conversions:
+PyTorch: eager NCHW (the batch is transposed once, outside the timing), or with the loss and
+the forward pass torch.compile'd (default mode; compiled on their first calls; the optimizer
+stays eager), on `device` (bench/gpu_check.sh passes "cuda"). Conversions:
     filters HWIO -> OIHW; dense (IN, OUT) -> Linear's (OUT, IN); local3's rows reordered
     from NHWC to NCHW flatten order, so the same weights give the same logits.
     lrn: F.local_response_norm(size=2r+1, alpha=alpha*(2r+1), beta, k=bias), since
@@ -46,7 +48,7 @@ def tf_prepare(threads):
     return f"tensorflow {tf.__version__}"
 
 
-def tf_adapter(model, params, buffers, x, labels):
+def tf_adapter(model, params, buffers, x, labels, jit_compile=False):
     import tensorflow as tf
     var = {k: tf.Variable(v) for k, v in params.items()}
     moving = {k: tf.Variable(v, trainable=False) for k, v in buffers.items()}
@@ -103,7 +105,7 @@ def tf_adapter(model, params, buffers, x, labels):
             beta1_power.assign(beta1_power * BETA1)
             beta2_power.assign(beta2_power * BETA2)
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def train_graph(h, y):
         with tf.GradientTape() as tape:
             logits = net(h, True)
@@ -113,7 +115,7 @@ def tf_adapter(model, params, buffers, x, labels):
         update(tape.gradient(loss, trainables))
         return loss
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def forward_graph(h):
         return net(h, False)
 
@@ -132,7 +134,7 @@ def torch_prepare(threads):
     return f"torch {torch.__version__}"
 
 
-def torch_adapter(model, params, buffers, x, labels):
+def torch_adapter(model, params, buffers, x, labels, compile=False, device="cpu"):
     import torch
     import torch.nn.functional as F
     nn = torch.nn
@@ -207,16 +209,24 @@ def torch_adapter(model, params, buffers, x, labels):
         def decay(self):
             return 0.0
 
-    net = Tutorial() if model == "tutorial" else BN()
+    net = (Tutorial() if model == "tutorial" else BN()).to(device)
     opt = (torch.optim.SGD(net.parameters(), lr=SGD_LR) if model == "tutorial" else
            torch.optim.Adam(net.parameters(), lr=ADAM_LR, betas=(BETA1, BETA2), eps=ADAM_EPSILON))
-    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    targets = torch.from_numpy(labels.astype(np.int64))
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+    targets = torch.from_numpy(labels.astype(np.int64)).to(device)
+
+    def loss_of(h, y):
+        return F.cross_entropy(net(h), y) + net.decay()
+
+    def logits_of(h):
+        return net(h)
+    if compile:                                      # each compiled on its first call
+        loss_of, logits_of = torch.compile(loss_of), torch.compile(logits_of)
 
     def train_step():
         net.train()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(images), targets) + net.decay()
+        loss = loss_of(images, targets)
         loss.backward()
         opt.step()
         return float(loss.item())
@@ -224,9 +234,10 @@ def torch_adapter(model, params, buffers, x, labels):
     def forward():
         net.eval()
         with torch.inference_mode():
-            return net(images).numpy()
+            return logits_of(images).cpu().numpy()
     return train_step, forward
 
 
-PREPARE = {"tf": tf_prepare, "torch": torch_prepare}
-ADAPTERS = {"tf": tf_adapter, "torch": torch_adapter}
+PREPARE = {"tf": tf_prepare, "tf-xla": tf_prepare, "torch": torch_prepare, "torch-compile": torch_prepare}
+ADAPTERS = {"tf": tf_adapter, "tf-xla": lambda *a: tf_adapter(*a, jit_compile=True),
+            "torch": torch_adapter, "torch-compile": lambda *a: torch_adapter(*a, compile=True)}

@@ -1,8 +1,8 @@
-"""Time the CIFAR-10 models side by side: tinybn (numpy, numba), TensorFlow CPU, PyTorch CPU.
+"""Time the CIFAR-10 models side by side: tinybn (numpy, numba) against TF, TF-XLA, PyTorch, torch.compile.
 
-    python bench/bench_cifar.py [--steps 10] [--warmup 3] [--models tutorial,bn]
-        [--frameworks tinybn-numpy,tinybn-numba,tf,torch] [--batch-size 128] [--rounds 3]
-        [--threads N] [--markdown] [--json out.json]
+    python bench/bench_cifar.py [--rounds 5] [--steps 10] [--block 2] [--warmup 3]
+        [--models tutorial,bn] [--frameworks tinybn-numpy,tinybn-numba,tf,tf-xla,torch,torch-compile]
+        [--batch-size 128] [--threads N] [--markdown] [--json out.json]
 
 What is measured, per framework and model (tinybn.models.cifar10 tutorial and bn,
 the same networks rebuilt in bench/_peers.py from the same initial weights):
@@ -12,23 +12,28 @@ the same networks rebuilt in bench/_peers.py from the same initial weights):
             bn), on one fixed random batch (N, 24, 24, 3) float32.
     fwd     the forward pass alone, in inference mode (no gradient recording,
             batch norm on its moving statistics).
-    Each is `warmup` uncounted calls then `steps` timed calls, in each of `rounds`
-    runs (the frameworks take turns, round after round); mean and stddev of all
-    the timed calls.
+    rounds  one worker process per framework, alive for all of a model's rounds
+            (bench/_rounds.py). After `warmup` uncounted calls of each kind, each
+            round gives every framework `steps` timed calls of each kind, in blocks
+            of `block` taken in turns, so a slow spell of the machine hits them all.
+            Per round: each framework's mean step, its ratio to TF's and to the
+            fastest peer's (TF, TF-XLA, PyTorch, torch.compile) of that round; the
+            table gives the median of those ratios, with min and max.
     first   the first training step of a fresh process. For tinybn it comes from a
-            second fresh process started after the timed one, so numba's on-disk
+            second fresh process started after the rounds, so numba's on-disk
             cache is warm ("JIT included, cache warm"); `proc` is that whole
-            process, interpreter start to the end of the first step. For TF and
-            PyTorch it is the timed process's first step (tf.function tracing included).
+            process, interpreter start to the end of the first step. For the peers
+            it is the worker's first step (tf.function tracing, XLA or inductor
+            compiling included; the compiled peers' compile time is reported apart).
     memory  peak RSS of the worker process (ru_maxrss) and its growth over the
             baseline taken after the imports, the batch and the initial weights
             (numpy arrays, in every worker), before the framework's model,
             optimizer state, activations and gradients.
 
-Every (framework, model) runs in its own subprocess, one after the other, with the
-same thread count everywhere: OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS in the environment
-before numpy is imported, tf.config.threading intra/inter-op, torch.set_num_threads;
-and OPENBLAS_THREAD_TIMEOUT=4 as tinybn sets it on import (tinybn/__init__.py).
+The workers start one after the other and get the same thread count: OMP/OPENBLAS/
+MKL/NUMBA_NUM_THREADS in the environment before numpy is imported, tf.config.threading
+intra/inter-op, torch.set_num_threads; and OPENBLAS_THREAD_TIMEOUT=4 as tinybn sets it
+on import (tinybn/__init__.py), so an idle worker's BLAS threads sleep.
 
 GFLOP/s counts only the GEMM-shaped work, analytically (pooling, LRN, BN, relu and
 the optimizer are memory-bound and left out):
@@ -38,7 +43,7 @@ the optimizer are memory-bound and left out):
                    (same count) for every layer but the first, whose input needs none.
 The ceiling is the best float32 rate numpy's BLAS reaches here, measured on the
 models' own GEMM shapes and on a square S^3 product; "% ceil" = achieved / ceiling.
-Ratios are time / TensorFlow's time: 2.0 means twice as slow as TF.
+Ratios are time / the other's time: 2.0 means twice as slow.
 """
 import argparse
 import json
@@ -46,18 +51,22 @@ import math
 import os
 import platform
 import resource
-import statistics
-import subprocess
 import sys
 import time
 
 _T_START = time.perf_counter()
 HERE = os.path.dirname(os.path.abspath(__file__))
-FRAMEWORKS = ("tinybn-numpy", "tinybn-numba", "tf", "torch")
+PEERS = ("tf", "tf-xla", "torch", "torch-compile")
+FRAMEWORKS = ("tinybn-numpy", "tinybn-numba") + PEERS
 MODELS = ("tutorial", "bn")
-MARK = "BENCH_JSON "
-sys.path.insert(0, HERE)                             # _peers and _report sit beside this file
+KINDS = ("train", "fwd")
+# the issue's targets for tinybn-numba, on the medians of the per-round ratios
+TARGETS = {"train": ("best peer", 0.75), "fwd": ("tf", 1.0)}
+sys.path.insert(0, HERE)                             # _peers, _rounds and _report sit beside this file
 from _report import check_losses, format_table  # noqa: E402
+import _rounds  # noqa: E402
+from _rounds import Worker, compare, emit, interleave, serve  # noqa: E402
+MARK = _rounds.MARK                                  # bench_data_parallel.py takes it from here
 IMAGE = (24, 24, 3)
 
 # (H, W, C, O) of each 5x5 SAME stride-1 conv, and (IN, OUT) of each dense layer.
@@ -85,10 +94,6 @@ def gemm_shapes(n, square):
 def peak_rss_mb():
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0   # bytes on macOS, KiB on Linux
-
-
-def emit(result):
-    print(MARK + json.dumps(result), flush=True)
 
 
 # ---- workers (one per subprocess) ------------------------------------------------------------
@@ -152,8 +157,8 @@ def tinybn_adapter(model, net, x, labels):
     return train_step, forward
 
 
-def run_worker(args):
-    """Build one framework's model, time it, return the result dict."""
+def build_worker(args):
+    """The worker's model, timed first step and warm-up: (hello, {kind: step}, final) or a failure dict."""
     import numpy as np
     fw, model = args.worker, args.model
     rng = np.random.default_rng(1234)
@@ -167,7 +172,7 @@ def run_worker(args):
             import _peers
             version = _peers.PREPARE[fw](args.threads)
     except ImportError as e:
-        return {"status": "not installed" if fw in ("tf", "torch") else "unavailable", "reason": str(e)}
+        return {"status": "not installed" if fw in PEERS else "unavailable", "reason": str(e)}
     base_mb = peak_rss_mb()                             # after the imports, before the model
     if fw.startswith("tinybn-"):
         train_step, forward = tinybn_adapter(model, net, x, labels)
@@ -176,35 +181,35 @@ def run_worker(args):
     del net, params, buffers
 
     t = time.perf_counter()
-    loss0 = train_step()
-    first = time.perf_counter() - t
-    result = {"status": "ok", "version": version, "first_step_s": first, "loss0": loss0,
-              "proc_s": time.perf_counter() - _T_START, "base_rss_mb": base_mb}
-    if args.first_step_only:
-        result["peak_rss_mb"] = peak_rss_mb()
-        return result
-    for _ in range(args.warmup - 1):
-        train_step()
-    times, loss = [], loss0
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        loss = train_step()
-        times.append(time.perf_counter() - t)
-    result.update(train_times=times, loss_last=loss)
-    for _ in range(args.warmup):
-        forward()
-    times = []
-    for _ in range(args.steps):
+    loss0 = train_step()                                # tracing / compiling included
+    hello = {"status": "ok", "version": version, "first_step_s": time.perf_counter() - t, "loss0": loss0,
+             "proc_s": time.perf_counter() - _T_START, "base_rss_mb": base_mb}
+    if not args.first_step_only:
+        for _ in range(args.warmup - 1):
+            train_step()
         t = time.perf_counter()
         forward()
-        times.append(time.perf_counter() - t)
-    peak = peak_rss_mb()
-    result.update(fwd_times=times, peak_rss_mb=peak, delta_rss_mb=peak - base_mb)
-    return result
+        hello["first_fwd_s"] = time.perf_counter() - t
+        for _ in range(args.warmup - 1):
+            forward()
+    hello["peak_rss_mb"] = peak_rss_mb()
+
+    def final():
+        peak = peak_rss_mb()
+        return {"status": "ok", "peak_rss_mb": peak, "delta_rss_mb": peak - base_mb}
+    return hello, {"train": train_step, "fwd": forward}, final
 
 
-def _sd(xs):
-    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+def run_worker(args):
+    """A worker process: build, then serve blocks of steps until the parent closes it
+    (--first-step-only: emit the first step and exit)."""
+    built = build_worker(args)
+    if isinstance(built, dict):
+        emit(built)
+    elif args.first_step_only:
+        serve(built[0], {})
+    else:
+        serve(*built)
 
 
 # ---- parent -----------------------------------------------------------------------------------
@@ -222,72 +227,58 @@ def thread_env(threads):
     return env
 
 
+def worker_cmd(args, worker, model=None, first_step_only=False):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--batch-size", str(args.batch_size),
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--gemm-square", str(args.gemm_square)]
+    return cmd + (["--model", model] if model else []) + (["--first-step-only"] if first_step_only else [])
+
+
 def spawn(args, worker, model=None, first_step_only=False):
-    """Run one worker subprocess; its result dict (status "error"/"timeout" when it fails)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker,
-           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--threads", str(args.threads), "--gemm-square", str(args.gemm_square)]
-    if model:
-        cmd += ["--model", model]
-    if first_step_only:
-        cmd.append("--first-step-only")
+    """A one-shot worker (the GEMM ceiling, a fresh first step): its reply, with the process's wall time."""
     t = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, env=thread_env(args.threads), capture_output=True, text=True,
-                              timeout=args.worker_timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "reason": f"no result within {args.worker_timeout} s"}
-    wall = time.perf_counter() - t
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARK):
-            result = json.loads(line[len(MARK):])
-            result["wall_s"] = wall
-            return result
-    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    return {"status": "error", "reason": f"exit code {proc.returncode}: {tail}"}
+    w = Worker(worker, worker_cmd(args, worker, model, first_step_only), thread_env(args.threads),
+               args.worker_timeout)
+    w.close()
+    return dict(w.hello, wall_s=time.perf_counter() - t)
 
 
-def merge_rounds(runs):
-    """One result from a worker's rounds: all timed steps pooled, the first round's first step, peak memory."""
-    failed = [r for r in runs if r["status"] != "ok"]
-    if failed:
-        return failed[0]
-    merged = dict(runs[0], loss_last=runs[-1]["loss_last"], rounds=len(runs),
-                  peak_rss_mb=max(r["peak_rss_mb"] for r in runs), delta_rss_mb=max(r["delta_rss_mb"] for r in runs))
-    for kind in ("train", "fwd"):
-        times = [t for r in runs for t in r[f"{kind}_times"]]
-        merged.update({f"{kind}_times": times, f"{kind}_s": statistics.fmean(times), f"{kind}_sd": _sd(times)})
-    return merged
+def run_model(args, model, log):
+    """One worker per framework for `model`, alive for all the rounds; the table's rows."""
+    workers = []
+    for fw in args.frameworks:                          # one at a time: a first step is timed alone
+        log(f"{fw} {model}: start, first step, warm-up ...")
+        workers.append(Worker(fw, worker_cmd(args, fw, model), thread_env(args.threads), args.worker_timeout))
+    live = [w for w in workers if w.alive]
+    times, failures = interleave(live, KINDS, args.rounds, args.steps, args.block, log)
+    rows = []
+    for w in workers:
+        final = w.close() if w.name not in failures else {}
+        row = dict(w.hello, framework=w.name, model=model)
+        if w.name in failures or (w.alive and final.get("status") != "ok"):
+            row.update(failures.get(w.name) or final)
+        elif w.hello["status"] == "ok":
+            row.update(final, loss_last=getattr(w, "last", row["loss0"]),
+                       **{f"{k}_rounds": times[w.name][k] for k in KINDS})
+        rows.append(row)
+    compare(rows, KINDS, reference="tf", peers=PEERS)
+    for row in rows:
+        if row["status"] == "ok" and row["framework"].startswith("tinybn-"):
+            fresh = spawn(args, row["framework"], model, first_step_only=True)
+            if fresh["status"] == "ok":
+                row.update(first_step_s=fresh["first_step_s"], first_proc_s=fresh["wall_s"],
+                           first_step_source="fresh process, warm cache")
+        row["fwd_flops"], row["train_flops"] = model_flops(model, args.batch_size)
+    return rows
 
 
 def run_all(args, log=print):
-    """Every worker, one at a time, in rounds; the report dict that `format_table` prints.
-
-    A shared machine's speed drifts by 10-20% over minutes. Running the frameworks in
-    turn, `rounds` times over, spreads each slow spell over all of them, so the
-    ratios are fairer than one long run per framework would make them.
-    """
+    """The GEMM ceiling, then each model's interleaved rounds; the report dict `format_table` prints."""
     log(f"GEMM ceiling (numpy float32, {args.threads} threads) ...")
     gemm = spawn(args, "gemm")
-    runs = {}
-    for round_ in range(1, args.rounds + 1):
-        for model in args.models:
-            for fw in args.frameworks:
-                log(f"{fw} {model} (round {round_} of {args.rounds}) ...")
-                runs.setdefault((fw, model), []).append(spawn(args, fw, model))
-    rows = []
-    for model in args.models:
-        for fw in args.frameworks:
-            r = merge_rounds(runs[(fw, model)])
-            if r["status"] == "ok" and fw.startswith("tinybn-"):
-                fresh = spawn(args, fw, model, first_step_only=True)
-                if fresh["status"] == "ok":
-                    r["first_step_s"], r["first_proc_s"] = fresh["first_step_s"], fresh["wall_s"]
-                    r["first_step_source"] = "fresh process, warm cache"
-            fwd_flops, train_flops = model_flops(model, args.batch_size)
-            rows.append(dict(r, framework=fw, model=model, fwd_flops=fwd_flops, train_flops=train_flops))
+    rows = [row for model in args.models for row in run_model(args, model, log)]
     return {"machine": machine_info(), "threads": args.threads, "batch_size": args.batch_size,
-            "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "gemm": gemm, "rows": rows}
+            "steps": args.steps, "block": args.block, "warmup": args.warmup, "rounds": args.rounds,
+            "gemm": gemm, "rows": rows, "targets": TARGETS}
 
 
 def machine_info():
@@ -302,10 +293,14 @@ def machine_info():
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="uncounted steps before timing (default 3)")
-    p.add_argument("--rounds", type=int, default=3, help="times each worker runs, frameworks taking turns "
-                   "(default 3); its timed steps are pooled")
+    p.add_argument("--rounds", type=int, default=5, help="rounds; the verdict is the median of the per-round "
+                   "ratios (default 5)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps of each kind per framework and round "
+                   "(default 10)")
+    p.add_argument("--block", type=int, default=2, help="steps a framework runs before the next takes its turn "
+                   "(default 2)")
+    p.add_argument("--warmup", type=int, default=3, help="uncounted steps of each kind before the rounds "
+                   "(default 3)")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"comma list from {','.join(FRAMEWORKS)}")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
     p.add_argument("--batch-size", type=int, default=128)
@@ -324,18 +319,18 @@ def parse_args(argv=None):
         bad = [g for g in given if g not in allowed]
         if bad or not given:
             p.error(f"{what}: unknown or empty {bad or given}; choose from {','.join(allowed)}")
-    for name in ("steps", "warmup", "rounds", "batch_size", "threads", "gemm_square"):
+    for name in ("steps", "block", "warmup", "rounds", "batch_size", "threads", "gemm_square"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
 
 
 def worker_or_parent(args, worker, run_all, format_table):
-    """A benchmark script's main(): in a worker process run `worker(args)` and emit its result;
-    in the parent run every worker (`run_all`), print the table and the loss warnings."""
+    """A benchmark script's main(): in a worker process run `worker(args)` (it serves the parent's
+    requests); in the parent run every worker (`run_all`), print the table and the loss warnings."""
     if args.worker:
         try:
-            emit(worker(args))
+            worker(args)
         except Exception as e:                       # a broken framework is a row, not a crash
             emit({"status": "error", "reason": f"{type(e).__name__}: {e}"})
         return 0
@@ -351,7 +346,7 @@ def worker_or_parent(args, worker, run_all, format_table):
 
 def main(argv=None):
     args = parse_args(argv)
-    return worker_or_parent(args, lambda a: gemm_worker(a) if a.worker == "gemm" else run_worker(a),
+    return worker_or_parent(args, lambda a: serve(gemm_worker(a), {}) if a.worker == "gemm" else run_worker(a),
                             run_all, format_table)
 
 

@@ -1,44 +1,54 @@
-"""Time ResNet-V2 side by side: tinybn (numpy, numba) and TensorFlow, with TF's benchmark protocol.
+"""Time ResNet-V2 side by side: tinybn (numpy, numba), TensorFlow and PyTorch (eager, torch.compile).
 
     python bench/bench_resnet.py [--depth {50,101,152,200}] [--batch-size 32] [--image-size 224]
-        [--num-batches 100] [--burn-in 10] [--frameworks tinybn-numpy,tinybn-numba,tf]
-        [--threads N] [--markdown] [--json out.json]
+        [--num-batches 100] [--burn-in 10] [--rounds 5] [--block 1]
+        [--frameworks tinybn-numpy,tinybn-numba,tf,torch,torch-compile] [--threads N]
+        [--markdown] [--json out.json]
 
-The protocol and the FLOP count are `python -m tinybn.bench resnet`'s (tinybn/tasks/resnet.py,
-TF's time_tensorflow_run): `burn_in` untimed then `num_batches` timed steps of
+The steps and the FLOP count are `python -m tinybn.bench resnet`'s (tinybn/tasks/resnet.py,
+after TF's time_tensorflow_run), on one fixed batch of N(0, 0.1) images, batch x S x S x 3,
+1000 classes:
     Forward           inference mode (BN on moving statistics), no gradients
     Forward-backward  training mode, loss = mean sparse softmax xent on random labels +
                       1e-4 * l2_loss of every conv kernel, gradients of every parameter
-on one fixed batch of N(0, 0.1) images, batch x S x S x 3, 1000 classes.
 
-The networks: tinybn.models.resnet_v2.resnet_v2_<depth> (seed 0) and, for TensorFlow,
-slim's network on tf.nn ops from crosscheck/tf_resnet.py (the one test_tf_resnet.py
-proves equal to tinybn's) loaded with the same weights, each step one tf.function call:
-the forward returns the logits, the training step the loss and every gradient (so
-none is pruned), its BN moving-average updates included. The first training-mode loss
-of every framework must agree (a WARNING says when not).
+The networks: tinybn.models.resnet_v2.resnet_v2_<depth> (seed 0); for TensorFlow, slim's
+network on tf.nn ops from crosscheck/tf_resnet.py (the one test_tf_resnet.py proves equal
+to tinybn's), each step one tf.function call returning the logits, or the loss and every
+gradient (so none is pruned), BN moving-average updates included; for PyTorch, the same
+network restated in bench/_torch_resnet.py, eager or torch.compile'd (default mode). All
+load tinybn's weights; the first training-mode loss of every framework must agree (a
+WARNING says when not).
 
-Every framework runs in its own subprocess, one after the other, with the same
-thread count (bench_cifar.thread_env: OMP/OPENBLAS/MKL/NUMBA threads in the
-environment before numpy loads, tf.config.threading for TF). Reported: sec / batch
-(mean ± population sd), the ratio to TF's time (2.00x = twice as slow), conv GFLOP/s,
-and the worker's peak RSS (ru_maxrss) with its growth over the baseline taken after
-the imports and the network's initial weights (numpy, in every worker; TF's growth
-includes its own copy of them, in its variables).
+The timing is bench_cifar.py's (bench/_rounds.py): one worker process per framework
+(same thread count everywhere: bench_cifar.thread_env), started one after the other,
+each running `burn_in` untimed steps of both kinds after its first ones; then `rounds`
+rounds in which the workers take turns, `block` steps at a time, until each has run
+ceil(num_batches / rounds) timed steps of each kind. Reported: sec / batch (the median
+of the round means ± the sd of all steps), the median of the per-round ratios to TF's
+time and to the fastest peer's (TF, PyTorch, torch.compile) with their min and max, conv
+GFLOP/s, the compile time of torch.compile (its first calls less a median step) and the
+worker's peak RSS (ru_maxrss) with its growth over the baseline taken after the imports
+and the network's initial weights (numpy, in every worker; the peers' growth includes
+their own copy of them).
 """
 import argparse
-import json
+import math
 import os
-import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CROSSCHECK = os.path.join(os.path.dirname(HERE), "crosscheck")
 sys.path.insert(0, HERE)
-from _report import _render, _seconds  # noqa: E402
-from bench_cifar import MARK, machine_info, thread_env, tinybn_prepare, worker_or_parent  # noqa: E402
+from _report import _render, ratio_cell  # noqa: E402
+from _rounds import Worker, compare, emit, interleave, serve  # noqa: E402
+from bench_cifar import machine_info, thread_env, tinybn_prepare, worker_or_parent  # noqa: E402
 
-FRAMEWORKS = ("tinybn-numpy", "tinybn-numba", "tf")
+PEERS = ("tf", "torch", "torch-compile")
+FRAMEWORKS = ("tinybn-numpy", "tinybn-numba") + PEERS
+KINDS = ("fwd", "fb")
+TARGETS = {"fwd": 1.0, "fb": 0.8}                  # the issue's, for tinybn-numba against TF
 NUM_CLASSES = 1000
 
 
@@ -68,102 +78,128 @@ def tf_steps(depth, variables, images, labels):
 
 
 def run_worker(args):
+    """Build the framework's network, time its first calls, burn in, then serve the parent's blocks."""
     import numpy as np
-    from tinybn.tasks.resnet import conv_flops, make_inputs, peak_rss_mb, resnet_steps, time_run
+    from tinybn.tasks.resnet import conv_flops, make_inputs, peak_rss_mb, resnet_steps
     from tinybn.models.resnet_v2 import resnet_v2, slim_names
     fw = args.worker
     images, labels = make_inputs(args.batch_size, args.image_size, NUM_CLASSES)
     model = resnet_v2(args.depth, NUM_CLASSES, rng=np.random.default_rng(0))
     flops = conv_flops(model, args.batch_size, args.image_size, args.image_size)
     try:
-        if fw == "tf":
+        if fw in PEERS:
             import _peers
-            version = _peers.tf_prepare(args.threads)
+            version = _peers.PREPARE[fw](args.threads)
         else:
             version = tinybn_prepare(fw.split("-", 1)[1], args.threads)
     except ImportError as e:
-        return {"status": "not installed" if fw == "tf" else "unavailable", "reason": str(e)}
+        return emit({"status": "not installed" if fw in PEERS else "unavailable", "reason": str(e)})
     base_mb = peak_rss_mb()
-    if fw == "tf":
-        names = slim_names(model)                    # the arrays themselves: TF's variables copy them
+    if fw in PEERS:
+        names = slim_names(model)                    # the arrays themselves: the peers copy them
         variables = {names[k]: t.data for k, t in list(model.named_parameters()) + list(model.named_buffers())}
-        forward, forward_backward = tf_steps(args.depth, variables, images, labels)
+        if fw == "tf":
+            forward, forward_backward = tf_steps(args.depth, variables, images, labels)
+        else:
+            from _torch_resnet import torch_steps
+            forward, forward_backward = torch_steps(args.depth, variables, images, labels,
+                                                    compile=fw == "torch-compile")
         del model, variables
     else:
         forward, forward_backward = resnet_steps(model, images, labels)
 
-    def log(line):
-        print(f"[{fw}] {line}", file=sys.stderr, flush=True)
-    fwd_s, fwd_sd, _ = time_run(forward, "Forward", args.num_batches, args.burn_in, log)
-    loss0 = forward_backward()
-    fb_s, fb_sd, _ = time_run(forward_backward, "Forward-backward", args.num_batches, args.burn_in, log)
-    peak = peak_rss_mb()
-    return {"status": "ok", "version": version, "loss0": loss0, "fwd_s": fwd_s, "fwd_sd": fwd_sd,
-            "fb_s": fb_s, "fb_sd": fb_sd, "fwd_flops": flops[0], "fb_flops": flops[1],
-            "peak_rss_mb": peak, "delta_rss_mb": peak - base_mb}
+    hello = {"status": "ok", "version": version, "fwd_flops": flops[0], "fb_flops": flops[1]}
+    t = time.perf_counter()
+    hello["loss0"] = forward_backward()                 # compiling included
+    hello["first_fb_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    forward()
+    hello["first_fwd_s"] = time.perf_counter() - t
+    for _ in range(args.burn_in):
+        forward_backward()
+        forward()
+
+    def final():
+        peak = peak_rss_mb()
+        return {"status": "ok", "peak_rss_mb": peak, "delta_rss_mb": peak - base_mb}
+    serve(hello, {"fwd": forward, "fb": forward_backward}, final)
 
 
 # ---- parent -----------------------------------------------------------------------------------
 
-def spawn(args, worker):
-    """One worker subprocess; its result dict (status "error"/"timeout" when it fails)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--depth", str(args.depth),
-           "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
-           "--num-batches", str(args.num_batches), "--burn-in", str(args.burn_in), "--threads", str(args.threads)]
-    try:
-        proc = subprocess.run(cmd, env=thread_env(args.threads), stdout=subprocess.PIPE, stderr=None,
-                              text=True, timeout=args.worker_timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "reason": f"no result within {args.worker_timeout} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
-    return {"status": "error", "reason": f"exit code {proc.returncode} (its stderr is above)"}
+def worker_cmd(args, worker):
+    return [sys.executable, os.path.abspath(__file__), "--worker", worker, "--depth", str(args.depth),
+            "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+            "--burn-in", str(args.burn_in), "--threads", str(args.threads)]
+
+
+def run_all(args, log=print):
+    workers = []
+    for fw in args.frameworks:                          # one at a time: first calls are timed alone
+        log(f"{fw}: start, first steps, burn-in ...")
+        workers.append(Worker(fw, worker_cmd(args, fw), thread_env(args.threads), args.worker_timeout))
+    steps = math.ceil(args.num_batches / args.rounds)
+    times, failures = interleave([w for w in workers if w.alive], KINDS, args.rounds, steps, args.block, log)
+    rows = []
+    for w in workers:
+        row = dict(w.hello, framework=w.name, model=f"resnet_v2_{args.depth}")
+        final = w.close() if w.name not in failures else failures[w.name]
+        if w.hello["status"] == "ok":
+            row.update(final, **({f"{k}_rounds": times[w.name][k] for k in KINDS}
+                                 if final.get("status") == "ok" else {}))
+        rows.append(row)
+    compare(rows, KINDS, reference="tf", peers=PEERS)
+    return {"machine": machine_info(), "threads": args.threads, "depth": args.depth,
+            "batch_size": args.batch_size, "image_size": args.image_size, "num_batches": args.num_batches,
+            "rounds": args.rounds, "steps": steps, "block": args.block, "burn_in": args.burn_in, "rows": rows}
 
 
 def table_rows(report):
-    header = ["framework", "fwd s/batch", "fwd ×TF", "fwd GFLOP/s", "fwd+bwd s/batch", "fwd+bwd ×TF",
-              "fwd+bwd GFLOP/s", "peak MB (Δ)"]
-    tf = next((r for r in report["rows"] if r["framework"] == "tf" and r["status"] == "ok"), None)
+    header = ["framework", "fwd s/batch", "fwd ×TF", "fwd ×best peer", "fwd GFLOP/s", "fwd+bwd s/batch",
+              "fwd+bwd ×TF", "fwd+bwd ×best peer", "fwd+bwd GFLOP/s", "compile s", "peak MB (Δ)"]
     out = [header]
     for r in report["rows"]:
         if r["status"] != "ok":
             out.append([r["framework"], r["status"], "(see below)"] + [""] * (len(header) - 3))
             continue
-
-        def ratio(key):
-            return f"{r[key] / tf[key]:.2f}x" if tf else "n/a"
-        out.append([r["framework"], _seconds(r["fwd_s"], r["fwd_sd"]), ratio("fwd_s"),
-                    f"{r['fwd_flops'] / r['fwd_s'] / 1e9:.1f}", _seconds(r["fb_s"], r["fb_sd"]), ratio("fb_s"),
-                    f"{r['fb_flops'] / r['fb_s'] / 1e9:.1f}", f"{r['peak_rss_mb']:.0f} ({r['delta_rss_mb']:+.0f})"])
+        compile_s = (f"{r['first_fb_s'] - r['fb_s']:.1f} + {r['first_fwd_s'] - r['fwd_s']:.1f}"
+                     if r["framework"] == "torch-compile" else "")
+        out.append([r["framework"]] + [cell for kind in KINDS for cell in (
+                    f"{r[f'{kind}_s']:.3f} ± {r[f'{kind}_sd']:.3f}", ratio_cell(r.get(f"{kind}_vs_tf")),
+                    ratio_cell(r.get(f"{kind}_vs_best")), f"{r[f'{kind}_flops'] / r[f'{kind}_s'] / 1e9:.1f}")]
+                   + [compile_s, f"{r['peak_rss_mb']:.0f} ({r['delta_rss_mb']:+.0f})"])
     return out
+
+
+def verdicts(report, framework="tinybn-numba"):
+    row = next((r for r in report["rows"] if r["framework"] == framework), None)
+    if row is None or row["status"] != "ok" or "fwd_vs_tf" not in row:
+        return [f"{framework} or tf not in this run: no verdict."]
+    return [f"{framework}, {kind}: {row[f'{kind}_vs_tf']['median']:.2f}x TF (min {row[f'{kind}_vs_tf']['min']:.2f}, "
+            f"max {row[f'{kind}_vs_tf']['max']:.2f}), target <= {limit:.2f}x: "
+            f"{'MET' if row[f'{kind}_vs_tf']['median'] <= limit else 'NOT MET'}." for kind, limit in TARGETS.items()]
 
 
 def format_table(report, markdown=False):
     lines = [f"Machine: {report['machine']}",
              f"resnet_v2_{report['depth']}, batch {report['batch_size']}, {report['image_size']}x"
              f"{report['image_size']}, {NUM_CLASSES} classes; {report['threads']} threads for every framework; "
-             f"{report['burn_in']} burn-in + {report['num_batches']} timed steps (mean ± sd)."]
+             f"{report['burn_in']} burn-in steps, then {report['rounds']} round(s) of {report['steps']} timed steps "
+             f"of each kind per framework, in blocks of {report['block']} taken in turns."]
     versions = dict.fromkeys(r["version"] for r in report["rows"] if r.get("version"))
     if versions:
         lines.append("Versions: " + ", ".join(versions) + ".")
     lines += ["", _render(table_rows(report), markdown), ""]
     lines += [f"- {r['framework']}: {r['status']}: {r.get('reason', '')}".replace("|", "/")
               for r in report["rows"] if r["status"] != "ok"]
-    lines.append("×TF: time / TensorFlow's time. GFLOP/s: conv work only, counted from the shapes "
-                 "(forward-backward = 3x forward less the first conv's input gradient). peak MB: the worker's "
-                 "peak RSS; Δ: its growth after the imports and the initial weights.")
+    lines += [f"Verdict: {v}" for v in verdicts(report)] + [""]
+    lines.append("s/batch: the median of the round means ± the sd of all timed steps. ×TF, ×best peer: the "
+                 "median of the per-round ratios (min-max), time / TensorFlow's, and / the fastest peer's (TF, "
+                 "PyTorch, torch.compile) in the same round. GFLOP/s: conv work only, counted from the shapes "
+                 "(forward-backward = 3x forward less the first conv's input gradient). compile s: torch.compile's "
+                 "first forward-backward and forward calls less a median step. peak MB: the worker's peak RSS; "
+                 "Δ: its growth after the imports and the initial weights.")
     return "\n".join(lines)
-
-
-def run_all(args, log=print):
-    rows = []
-    for fw in args.frameworks:
-        log(f"{fw} ...")
-        rows.append(dict(spawn(args, fw), framework=fw, model=f"resnet_v2_{args.depth}"))
-    return {"machine": machine_info(), "threads": args.threads, "depth": args.depth,
-            "batch_size": args.batch_size, "image_size": args.image_size, "num_batches": args.num_batches,
-            "burn_in": args.burn_in, "rows": rows}
 
 
 def parse_args(argv=None):
@@ -171,8 +207,13 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=50, choices=(50, 101, 152, 200))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--num-batches", type=int, default=100, help="timed steps (default 100)")
-    p.add_argument("--burn-in", type=int, default=10, help="untimed steps first (default 10)")
+    p.add_argument("--num-batches", type=int, default=100, help="timed steps of each kind per framework, "
+                   "split over the rounds (default 100)")
+    p.add_argument("--burn-in", type=int, default=10, help="untimed steps of each kind first (default 10)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds; the verdict is the median of the per-round "
+                   "ratios (default 5)")
+    p.add_argument("--block", type=int, default=1, help="steps a framework runs before the next takes its turn "
+                   "(default 1)")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"comma list from {','.join(FRAMEWORKS)}")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every framework")
     p.add_argument("--worker-timeout", type=float, default=7200.0, help="seconds before a worker is abandoned")
@@ -184,7 +225,7 @@ def parse_args(argv=None):
     bad = [f for f in args.frameworks if f not in FRAMEWORKS]
     if bad or not args.frameworks:
         p.error(f"--frameworks: unknown or empty {bad or args.frameworks}; choose from {','.join(FRAMEWORKS)}")
-    for name in ("batch_size", "image_size", "num_batches", "threads"):
+    for name in ("batch_size", "image_size", "num_batches", "rounds", "block", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.burn_in < 0:

@@ -1,4 +1,4 @@
-"""bench/bench_cifar.py: the FLOP count, the report, missing frameworks, and one tiny real run (tinybn numpy)."""
+"""bench/bench_cifar.py: the FLOP count, the table, missing frameworks, a tiny real run of tinybn-numpy and peers."""
 import importlib.util
 import json
 import math
@@ -50,8 +50,9 @@ def test_model_flops_match_the_models_layers(model, n):
 
 
 def _row(framework, model, train_s, fwd_s, loss0=2.3):
+    """A row as run_model leaves it: one round of one step, so every ratio is that round's."""
     return {"framework": framework, "model": model, "status": "ok", "version": framework + " 1.0",
-            "train_s": train_s, "train_sd": 0.01, "fwd_s": fwd_s, "fwd_sd": 0.0, "first_step_s": 1.5,
+            "train_rounds": [[train_s]], "fwd_rounds": [[fwd_s]], "first_step_s": 1.5, "first_fwd_s": 0.5,
             "loss0": loss0, "loss_last": 2.0, "peak_rss_mb": 300.0, "delta_rss_mb": 50.0,
             "fwd_flops": 4e9, "train_flops": 12e9}
 
@@ -59,19 +60,29 @@ def _row(framework, model, train_s, fwd_s, loss0=2.3):
 def _report_with(rows):
     gemm = {"status": "ok", "numpy": "2", "ceiling_gflops": 100.0,
             "gemm": [{"shape": "square 8", "m": 8, "k": 8, "n": 8, "sec": 1e-6, "gflops": 100.0}]}
-    return {"machine": "test", "threads": 2, "batch_size": 128, "steps": 10, "warmup": 3, "gemm": gemm, "rows": rows}
+    bench.compare(rows, bench.KINDS, reference="tf", peers=bench.PEERS)
+    return {"machine": "test", "threads": 2, "batch_size": 128, "steps": 1, "block": 1, "warmup": 3, "rounds": 1,
+            "gemm": gemm, "rows": rows, "targets": bench.TARGETS}
 
 
-def test_table_ratios_ceiling_and_missing_frameworks():
-    rows = [_row("tinybn-numpy", "bn", 0.4, 0.3), _row("tf", "bn", 0.2, 0.1),
+def _cells(text, framework, model="bn"):
+    line = next(line for line in text.splitlines() if line.startswith(f"| {framework} | {model} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_table_ratios_ceiling_compile_and_missing_frameworks():
+    rows = [_row("tinybn-numpy", "bn", 0.4, 0.3), _row("tf", "bn", 0.2, 0.1), _row("torch-compile", "bn", 0.16, 0.15),
             {"framework": "torch", "model": "bn", "status": "not installed", "reason": "No module named 'torch'"},
             {"framework": "tinybn-numba", "model": "bn", "status": "unavailable", "reason": "no kernels"}]
     text = _report.format_table(_report_with(rows), markdown=True)
-    ours = next(line for line in text.splitlines() if line.startswith("| tinybn-numpy"))
-    cells = [c.strip() for c in ours.strip("|").split("|")]
-    assert cells[4:8] == ["2.00x", "3.00x", "30.0 (30%)", "13.3 (13%)"]   # 12e9/0.4 s = 30 GFLOP/s of 100
+    ours = _cells(text, "tinybn-numpy")
+    # ×TF 0.4/0.2, 0.3/0.1; ×best peer: torch-compile in training (0.4/0.16), TF in the forward pass
+    assert ours[2:10] == ["400.0 ± 0.0", "300.0 ± 0.0", "2.00x (2.00-2.00)", "3.00x (3.00-3.00)",
+                          "2.50x (2.50-2.50)", "3.00x (3.00-3.00)", "30.0 (30%)", "13.3 (13%)"]  # 12e9/0.4 s of 100
+    assert ours[11] == "" and _cells(text, "torch-compile")[11] == "1.3 + 0.3"   # 1.5 - 0.16, 0.5 - 0.15
     assert "| torch | bn | not installed |" in text and "No module named 'torch'" in text
     assert "| tinybn-numba | bn | unavailable |" in text
+    assert "Verdict: bn: tinybn-numba unavailable: no verdict." in text
     assert _report.check_losses(_report_with(rows)) == []
     rows[1]["loss0"] = 2.4
     assert "the networks differ" in _report.check_losses(_report_with(rows))[0]
@@ -82,39 +93,32 @@ def test_missing_framework_is_a_row_not_a_crash(monkeypatch):
 
     def absent(threads):
         raise ImportError("No module named 'torch'")
-    monkeypatch.setitem(_peers.PREPARE, "torch", absent)
-    args = bench.parse_args(["--worker", "torch", "--model", "bn", "--batch-size", "2"])
-    assert bench.run_worker(args) == {"status": "not installed", "reason": "No module named 'torch'"}
-
-
-def test_rounds_pool_their_timed_steps_and_a_failed_round_fails_the_row():
-    def run(train, fwd, peak):
-        return {"status": "ok", "train_times": train, "fwd_times": fwd, "peak_rss_mb": peak,
-                "delta_rss_mb": peak - 50, "loss0": 2.3, "loss_last": 2.0, "first_step_s": 1.0}
-    merged = bench.merge_rounds([run([1.0, 3.0], [0.5], 200), run([2.0, 2.0], [1.5], 300)])
-    assert (merged["train_s"], merged["fwd_s"], merged["peak_rss_mb"], merged["rounds"]) == (2.0, 1.0, 300, 2)
-    assert merged["train_sd"] == pytest.approx((2 / 3) ** 0.5)            # sample stddev of 1, 3, 2, 2
-    broken = {"status": "error", "reason": "exit code 1: boom"}
-    assert bench.merge_rounds([run([1.0], [1.0], 1), broken]) == broken
+    monkeypatch.setitem(_peers.PREPARE, "torch-compile", absent)
+    args = bench.parse_args(["--worker", "torch-compile", "--model", "bn", "--batch-size", "2"])
+    assert bench.build_worker(args) == {"status": "not installed", "reason": "No module named 'torch'"}
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--frameworks", "tinybn-numpy,jax"])
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--steps", "0"])
+    for argv in (["--frameworks", "tinybn-numpy,jax"], ["--steps", "0"], ["--block", "0"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+    assert bench.parse_args([]).rounds >= 5
 
 
-def test_tiny_run_tinybn_numpy(tmp_path):
+def test_tiny_run_tinybn_numpy_and_peers(tmp_path):
+    """bn at batch 8, one round of 2 steps in blocks of 1: tinybn-numpy, TF and (when installed) PyTorch eager
+    (the compiled peers take too long to compile for a test)."""
+    frameworks = ["tinybn-numpy", "tf"] + (["torch"] if importlib.util.find_spec("torch") else [])
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, SCRIPT, "--frameworks", "tinybn-numpy", "--models", "tutorial,bn",
-                           "--batch-size", "4", "--steps", "2", "--warmup", "1", "--rounds", "2", "--gemm-square", "64",
-                           "--markdown", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, SCRIPT, "--frameworks", ",".join(frameworks), "--models", "bn",
+                           "--batch-size", "8", "--steps", "2", "--block", "1", "--warmup", "1", "--rounds", "1",
+                           "--gemm-square", "64", "--markdown", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert [(r["framework"], r["model"], r["status"]) for r in report["rows"]] == \
-        [("tinybn-numpy", "tutorial", "ok"), ("tinybn-numpy", "bn", "ok")]
-    assert "| tinybn-numpy | tutorial |" in proc.stdout and "WARNING" not in proc.stdout
+        [(fw, "bn", "ok") for fw in frameworks]
+    assert "WARNING" not in proc.stdout          # every framework's first-step loss agrees
     gemm = report["gemm"]
     assert gemm["status"] == "ok" and gemm["ceiling_gflops"] == max(g["gflops"] for g in gemm["gemm"])
     for g in gemm["gemm"]:
@@ -123,14 +127,24 @@ def test_tiny_run_tinybn_numpy(tmp_path):
     # the worker's first-step loss is the model's loss on its batch, computed here independently
     from tinybn.tensor import Tensor
     rng = np.random.default_rng(1234)
-    x = rng.standard_normal((4, 24, 24, 3), dtype=np.float32)
-    labels = rng.integers(0, 10, 4).astype(np.int32)
-    for r in report["rows"]:
-        assert r["train_s"] > 0 and r["fwd_s"] > 0 and r["first_step_s"] > 0 and r["first_proc_s"] > 0
-        assert r["rounds"] == 2 and len(r["train_times"]) == len(r["fwd_times"]) == 4     # 2 rounds x 2 steps
-        assert r["train_s"] == pytest.approx(sum(r["train_times"]) / 4)
+    x = rng.standard_normal((8, 24, 24, 3), dtype=np.float32)
+    labels = rng.integers(0, 10, 8).astype(np.int32)
+    rows = {(r["framework"], r["model"]): r for r in report["rows"]}
+    for (fw, model), r in rows.items():
+        tf = rows[("tf", model)]
+        assert [len(ts) for ts in r["train_rounds"]] == [len(ts) for ts in r["fwd_rounds"]] == [2]
+        assert r["train_s"] == pytest.approx(sum(r["train_rounds"][0]) / 2)
+        for kind in ("train", "fwd"):
+            assert r[f"{kind}_vs_tf"]["median"] == pytest.approx(r[f"{kind}_s"] / tf[f"{kind}_s"])
+            best = min(rows[(p, model)][f"{kind}_s"] for p in frameworks if p in bench.PEERS)
+            assert r[f"{kind}_vs_best"]["median"] == pytest.approx(r[f"{kind}_s"] / best)
+        cells = _cells(proc.stdout, fw, model)
+        assert cells[4] == _report.ratio_cell(r["train_vs_tf"]) and cells[6] == _report.ratio_cell(r["train_vs_best"])
         assert r["peak_rss_mb"] >= r["delta_rss_mb"] >= 0 and math.isfinite(r["loss_last"])
-        assert (r["fwd_flops"], r["train_flops"]) == bench.model_flops(r["model"], 4)
-        net = bench.initial_state(r["model"])[0]
-        expected = float(net.loss(net(Tensor(x)), labels).item())
-        assert r["loss0"] == pytest.approx(expected, rel=1e-6)
+        assert (r["fwd_flops"], r["train_flops"]) == bench.model_flops(model, 8)
+        if fw == "tinybn-numpy":
+            assert r["first_step_s"] > 0 and r["first_proc_s"] > 0
+            net = bench.initial_state(model)[0]
+            expected = float(net.loss(net(Tensor(x)), labels).item())
+            assert r["loss0"] == pytest.approx(expected, rel=1e-6)
+    assert "Verdict: bn: tinybn-numba not run: no verdict." in proc.stdout

@@ -285,8 +285,12 @@ def spawn(args, worker, processes, threads, extra=()):
         proc.communicate()
         return {"status": "timeout", "reason": f"no result within {args.worker_timeout:g} s"}
     for line in reversed(stdout.splitlines()):
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
+        # the ranks share mpiexec's stdout: two ranks' error lines may arrive glued together
+        for message in reversed(line.split(MARK)[1:]):
+            try:
+                return json.loads(message)
+            except json.JSONDecodeError:
+                continue
     tail = (stderr.strip().splitlines() or ["(no output)"])[-1]
     return {"status": "error", "reason": f"exit code {proc.returncode}: {tail}"}
 

@@ -115,7 +115,15 @@ class Worker:
         return reply
 
     def close(self):
-        reply = self.request({"close": True}) if self.alive else {}
+        """Ask the worker for its last reply and let it exit; {"status": "error", ...} if it cannot."""
+        if not self.alive:
+            return {"status": "error", "reason": "the worker had already stopped"}
+        reply = self.request({"close": True})
+        self.alive = False
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
         self._stop()
         return reply
 

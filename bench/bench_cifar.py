@@ -252,13 +252,13 @@ def run_model(args, model, log):
     times, failures = interleave(live, KINDS, args.rounds, args.steps, args.block, log)
     rows = []
     for w in workers:
-        final = w.close() if w.name not in failures else {}
         row = dict(w.hello, framework=w.name, model=model)
-        if w.name in failures or (w.alive and final.get("status") != "ok"):
-            row.update(failures.get(w.name) or final)
-        elif w.hello["status"] == "ok":
-            row.update(final, loss_last=getattr(w, "last", row["loss0"]),
-                       **{f"{k}_rounds": times[w.name][k] for k in KINDS})
+        if w.hello["status"] == "ok":
+            final = failures.get(w.name) or w.close()          # a failure: its reply; else memory
+            row.update(final)
+            if final.get("status") == "ok":
+                row.update(loss_last=getattr(w, "last", row["loss0"]),
+                           **{f"{k}_rounds": times[w.name][k] for k in KINDS})
         rows.append(row)
     compare(rows, KINDS, reference="tf", peers=PEERS)
     for row in rows:

@@ -143,8 +143,8 @@ def run_all(args, log=print):
     rows = []
     for w in workers:
         row = dict(w.hello, framework=w.name, model=f"resnet_v2_{args.depth}")
-        final = w.close() if w.name not in failures else failures[w.name]
         if w.hello["status"] == "ok":
+            final = failures.get(w.name) or w.close()          # a failure: its reply; else memory
             row.update(final, **({f"{k}_rounds": times[w.name][k] for k in KINDS}
                                  if final.get("status") == "ok" else {}))
         rows.append(row)

@@ -132,7 +132,7 @@ def test_worker_protocol_over_pipes(server):
 
     w = server("ok")
     assert w.request({"run": "fail", "steps": 1}) == {"status": "error", "reason": "RuntimeError: out of memory"}
-    assert not w.alive and w.close() == {}
+    assert not w.alive and w.close() == {"status": "error", "reason": "the worker had already stopped"}
 
 
 def test_worker_that_crashes_or_hangs(server):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import tinybn.backend as backend
 from tinybn import Tensor
-from tinybn.kernels import numba_conv, numba_loss, numba_lrn, numba_norm, numba_pool
+from tinybn.kernels import numba_conv, numba_elementwise, numba_loss, numba_lrn, numba_norm, numba_pool
 from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
 from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
@@ -33,7 +33,7 @@ _previous = backend.current_backend()
 backend.use_backend("numba")      # loads and registers the kernels; the choice itself is put back
 backend.use_backend(_previous)
 
-MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss)
+MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss, numba_elementwise)
 WINDOW = ("im2col", "col2im", "max_pool_forward", "max_pool_values", "max_pool_backward", "avg_pool_forward",
           "avg_pool_backward")
 OTHER = ("lrn_forward", "lrn_backward", "batch_norm_train_forward", "batch_norm_train_backward",
@@ -213,6 +213,46 @@ def test_lrn_window_wider_than_the_channels(name, dtype, radius):
     """A radius >= C - 1 sums every channel (the kernels clip it to C - 1, so their zero
     padding stays C + 2 (C - 1) long even for a radius of a million)."""
     check(name, dtype, other_args(name, np.random.default_rng(radius), dtype, 7, 5, radius, 0.75))
+
+
+# bias_add's twins (numba_elementwise), called directly: shapes
+# below and above the size where they switch from numpy's expression to the kernels
+BIAS_SHAPES = [(3, 5), (2, 3, 4, 7), (128, 12, 12, 64), (70000, 3)]
+
+
+def bias_args(name, rng, dtype, shape):
+    x = rng.standard_normal(shape).astype(dtype) * dtype(3) + dtype(1)
+    x.flat[::7] = dtype(-0.0)                                   # signed zeros go through
+    if name == "bias_add_grad":
+        return (x,)
+    x.flat[::11] = dtype(np.nan)                                # and NaN (not in the sums: every one NaN)
+    return (x, rng.standard_normal(shape[-1]).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", ["bias_add", "bias_add_grad"])
+@pytest.mark.parametrize("shape", BIAS_SHAPES, ids=str)
+def test_bias_add_kernels_equal_reference(name, dtype, shape):
+    """bias_add bit for bit (the same addition); bias_add_grad's float64 block sums within
+    ULPS (float32) or ULPS * sqrt(M) (float64) of the reference's row-order sums."""
+    args = bias_args(name, np.random.default_rng(len(shape)), dtype, shape)
+    ours, ref = getattr(numba_elementwise, name)(*args), backend.implementation(name, "numpy")(*args)
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype
+    if name == "bias_add":
+        assert np.array_equal(ours.view(f"u{ours.itemsize}"), ref.view(f"u{ref.itemsize}"))
+    else:
+        rows = int(np.prod(shape[:-1]))
+        tolerance = ULPS * np.finfo(dtype).eps * (np.sqrt(rows) if dtype == np.float64 else 1)
+        np.testing.assert_allclose(ours, ref, rtol=tolerance, atol=0)
+
+
+def test_bias_add_plain_python_kernels_equal_reference(monkeypatch):
+    """The jitted functions run as Python, on a size that takes the kernel path."""
+    _plain_kernels(monkeypatch)
+    for name in ("bias_add", "bias_add_grad"):
+        args = bias_args(name, np.random.default_rng(5), np.float32, (numba_elementwise._PARALLEL_MIN, 1))
+        np.testing.assert_array_equal(getattr(numba_elementwise, name)(*args),
+                                      backend.implementation(name, "numpy")(*args))
 
 
 @pytest.mark.parametrize("name", WINDOW + OTHER)

@@ -25,7 +25,7 @@ by tinybn.ops when it is imported (ops/__init__.py).
 """
 import numpy as np
 
-from ..backend import array_module
+from ..backend import array_module, dispatch, primitive
 from ..function import Function
 
 
@@ -276,15 +276,29 @@ class Relu(Function):
         return gz * (y > 0)
 
 
+# ---- bias_add's hot primitives (the numba backend's twins run on both cores) ----------
+
+@primitive("bias_add")
+def bias_add_forward(x, b):
+    """x (..., C) + b (C,)."""
+    return x + b
+
+
+@primitive("bias_add_grad")
+def bias_add_grad(gy):
+    """db (C,): gy summed over all but its last axis, in float64 (TF's BiasAddGrad)."""
+    rows = gy.reshape(-1, gy.shape[-1])
+    return rows.sum(axis=0, dtype=_accumulator(rows)).astype(gy.dtype)
+
+
 class BiasAdd(Function):
     def forward(self, x, b):
         if b.ndim != 1 or x.ndim < 2 or x.shape[-1] != b.shape[0]:
             raise ValueError(f"bias_add: bias must be 1-D of size value.shape[-1]; got value: {x.shape}, bias: {b.shape}")
-        return x + b
+        return dispatch("bias_add", x, b)
 
     def backward(self, gz):
-        rows = gz.reshape(-1, gz.shape[-1])
-        return gz, rows.sum(axis=0, dtype=_accumulator(rows)).astype(gz.dtype)
+        return gz, dispatch("bias_add_grad", gz)
 
 
 class Dropout(Function):

@@ -29,7 +29,9 @@ FLOPs are counted for the GEMM-shaped ops only, from their shapes (2 per multipl
     MatMul           forward  2 * size(Z) * K                     (Z = X @ Y, X (..., M, K))
     backward         the forward's count for each of the two operands that needs a gradient
                      (dW = cols^T @ dy and dx = dy @ W^T are GEMMs of the forward's size)
-Everything else (pooling, LRN, BN, relu, the loss) is memory-bound and has no FLOP count.
+The count is the direct algorithm's whatever algorithm runs, so a conv done by Winograd
+(fewer multiplies) shows its effective rate. Everything else (pooling, LRN, BN, relu, the
+loss) is memory-bound and has no FLOP count.
 
 A Profile's shares are of the mean step (profiler on): the ops, the named parts, and
 "other", the step less all of them (Python: the graph walk, gradient accumulation,

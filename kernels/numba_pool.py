@@ -6,7 +6,8 @@ counts come from tinybn.geometry too), output (N, OH, OW, C). Window (i, j) cove
 rows i*SH - top + di and columns j*SW - left + dj, di < KH, dj < KW.
 
     max forward   y = the window's maximum; argmax = di*KW + dj of the FIRST maximum of its
-                  real pixels in row-major order (strictly-greater updates, as the reference)
+                  real pixels in row-major order (strictly-greater updates, as the reference);
+                  max_pool_values: y alone, by its own kernel (no argmax to select and store)
     max backward  dx[p] = sum of dy over the windows whose argmax is p
     avg forward   y = window sum / count, count = real (non-padded) pixels in the window
     avg backward  dx[p] = sum over the windows that hold p of dy / count
@@ -59,6 +60,28 @@ def _max_pool_forward_plain(x, y, argmax, KH, KW, SH, SW, top, left):
                         better = pixel[c] > best[c]
                         best[c] = pixel[c] if better else best[c]
                         arg[c] = k if better else arg[c]
+
+
+def _max_pool_values_plain(x, y, KH, KW, SH, SW, top, left):
+    """_max_pool_forward_plain's maxima alone: without the argmax's selects and stores it runs
+    2-3.5x faster (inference, and inputs that need no gradient)."""
+    N, H, W, C = x.shape
+    _, OH, OW, _ = y.shape
+    for row in prange(N * OH):
+        n, i = row // OH, row % OH
+        h0 = i * SH - top
+        di0, di1 = max(0, -h0), min(KH, H - h0)
+        for j in range(OW):
+            w0 = j * SW - left
+            dj0, dj1 = max(0, -w0), min(KW, W - w0)
+            start, best = x[n, h0 + di0, w0 + dj0], y[n, i, j]
+            for c in range(C):
+                best[c] = start[c]
+            for di in range(di0, di1):
+                for dj in range(dj0, dj1):
+                    pixel = x[n, h0 + di, w0 + dj]
+                    for c in range(C):
+                        best[c] = pixel[c] if pixel[c] > best[c] else best[c]
 
 
 def _max_pool_backward_plain(dy, argmax, dx, KH, KW, SH, SW, top, left):
@@ -131,6 +154,7 @@ def _avg_pool_backward_plain(dy, counts, dx, KH, KW, SH, SW, top, left):
 
 
 _max_pool_forward_kernel = njit(parallel=True, cache=True)(_max_pool_forward_plain)
+_max_pool_values_kernel = njit(parallel=True, cache=True)(_max_pool_values_plain)
 _max_pool_backward_kernel = njit(parallel=True, cache=True)(_max_pool_backward_plain)
 _avg_pool_forward_kernel = njit(parallel=True, cache=True)(_avg_pool_forward_plain)
 _avg_pool_backward_kernel = njit(parallel=True, cache=True)(_avg_pool_backward_plain)
@@ -151,9 +175,11 @@ def max_pool_forward(x, window):
 
 
 def max_pool_values(x, window):
-    """As tinybn.ops.pool.max_pool_values: y alone (the kernel picks the argmax on the way, at
-    the cost of a few vectorised selects; it is dropped)."""
-    return max_pool_forward(x, window)[0]
+    """As tinybn.ops.pool.max_pool_values: y alone, by a kernel that keeps no argmax."""
+    N, _, _, C = x.shape
+    y = np.empty((N, window.OH, window.OW, C), x.dtype)
+    _max_pool_values_kernel(np.ascontiguousarray(x), y, *_ints(window))
+    return y
 
 
 def max_pool_backward(dy, argmax, in_shape, window):

@@ -298,13 +298,14 @@ LEADING_PADS = [   # pool geometries that pad the top or the left: (shape, ksize
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("case", range(len(LEADING_PADS)))
 def test_max_pool_of_mostly_minus_inf_equals_reference(case, dtype):
-    """Windows whose real pixels are all -inf beside the padding: forward, argmax and backward
-    equal the reference's, and every window's dy reaches a pixel (none is lost in padding)."""
+    """Windows whose real pixels are all -inf beside the padding: forward, argmax, the values
+    alone and backward equal the reference's, and every window's dy reaches a pixel (none is lost in padding)."""
     shape, ksize, strides, padding = LEADING_PADS[case]
     rng = np.random.default_rng(case)
     x = np.where(rng.random(shape) < 0.8, -np.inf, _ties(rng, shape, dtype)).astype(dtype)
     win = _geometry(shape, ksize, strides, (1, 1), padding)
     check("max_pool_forward", dtype, (x, win))
+    check("max_pool_values", dtype, (x, win))
     _, argmax = backend.implementation("max_pool_forward", "numpy")(x, win)
     dy = np.ones((shape[0], win.OH, win.OW, shape[3]), dtype)
     check("max_pool_backward", dtype, (dy, argmax, shape, win))

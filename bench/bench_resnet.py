@@ -2,7 +2,7 @@
 
     python bench/bench_resnet.py [--depth {50,101,152,200}] [--batch-size 32] [--image-size 224]
         [--num-batches 100] [--burn-in 10] [--rounds 5] [--block 1]
-        [--frameworks tinybn-numpy,tinybn-numba,tf,torch,torch-compile] [--threads N]
+        [--frameworks tinybn-numpy,tinybn-numba,tf,torch[,torch-compile]] [--threads N]
         [--markdown] [--json out.json]
 
 The steps and the FLOP count are `python -m tinybn.bench resnet`'s (tinybn/tasks/resnet.py,
@@ -47,6 +47,8 @@ from bench_cifar import machine_info, thread_env, tinybn_prepare, worker_or_pare
 
 PEERS = ("tf", "torch", "torch-compile")
 FRAMEWORKS = ("tinybn-numpy", "tinybn-numba") + PEERS
+# torch.compile took 9 minutes to compile resnet_v2_50's forward-backward on 2 busy cores: by request only
+DEFAULT_FRAMEWORKS = FRAMEWORKS[:-1]
 KINDS = ("fwd", "fb")
 TARGETS = {"fwd": 1.0, "fb": 0.8}                  # the issue's, for tinybn-numba against TF
 NUM_CLASSES = 1000
@@ -214,7 +216,8 @@ def parse_args(argv=None):
                    "ratios (default 5)")
     p.add_argument("--block", type=int, default=1, help="steps a framework runs before the next takes its turn "
                    "(default 1)")
-    p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"comma list from {','.join(FRAMEWORKS)}")
+    p.add_argument("--frameworks", default=",".join(DEFAULT_FRAMEWORKS),
+                   help=f"comma list from {','.join(FRAMEWORKS)} (default: all but torch-compile)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every framework")
     p.add_argument("--worker-timeout", type=float, default=7200.0, help="seconds before a worker is abandoned")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")

@@ -5,6 +5,9 @@ reference's signature and return values (tinybn/ops/* hold the references):
 
     numba_conv   im2col, col2im                                   bit-identical
                  conv_batch_chunks: this backend's conv chunking (2 MB of windows)
+    numba_winograd  conv2d_forward, conv2d_backprop_filter: Winograd F(4x4, 3x3) / F(4x4, 5x5)
+                 for stride-1 convs of 16+ channels (its policy), else the im2col reference
+                 (numba_winograd's docstring: its error)
     numba_pool   max_pool_forward/values/backward, avg_pool_forward/backward   bit-identical
     numba_norm   batch_norm_train_forward/backward, batch_norm_inference
                  (float64 block sums: within an ulp of the reference's sums)
@@ -35,10 +38,12 @@ Conventions shared by every kernel module:
 """
 from tinybn.backend import primitive
 
-from . import numba_conv, numba_loss, numba_lrn, numba_norm, numba_pool
+from . import numba_conv, numba_loss, numba_lrn, numba_norm, numba_pool, numba_winograd
 from .dtype_guard import float32_or_float64
 
 TWINS = {
+    "conv2d_forward": numba_winograd.conv2d_forward,
+    "conv2d_backprop_filter": numba_winograd.conv2d_backprop_filter,
     "im2col": numba_conv.im2col, "col2im": numba_conv.col2im, "conv_batch_chunks": numba_conv.conv_batch_chunks,
     "max_pool_forward": numba_pool.max_pool_forward, "max_pool_values": numba_pool.max_pool_values,
     "max_pool_backward": numba_pool.max_pool_backward,

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 import tinybn.backend as backend
 from tinybn import Tensor
-from tinybn.kernels import numba_conv, numba_elementwise, numba_loss, numba_lrn, numba_norm, numba_pool
+from tinybn.kernels import (numba_conv, numba_elementwise, numba_loss, numba_lrn, numba_norm, numba_pool,
+                            numba_winograd)
 from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
 from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
@@ -33,11 +34,12 @@ _previous = backend.current_backend()
 backend.use_backend("numba")      # loads and registers the kernels; the choice itself is put back
 backend.use_backend(_previous)
 
-MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss, numba_elementwise)
+MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss, numba_winograd, numba_elementwise)
 WINDOW = ("im2col", "col2im", "max_pool_forward", "max_pool_values", "max_pool_backward", "avg_pool_forward",
           "avg_pool_backward")
 OTHER = ("lrn_forward", "lrn_backward", "batch_norm_train_forward", "batch_norm_train_backward",
          "batch_norm_inference", "softmax_cross_entropy")
+CONV = ("conv2d_forward", "conv2d_backprop_filter")   # Winograd by the policy, else the reference
 EXACT = set(WINDOW)
 DTYPES = (np.float32, np.float64)
 ULPS = 8       # BN/LRN/xent: float64 block sums vs sequential ones, BLAS band sums, libm vs numpy exp
@@ -56,7 +58,7 @@ def ulps(name, dtype, args):
 
 def test_every_hot_primitive_has_a_numba_kernel():
     assert sorted(name for name, impls in backend._registry.items() if "numba" in impls) == sorted(
-        WINDOW + OTHER + ("conv_batch_chunks",))
+        WINDOW + OTHER + CONV + ("conv_batch_chunks",))
 
 
 def test_numba_conv_chunks_are_the_cpu_chunks():
@@ -197,6 +199,54 @@ def test_window_kernel_awkward_geometries(name, dtype, case):
     check(name, dtype, window_args(name, np.random.default_rng(case), dtype, shape, ksize, strides, dilations, padding))
 
 
+def conv_args(name, rng, dtype, shape, ksize, strides, dilations, padding, out_channels):
+    win = _geometry(shape, ksize, strides, dilations, padding)
+    x = rng.standard_normal(shape).astype(dtype)
+    if name == "conv2d_forward":
+        return (x, rng.standard_normal((*ksize, shape[3], out_channels)).astype(dtype), win)
+    dy = rng.standard_normal((shape[0], win.OH, win.OW, out_channels)).astype(dtype)
+    return (x, dy, win, (*ksize, shape[3], out_channels))
+
+
+def check_conv(name, dtype, args):
+    """The numba twin against the reference run under the numpy backend (im2col on numpy):
+    bit-identical where the policy keeps im2col, within WINOGRAD_RTOL where it picks Winograd."""
+    ours = backend.implementation(name, "numba")(*args)
+    with backend.backend("numpy"):
+        ref = backend.implementation(name, "numpy")(*args)
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype
+    x_shape, w_shape = args[0].shape, args[1].shape if name == "conv2d_forward" else args[3]
+    direction = "forward" if name == "conv2d_forward" else "filter"
+    if numba_winograd.winograd_tile(x_shape, w_shape, args[2], np.dtype(dtype), direction) is None:
+        np.testing.assert_array_equal(ours, ref, err_msg=name)
+    else:
+        err = np.max(np.abs(ours - ref)) / np.max(np.abs(ref))
+        assert 0 < err <= numba_winograd.WINOGRAD_RTOL[np.dtype(dtype)], (name, err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", CONV)
+@pytest.mark.parametrize("case", range(len(AWKWARD)))
+def test_conv_twins_on_awkward_geometries_are_the_reference(name, dtype, case):
+    """Few channels: the policy keeps im2col, and the result is the reference's bit for bit."""
+    check_conv(name, dtype, conv_args(name, np.random.default_rng(case), dtype, *AWKWARD[case], 3))
+
+
+WINOGRAD_CASES = [   # (shape, ksize, strides, dilations, padding, O): the policy picks Winograd
+    ((2, 12, 12, 16), (5, 5), (1, 1), (1, 1), "SAME", 16),      # the CIFAR conv2 geometry, narrower
+    ((1, 9, 11, 16), (3, 3), (1, 1), (1, 1), "SAME", 20),       # odd sizes, tiles cut off, N = 1
+    ((2, 10, 11, 17), (3, 3), (1, 1), (1, 1), "VALID", 16),
+    ((1, 9, 9, 16), (5, 5), (1, 1), (1, 1), ((0, 3), (4, 1)), 16),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", CONV)
+@pytest.mark.parametrize("case", range(len(WINOGRAD_CASES)))
+def test_conv_twins_by_winograd_within_its_tolerance(name, dtype, case):
+    check_conv(name, dtype, conv_args(name, np.random.default_rng(case), dtype, *WINOGRAD_CASES[case]))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("name", OTHER)
 @settings(max_examples=25)
@@ -329,6 +379,7 @@ def _op_cases(dtype, rng):
     return {
         "conv2d": (lambda a, w: conv2d(a, w, (2, 1), "SAME"), [x, normal(4, 3, 4, 5)]),
         "conv2d_dilated": (lambda a, w: conv2d(a, w, 1, [(1, 2), (0, 1)], dilations=2), [x, normal(3, 2, 4, 2)]),
+        "conv2d_winograd": (lambda a, w: conv2d(a, w, 1, "SAME"), [normal(2, 7, 6, 16), normal(3, 3, 16, 16)]),
         "depthwise_conv2d": (lambda a, f: depthwise_conv2d(a, f, (1, 1), "VALID"), [x, normal(3, 3, 4, 2)]),
         "max_pool2d": (lambda a: max_pool2d(a, 3, 2, "SAME"), [_ties(rng, x.shape, dtype)]),
         "avg_pool2d": (lambda a: avg_pool2d(a, (2, 3), (2, 1), "SAME"), [x]),
@@ -357,6 +408,8 @@ def test_ops_forward_backward_under_numba_backend(op, dtype):
     tolerance = ULPS * eps
     if dtype == np.float64 and op.startswith("fused_batch_norm"):     # see ulps(): M rows summed in float64
         tolerance *= np.sqrt(arrays[0].size // arrays[0].shape[-1])
+    if op == "conv2d_winograd":                                       # forward, dx and dW by Winograd
+        tolerance = numba_winograd.WINOGRAD_RTOL[np.dtype(dtype)]
     for a, b in zip(ours, reference):
         np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * float(np.max(np.abs(b))), err_msg=op)
 

@@ -62,6 +62,8 @@ OPS = {
     "im2col": "conv2d / depthwise_conv2d / separable_conv2d",
     "col2im": "conv2d / depthwise_conv2d / separable_conv2d (backward)",
     "conv_batch_chunks": "conv2d / separable_conv2d",
+    "conv2d_forward": "conv2d (and its input gradient at stride 1)",
+    "conv2d_backprop_filter": "conv2d (filter gradient)",
     "max_pool_forward": "max_pool2d", "max_pool_values": "max_pool2d", "max_pool_backward": "max_pool2d (backward)",
     "avg_pool_forward": "avg_pool2d", "avg_pool_backward": "avg_pool2d (backward)",
     "batch_norm_train_forward": "fused_batch_norm", "batch_norm_train_backward": "fused_batch_norm (backward)",

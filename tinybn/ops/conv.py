@@ -13,6 +13,9 @@ column order (a, b, c) so that `w.reshape(KH*KW*C, O)` lines up with it; the
 conv is then one GEMM (run on the batch chunks the backend's policy gives: a few
 images at a time on the CPU, to bound the buffers; the whole batch on the GPU).
 A pointwise 1x1 conv (stride 1, no padding) skips im2col: its rows are the pixels.
+The forward and the filter gradient are the primitives conv2d_forward and
+conv2d_backprop_filter: the references that a backend's faster algorithm (Winograd on
+the numba backend) must equal within its documented error.
 The backward is two GEMMs:
     dW    = cols^T @ dy                       (KH*KW*C, O)
     dcols = dy @ W^T, dx = col2im(dcols)      col2im is im2col's adjoint: it
@@ -135,8 +138,15 @@ def _chunks(x, window):
     return dispatch("conv_batch_chunks", x, window.OH * window.OW * window.KH * window.KW)
 
 
-def _correlate(x, w, window):
-    """conv2d's forward on arrays: y (N, OH, OW, O) = im2col(x) @ w, a chunk of the batch at a time."""
+@primitive("conv2d_forward")
+def conv2d_forward(x, w, window):
+    """conv2d's forward on arrays: y (N, OH, OW, O) = im2col(x) @ w, a chunk of the batch at a time.
+
+    The definition of the convolution (the input gradient of a stride-1 conv is one too):
+    a backend's twin may compute it by an algorithm of fewer multiplies for the
+    geometries its policy picks (kernels/numba_winograd.py), within that algorithm's
+    documented error, and calls this for the rest.
+    """
     KH, KW, C, O = w.shape
     xp = array_module(x)
     w2 = w.reshape(KH * KW * C, O)
@@ -144,6 +154,18 @@ def _correlate(x, w, window):
     for part in _chunks(x, window):
         xp.matmul(_windows(x[part], window), w2, out=y[part].reshape(-1, O))   # the GEMM writes into y
     return y
+
+
+@primitive("conv2d_backprop_filter")
+def conv2d_backprop_filter(x, dy, window, w_shape):
+    """conv2d's filter gradient on arrays: dW (KH, KW, C, O) = sum over batch chunks of
+    im2col(x)^T @ dy (the windows gathered again, not kept). The definition a backend's
+    faster twin must equal within its documented error, as conv2d_forward."""
+    KH, KW, C, O = w_shape
+    gw = array_module(dy).zeros((KH * KW * C, O), dy.dtype)
+    for part in _chunks(x, window):
+        gw += _windows(x[part], window).T @ dy[part].reshape(-1, O)
+    return gw.reshape(w_shape)
 
 
 def _adjoint_kernel(w):
@@ -198,27 +220,19 @@ class Conv2D(_Window):
         KH, KW, C, O = w.shape
         self._geometry(x, KH, KW)
         self.save_for_backward(x, w)
-        return _correlate(x, w, self.geometry)
+        return dispatch("conv2d_forward", x, w, self.geometry)
 
     def backward(self, gy):
         x, w = self.saved
         gx = self._input_gradient(gy, w) if self._wants(0) else None
-        gw = self._filter_gradient(x, gy, w) if self._wants(1) else None
+        gw = dispatch("conv2d_backprop_filter", x, gy, self.geometry, w.shape) if self._wants(1) else None
         return gx, gw
-
-    def _filter_gradient(self, x, gy, w):
-        """dW = sum over batch chunks of im2col(x)^T @ dy (the windows gathered again, not kept)."""
-        KH, KW, C, O = w.shape
-        gw = array_module(gy).zeros((KH * KW * C, O), gy.dtype)
-        for part in _chunks(x, self.geometry):
-            gw += _windows(x[part], self.geometry).T @ gy[part].reshape(-1, O)
-        return gw.reshape(w.shape)
 
     def _input_gradient(self, gy, w):
         """dx: a convolution of dy when the strides are 1, else col2im(dy @ W^T) a chunk at a time."""
         adjoint = self._adjoint_geometry()
         if adjoint is not None:
-            return _correlate(gy, _adjoint_kernel(w), adjoint)
+            return dispatch("conv2d_forward", gy, _adjoint_kernel(w), adjoint)
         O = w.shape[3]
         w2t = w.reshape(-1, O).T
         gx = array_module(gy).empty(self.x_shape, gy.dtype)

@@ -1,0 +1,255 @@
+"""Winograd convolution: the numba backend's conv2d_forward for 3x3 and 5x5 stride-1 convs.
+
+Shapes as tinybn.ops.conv: x (N, H, W, C), w (KH, KW, C, O), a tinybn.geometry.Window;
+y (N, OH, OW, O). r = KH = KW, m the output tile, alpha = m + r - 1 the input tile,
+T = N * TH * TW tiles (TH = ceil(OH / m), TW = ceil(OW / m)).
+
+    y tile (m x m) = A^T [ sum_c (G w[:, :, c, o] G^T) * (B^T d_c B) ] A     (Lavin & Gray 2016)
+
+d_c is the alpha x alpha window of channel c of the padded input that the tile reads
+(tiles start every m pixels; past the padding, zeros), * the elementwise product.
+Per tile, the alpha^2 products of the transformed filter and input are a GEMM over C
+at each of the alpha^2 positions: V (alpha^2, T, C) @ U (alpha^2, C, O), batched on BLAS
+(np.matmul), m^2 r^2 / alpha^2 fewer multiplies than im2col + GEMM (F(4x4, 5x5): 6.25x,
+F(4x4, 3x3): 4x). The input and output transforms are the numba kernels below; the filter
+transform U = G w G^T is computed in float64 once per call and rounded to x's dtype.
+The input gradient of a stride-1 conv is a stride-1 conv of dy (tinybn.ops.conv), so it
+comes here too, with the flipped, transposed kernel: forward and backward each transform
+their filter once.
+
+The matrices (Cook-Toom, 1-D F(m, r) transposed from polynomial multiplication): for
+the alpha - 1 finite points a_j and the point at infinity,
+    A^T[i, j] = a_j^i                   B^T[j, :] = coefficients of prod_{l != j} (x - a_l)
+    G[j, k]   = a_j^k / f_j             f_j = prod_{l != j} (a_j - a_l)
+and for infinity A^T[:, -1] = e_{m-1}, G[-1] = e_{r-1}, B^T[-1] = coefficients of
+prod_l (x - a_l). The points are dyadic (0, +-1, +-2, +-1/2), so A^T and B^T are exact
+in binary and only G is rounded (in float64). POINTS holds the sets chosen by their
+float32 error (measured on random tiles, 64 channels; the usual 0, 1, -1, 2, -2 for
+alpha = 6 is 3x worse than 0, 1, -1, 2, -1/2).
+
+Exactness: max|ours - ref| / max|ref| (crosscheck/parity.py's measure), ref the im2col
+reference in float64, inputs standard normal, "SAME" padding:
+
+    conv (tile)                           dtype     forward   input grad   filter grad
+    CIFAR conv2 5x5x64x64, 12x12, F(4,5)  float32   7.3e-6    7.4e-6       1.1e-5
+                                          float64   1.3e-14   1.5e-14      2.4e-14
+    ResNet 3x3x64x64, 56x56, F(4,3)       float32   2.9e-6    2.7e-6       2.5e-6
+                                          float64   4.8e-15   4.5e-15      5.4e-15
+    ResNet 3x3x256x256, 14x14, F(4,3)     float32   4.3e-6    5.1e-6       1.7e-6
+                                          float64   6.7e-15   8.2e-15      4.6e-15
+    im2col + GEMM in float32, the same convs: 3.5e-7 .. 6.4e-7 (float64: the reference)
+
+The error grows with alpha (the transforms' entries, A^T up to 8 and B^T up to 21/4 for
+alpha = 8, cancel in the output transform), not with the batch. WINOGRAD_RTOL, the tolerance of
+tests/test_winograd.py and of the numba kernel tests, leaves 4x over the worst float32
+value and 40x over float64. The crosscheck sweep's conv samples have 1 or 2 channels and
+never reach this path.
+
+Policy (which convs, which tile): WINOGRAD_TILES by kernel size, for stride 1,
+dilation 1, square 3x3 or 5x5 kernels, float32 or float64, at least MIN_CHANNELS input
+and output channels, outputs at least MIN_TILES tiles across; everything else goes to
+the reference, im2col + GEMM (itself on the numba im2col). Measured on this 2-core
+machine under load (other jobs running), numba backend, float32, one process, im2col
+and Winograd alternating, median of 5 ratios (min..max):
+
+    conv (batch)                       forward           input gradient     filter gradient
+    CIFAR conv2 5x5x64x64 12x12 (128)  3.38x (3.05-3.53) 3.11x (3.01-3.34)  0.10x
+    ResNet 3x3x64x64 56x56 (8)         1.77x (1.63-1.97) 1.88x (1.67-2.00)  0.06x
+    ResNet 3x3x128x128 28x28 (8)       1.87x             1.70x
+    ResNet 3x3x256x256 14x14 (8)       1.76x             1.32x
+    ResNet 3x3x512x512 7x7 (8)         0.86x             0.67x              -> MIN_TILES
+    CIFAR conv1 5x5x3x64 24x24 (128)   0.57x             (not needed)       -> MIN_CHANNELS
+    whole step, bn model (128)         train 1.60x (1.50-1.68), forward 2.02x (1.92-2.32)
+    whole step, tutorial model (128)   train 1.26x (1.17-1.31), forward 1.41x (1.32-1.59)
+
+The filter gradient (winograd_backprop_filter, exact and tested) stays off
+(WINOGRAD_FILTER_GRADIENT): its alpha^2 GEMMs are (C x T) @ (T x O), short and wide,
+and OpenBLAS's two threads took 10x longer on those 64 calls than one thread (and than
+one GEMM of the same work), so im2col + GEMM is faster here.
+
+Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
+tinybn.geometry, other kernel modules, and numpy, numba or cupy.
+"""
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from tinybn import backend
+
+from . import numba_setup  # noqa: F401  (before the first parallel call)
+
+POINTS = {6: (0, 1, -1, 2, -0.5), 8: (0, 1, -1, 2, -2, 0.5, -0.5)}    # alpha -> finite points
+WINOGRAD_TILES = {3: 4, 5: 4}             # r -> m: F(4x4, 3x3), F(4x4, 5x5)
+MIN_CHANNELS = 16
+MIN_TILES = 2                             # tiles across each output axis (a 7x7 output: im2col)
+WINOGRAD_FILTER_GRADIENT = False          # measured slower than im2col + GEMM here (see above)
+WINOGRAD_RTOL = {np.dtype(np.float32): 5e-5, np.dtype(np.float64): 1e-12}
+
+
+@functools.cache
+def transforms(m, r):
+    """(A^T (m, alpha), G (alpha, r), B^T (alpha, alpha)) of F(m, r), float64."""
+    alpha = m + r - 1
+    points = np.array(POINTS[alpha], np.float64)
+    AT, G, BT = np.zeros((m, alpha)), np.zeros((alpha, r)), np.zeros((alpha, alpha))
+    for j, a in enumerate(points):
+        others = np.delete(points, j)
+        AT[:, j] = a ** np.arange(m)
+        G[j] = a ** np.arange(r) / np.prod(a - others)
+        BT[j, :alpha - 1] = np.poly(others)[::-1]       # np.poly: highest power first
+    AT[m - 1, -1] = G[-1, r - 1] = 1.0
+    BT[-1] = np.poly(points)[::-1]
+    for a in (AT, G, BT):
+        a.setflags(write=False)
+    return AT, G, BT
+
+
+def _tile_transform_plain(x, T, stride, top, left, out, TH, TW):
+    """out[p*alpha + q, t, c] = sum_{i,j < s} T[p, i] T[q, j] x[n, th*stride + i - top, tw*stride + j - left, c]
+    for tile t = (n*TH + th)*TW + tw; x is 0 outside. T (alpha, s): B^T for the input tiles."""
+    N, H, W, C = x.shape
+    alpha, s = T.shape
+    for row in prange(N * TH):
+        n, th = row // TH, row % TH
+        d = np.empty((s, s, C), x.dtype)
+        half = np.empty((alpha, s, C), x.dtype)        # T applied along the tile's rows
+        for tw in range(TW):
+            for i in range(s):
+                h = th * stride + i - top
+                for j in range(s):
+                    w = tw * stride + j - left
+                    if 0 <= h < H and 0 <= w < W:
+                        for c in range(C):
+                            d[i, j, c] = x[n, h, w, c]
+                    else:
+                        for c in range(C):
+                            d[i, j, c] = 0
+            for p in range(alpha):
+                for j in range(s):
+                    for c in range(C):
+                        half[p, j, c] = 0
+                    for i in range(s):
+                        coefficient = T[p, i]
+                        if coefficient != 0:          # a third of B^T is zeros
+                            for c in range(C):
+                                half[p, j, c] += coefficient * d[i, j, c]
+            t = row * TW + tw
+            for p in range(alpha):
+                for q in range(alpha):
+                    target = out[p * alpha + q, t]
+                    for c in range(C):
+                        target[c] = 0
+                    for j in range(s):
+                        coefficient = T[q, j]
+                        if coefficient != 0:
+                            for c in range(C):
+                                target[c] += coefficient * half[p, j, c]
+
+
+def _output_transform_plain(M, AT, y, TH, TW):
+    """y[n, th*m + i, tw*m + j, o] = sum_{p,q} A^T[i, p] A^T[j, q] M[p*alpha + q, t, o], cropped to (OH, OW)."""
+    N, OH, OW, O = y.shape
+    m, alpha = AT.shape
+    for row in prange(N * TH):
+        n, th = row // TH, row % TH
+        half = np.empty((m, alpha, O), y.dtype)         # A^T applied along the tile's rows
+        for tw in range(TW):
+            t = row * TW + tw
+            for i in range(m):
+                for q in range(alpha):
+                    for o in range(O):
+                        half[i, q, o] = 0
+                    for p in range(alpha):
+                        coefficient = AT[i, p]
+                        if coefficient != 0:
+                            source = M[p * alpha + q, t]
+                            for o in range(O):
+                                half[i, q, o] += coefficient * source[o]
+            for i in range(min(m, OH - th * m)):
+                for j in range(min(m, OW - tw * m)):
+                    target = y[n, th * m + i, tw * m + j]
+                    for o in range(O):
+                        target[o] = 0
+                    for q in range(alpha):
+                        coefficient = AT[j, q]
+                        if coefficient != 0:
+                            for o in range(O):
+                                target[o] += coefficient * half[i, q, o]
+
+
+_tile_transform_kernel = njit(parallel=True, cache=True)(_tile_transform_plain)
+_output_transform_kernel = njit(parallel=True, cache=True)(_output_transform_plain)
+
+
+def winograd_tile(x_shape, w_shape, window, dtype, direction="forward"):
+    """The numba backend's policy: the output tile m of the Winograd conv for these operands, or None
+    for im2col + GEMM. direction: "forward" (conv2d_forward, which also serves the input gradient)
+    or "filter" (conv2d_backprop_filter)."""
+    KH, KW, C, O = w_shape
+    if direction == "filter" and not WINOGRAD_FILTER_GRADIENT:
+        return None
+    if (KH != KW or KH not in WINOGRAD_TILES or tuple(window[2:6]) != (1, 1, 1, 1) or min(C, O) < MIN_CHANNELS
+            or dtype not in WINOGRAD_RTOL or x_shape[0] == 0):
+        return None
+    m = WINOGRAD_TILES[KH]
+    return m if min(window.OH, window.OW) >= MIN_TILES * m else None
+
+
+def filter_transform(w, m):
+    """U (alpha^2, C, O) = G w G^T at every (c, o), in float64, rounded to w's dtype."""
+    r, _, C, O = w.shape
+    _, G, _ = transforms(m, r)
+    half = (G @ w.astype(np.float64).reshape(r, r * C * O)).reshape(-1, r, C * O)   # (alpha, r, C*O)
+    U = np.matmul(G, half)                                                          # (alpha, alpha, C*O)
+    return U.reshape(-1, C, O).astype(w.dtype)
+
+
+def winograd_conv2d(x, w, window, m):
+    """conv2d_forward by F(m x m, r x r): y (N, OH, OW, O)."""
+    N = x.shape[0]
+    r, _, C, O = w.shape
+    AT, _, BT = transforms(m, r)
+    alpha = m + r - 1
+    TH, TW = -(-window.OH // m), -(-window.OW // m)
+    V = np.empty((alpha * alpha, N * TH * TW, C), x.dtype)
+    _tile_transform_kernel(np.ascontiguousarray(x), BT.astype(x.dtype), m, window.top, window.left, V, TH, TW)
+    M = np.matmul(V, filter_transform(w, m))                  # alpha^2 GEMMs (T, C) @ (C, O) on BLAS
+    y = np.empty((N, window.OH, window.OW, O), x.dtype)
+    _output_transform_kernel(M, AT.astype(x.dtype), y, TH, TW)
+    return y
+
+
+def conv2d_forward(x, w, window):
+    """As tinybn.ops.conv.conv2d_forward: Winograd where winograd_tile picks a tile, else the reference."""
+    m = winograd_tile(x.shape, w.shape, window, x.dtype)
+    if m is None:
+        return backend.implementation("conv2d_forward", "numpy")(x, w, window)
+    return winograd_conv2d(x, w, window, m)
+
+
+
+def winograd_backprop_filter(x, dy, window, w_shape, m):
+    """conv2d_backprop_filter by F(m x m, r x r), the adjoint of winograd_conv2d in w:
+    dM = A dy_tile A^T per tile (the transposed output transform; dy is 0 past OH, OW),
+    dU = V^T @ dM at each of the alpha^2 positions (GEMMs over the T tiles), dW = G^T dU G."""
+    r, _, C, O = w_shape
+    AT, G, BT = transforms(m, r)
+    alpha = m + r - 1
+    TH, TW = -(-window.OH // m), -(-window.OW // m)
+    T = x.shape[0] * TH * TW
+    V = np.empty((alpha * alpha, T, C), x.dtype)
+    _tile_transform_kernel(np.ascontiguousarray(x), BT.astype(x.dtype), m, window.top, window.left, V, TH, TW)
+    dM = np.empty((alpha * alpha, T, O), dy.dtype)
+    _tile_transform_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(AT.T, dy.dtype), m, 0, 0, dM, TH, TW)
+    dU = np.matmul(V.transpose(0, 2, 1), dM).reshape(alpha, alpha, C * O).astype(np.float64)
+    half = np.matmul(G.T, dU)                                     # (alpha, r, C*O): G^T dU[p] G
+    return (G.T @ half.reshape(alpha, -1)).reshape(w_shape).astype(dy.dtype)
+
+
+def conv2d_backprop_filter(x, dy, window, w_shape):
+    """As tinybn.ops.conv.conv2d_backprop_filter: Winograd where winograd_tile picks a tile, else the reference."""
+    m = winograd_tile(x.shape, w_shape, window, x.dtype, "filter")
+    if m is None:
+        return backend.implementation("conv2d_backprop_filter", "numpy")(x, dy, window, w_shape)
+    return winograd_backprop_filter(x, dy, window, w_shape, m)

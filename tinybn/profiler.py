@@ -21,7 +21,9 @@ changes no result (it calls the same methods on the same arrays). An op is named
 Function class (Conv2D, MatMul, FusedBatchNorm, ...); its layer is the innermost
 `prof.layer(name)` open at its forward, and its backward is filed under the same layer.
 One time is the wall-clock time of one call (time.perf_counter), threads included: the
-numba kernels and BLAS run inside it.
+numba kernels and BLAS run inside it. On the GPU (cupy arrays) a call only queues its
+kernels, so the hooks synchronize the current stream before and after each call: the time
+is then the kernels' own, and the profiled step loses the overlap of launches and kernels.
 
 FLOPs are counted for the GEMM-shaped ops only, from their shapes (2 per multiply-add):
     Conv2D           forward  2 * N * OH * OW * KH * KW * C * O   (x, filters (KH, KW, C, O), y)
@@ -70,6 +72,14 @@ def _matmul_flops(arrays, outputs):
 GEMM_FLOPS = {"Conv2D": _conv_flops, "DepthwiseConv2D": _depthwise_flops, "MatMul": _matmul_flops}
 
 
+def _synchronize(arrays):
+    """Wait for the GPU's queued work when one of `arrays` lives there (a no-op on the host)."""
+    for a in arrays:
+        if a is not None and backend.on_device(a):
+            backend.array_module(a).cuda.get_current_stream().synchronize()
+            return
+
+
 class OpProfiler:
     """Times every op's forward and backward while active (a context manager; see the module docstring)."""
 
@@ -116,8 +126,10 @@ class OpProfiler:
 
     # --- the hooks: Function.__call__ and Tensor.backward call these while active ---------------
     def forward(self, fn, arrays):
+        _synchronize(arrays)
         start = time.perf_counter()
         outputs = fn.forward(*arrays)
+        _synchronize(outputs if isinstance(outputs, tuple) else (outputs,))
         elapsed = time.perf_counter() - start
         count = GEMM_FLOPS.get(type(fn).__name__)
         flops = count(arrays, outputs if isinstance(outputs, tuple) else (outputs,)) if count else 0
@@ -130,8 +142,10 @@ class OpProfiler:
         return outputs
 
     def backward(self, fn, gys):
+        _synchronize(gys)
         start = time.perf_counter()
         gxs = fn.backward(*gys)
+        _synchronize(gxs if isinstance(gxs, tuple) else (gxs,))
         elapsed = time.perf_counter() - start
         key, flops = self._where.get(fn, ((None, type(fn).__name__), 0))
         entry = self._entry(key)

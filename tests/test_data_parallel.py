@@ -174,7 +174,7 @@ def data(tmp_path_factory):
 def train_args(data, train_dir, *extra):
     return ["-m", "tinybn.train", "cifar", "--data-dir", str(data), "--train-dir", str(train_dir),
             "--batch-size", "4", "--log-every", "5", "--summary-every", "10", "--no-download",
-            "--num-threads", "1", *extra]
+            "--num-threads", "1", "--backend", "numpy", *extra]
 
 
 def test_two_ranks_train_write_only_on_rank_0_and_evaluate_anywhere(data, tmp_path):
@@ -331,7 +331,8 @@ def test_mnist_trains_under_mpiexec(tmp_path):
     data = write_mnist(tmp_path / "mnist")
     out = tmp_path / "run"
     p = mpiexec(2, "-m", "tinybn.train", "mnist", "--data-dir", str(data), "--train-dir", str(out),
-                "--batch-size", "4", "--max-steps", "6", "--log-every", "3", "--no-download", "--sync-bn")
+                "--batch-size", "4", "--max-steps", "6", "--log-every", "3", "--no-download", "--sync-bn",
+                "--backend", "numpy")
     assert p.stdout.splitlines()[0].startswith("data parallel: 2 replicas, backend numpy, batch 4 per replica "
                                                "(global 8)")
     assert "batch norm cross-replica (--sync-bn)" in p.stdout.splitlines()[0]

@@ -27,6 +27,13 @@ The backend is chosen by `use_backend(name)`; until then, the first op (or
 `import tinybn`: it is reported, in one line, by whatever uses it, and an explicit
 `use_backend` (the CLIs' --backend) never reads it.
 
+"auto" (the command lines' default, and a value of --backend and TINYBN_BACKEND) is the
+fastest backend this machine can run, decided when it is selected (`use_auto_backend`):
+cupy when CuPy is installed and sees a CUDA GPU, else numba when it is installed, else
+numpy. A backend whose library is there but whose kernels fail to load is passed over,
+with a one-line warning that says why. The probes look for the libraries without
+importing numba; CuPy is imported only when it is installed.
+
 Kernels load on first use, never at `import tinybn` (which imports neither numba nor
 cupy). They live in the top-level kernels/ folder, installed as tinybn.kernels
 (setup.cfg's package_dir). From a bare source checkout (PYTHONPATH=.) that name is not
@@ -48,6 +55,8 @@ from contextlib import contextmanager
 from .arrays import array_module, on_device, to_numpy  # noqa: F401  (the ops import array_module from here)
 
 BACKENDS = ("numpy", "numba", "cupy")
+AUTO = "auto"
+CHOICES = BACKENDS + (AUTO,)   # what use_backend, --backend and TINYBN_BACKEND accept
 _registry = {}          # primitive name -> {backend name -> function}
 _current = [None]       # one-element list: the current backend's name (None: not chosen yet)
 _loaded = set()         # backends whose kernel modules were imported
@@ -108,9 +117,15 @@ def implementation(name, backend=None):
 
 
 def use_backend(name):
-    """Select the backend for all later op calls; loads its kernels on first use."""
+    """Select the backend for all later op calls; loads its kernels on first use. "auto" selects
+    use_auto_backend()'s choice, warning (RuntimeWarning) of any backend it passed over."""
+    if name == AUTO:
+        _, _, passed_over = use_auto_backend()
+        for problem in passed_over:
+            warnings.warn(problem, RuntimeWarning, stacklevel=2)
+        return
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+        raise ValueError(f"unknown backend {name!r}; expected one of {CHOICES}")
     if name != "numpy" and name not in _loaded:
         _load_kernels(name)
     _current[0] = name
@@ -127,20 +142,86 @@ def current_backend():
     return _current[0]
 
 
-def environment_backend():
-    """The backend TINYBN_BACKEND names ("numpy" when unset or empty); ValueError for any other name."""
-    name = os.environ.get("TINYBN_BACKEND", "") or "numpy"
-    if name not in BACKENDS:
-        raise ValueError(f"TINYBN_BACKEND={name!r} is not a backend; expected one of {', '.join(BACKENDS)} "
+def environment_backend(default="numpy"):
+    """The backend TINYBN_BACKEND names (`default` when unset or empty; "auto" is a name too);
+    ValueError for any other value."""
+    name = os.environ.get("TINYBN_BACKEND", "") or default
+    if name not in CHOICES:
+        raise ValueError(f"TINYBN_BACKEND={name!r} is not a backend; expected one of {', '.join(CHOICES)} "
                          "(names are lower case)")
     return name
+
+
+def cuda_gpu_probe():
+    """(True, what was found) when CuPy is installed and sees a CUDA GPU, else (False, why not)."""
+    if importlib.util.find_spec("cupy") is None:
+        gpus = "/proc/driver/nvidia/gpus"       # the NVIDIA driver's list, readable without CuPy
+        if os.path.isdir(gpus) and os.listdir(gpus):
+            return False, "a CUDA GPU but no CuPy (pip install -e '.[gpu]')"
+        return False, "no CUDA GPU"
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"] if count else b""
+    except Exception as e:      # CuPy's own errors: no driver, no device, a CUDA mismatch
+        return False, f"CuPy sees no CUDA GPU ({_first_line(e)})"
+    if not count:
+        return False, "CuPy sees no CUDA GPU"
+    name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+    return True, f"CUDA GPU {name}, CuPy {cupy.__version__}"
+
+
+def numba_probe():
+    """(True, "numba <version> installed") when numba can be imported, else (False, why not);
+    looks for it without importing it."""
+    if importlib.util.find_spec("numba") is None:
+        return False, "numba not installed"
+    from importlib import metadata      # here, not at import: `import tinybn` stays light
+    try:
+        return True, f"numba {metadata.version('numba')} installed"
+    except metadata.PackageNotFoundError:     # importable without an installed distribution
+        return True, "numba installed"
+
+
+def use_auto_backend():
+    """Select the fastest backend that loads here: cupy (cuda_gpu_probe), else numba (numba_probe),
+    else numpy. Returns (name, why, passed_over): why says what the probes found, e.g. "no CUDA
+    GPU; numba 0.60.0 installed"; passed_over holds a one-line reason for each backend whose
+    library was found but whose kernels failed to load (the choice then falls to the next)."""
+    found, passed_over = [], []
+    for name, probe in (("cupy", cuda_gpu_probe), ("numba", numba_probe)):
+        present, what = probe()
+        if present:
+            try:
+                use_backend(name)
+                return name, "; ".join(found + [what]), passed_over
+            except ImportError as e:
+                passed_over.append(f"backend auto passes over {name}: {what}, but its kernels failed to "
+                                   f"load: {_first_line(e)}")
+                what = f"{name} kernels failed to load"
+        found.append(what)
+    use_backend("numpy")
+    return "numpy", "; ".join(found), passed_over
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextmanager
 def backend(name):
     """`with tinybn.backend.backend("numba"): ...` runs a block under another backend."""
+    with restored_backend():
+        use_backend(name)
+        yield
+
+
+@contextmanager
+def restored_backend():
+    """On leaving the block, the backend selected on entering it is selected again (or none, and the
+    next op reads TINYBN_BACKEND): a command run in-process leaves the process's backend as it was."""
     previous = _current[0]
-    use_backend(name)
     try:
         yield
     finally:

@@ -3,6 +3,7 @@ have in common as argparse parent parsers, and one validation of the flags' valu
 the directories they name.
 
     input_flags(...)      --data-dir, --batch-size, --backend, --no-download (every train and eval)
+    select_backend(args)  --backend, else $TINYBN_BACKEND, else auto; the first line names the choice
     mnist_input_flags()   input_flags with the MNIST files' help (train mnist, eval mnist)
     training_flags(...)   --max-steps, --train-dir, --seed, the intervals, --max-to-keep (train)
     check_flags(args)     --backend selected, then every int and seconds flag the command has
@@ -12,14 +13,16 @@ Every error a command line gives is one line on stderr starting "error:", with a
 non-zero exit status: argparse's own errors (exit 2) as much as the ones of the
 checks here and of the commands (SystemExit("error: ..."), exit 1).
 
-Command-line floor: imports anything below (backend, run_dirs); only train, eval and bench
-import it.
+Command-line floor: imports anything below (backend, distributed.world, run_dirs); only train,
+eval and bench import it.
 """
 import argparse
 import math
+import os
 import sys
 
 from . import backend
+from .distributed import world as world_lib
 from .run_dirs import check_dir, describe_os_error, one_line
 
 # the flags check_flags refuses below 1 / below 0 / unless a positive finite number,
@@ -39,23 +42,47 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def add_backend_flag(parser):
-    parser.add_argument("--backend", default=None, choices=backend.BACKENDS,
-                        help="array backend (default: $TINYBN_BACKEND, else numpy)")
+    parser.add_argument("--backend", default=None, choices=backend.CHOICES,
+                        help="array backend (default: $TINYBN_BACKEND, else auto: cupy when CuPy sees a CUDA "
+                             "GPU, else numba when installed, else numpy)")
 
 
 def select_backend(args):
-    """Switch to --backend, else to the one TINYBN_BACKEND names, else numpy; args.backend becomes
-    that name. --backend is taken as given: a bad TINYBN_BACKEND does not stop `--backend numpy`."""
+    """Switch to --backend, else to the one TINYBN_BACKEND names, else to auto's choice (cupy, numba
+    or numpy: backend.use_auto_backend); args.backend becomes the name of the backend selected.
+    Unless --backend named one, the first line of output says which and why, e.g.
+        backend: numba (auto: no CUDA GPU; numba 0.60.0 installed)
+    and a backend that auto passed over (its kernels failed to load) is a warning line on stderr.
+    --backend is taken as given: a bad TINYBN_BACKEND does not stop `--backend numpy`."""
+    given = args.backend
     try:
-        name = args.backend or backend.environment_backend()
+        name = given or backend.environment_backend(default=backend.AUTO)
     except ValueError as e:
         raise SystemExit(f"error: {one_line(e)}; or choose one with --backend") from None
+    source = f"--backend {name}" if given else f"TINYBN_BACKEND={name}" if os.environ.get("TINYBN_BACKEND") else ""
     try:
-        backend.use_backend(name)
+        if name == backend.AUTO:
+            chosen, why, passed_over = backend.use_auto_backend()
+        else:
+            backend.use_backend(name)
+            chosen, why, passed_over = name, "", ()
     except ImportError as e:
-        source = "--backend" if args.backend else f"TINYBN_BACKEND={name!r}"
-        raise SystemExit(f"error: {source}: {one_line(e)}" + ("" if args.backend else "; or choose one with --backend"))
-    args.backend = name
+        where = "--backend" if given else f"TINYBN_BACKEND={name!r}"
+        raise SystemExit(f"error: {where}: {one_line(e)}" + ("" if given else "; or choose one with --backend"))
+    args.backend = chosen
+    if not _is_root_process():
+        return
+    for problem in passed_over:
+        print(f"warning: {problem}", file=sys.stderr, flush=True)
+    if name == backend.AUTO:
+        print(f"backend: {chosen} ({source or 'auto'}: {why})", flush=True)
+    elif not given:
+        print(f"backend: {chosen} ({source})", flush=True)
+
+
+def _is_root_process():
+    """Whether this process speaks for its job: always, unless it is rank > 0 of an MPI launch."""
+    return not world_lib.launched_under_mpi() or world_lib.world().is_root
 
 
 def check_ints(args, positive=(), non_negative=()):
@@ -144,9 +171,11 @@ def check_train_flags(args):
 
 def run_command(args):
     """args.run(args), a file system's refusal (disk full, read-only) answered in one line and
-    the abort of a second Ctrl-C (or SIGTERM) by exit status 130 without a traceback."""
+    the abort of a second Ctrl-C (or SIGTERM) by exit status 130 without a traceback. The backend
+    the command selects is unselected after it (a command run in-process changes no later op)."""
     try:
-        return args.run(args)
+        with backend.restored_backend():
+            return args.run(args)
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr, flush=True)
         raise SystemExit(130) from None

@@ -1,4 +1,5 @@
-"""Event files read back by an independent TFRecord/protobuf parser; crc32c vectors; CSV logging (csv_log)."""
+"""Event files (tensorboardX's records under tinybn.summary) read back by an independent
+TFRecord/protobuf parser checking both CRC-32Cs bit by bit; CSV logging (csv_log)."""
 import csv
 import os
 import re
@@ -10,7 +11,7 @@ from hypothesis import given, strategies as st
 
 from tinybn import csv_log, summary
 from tinybn.csv_log import CSVLogger
-from tinybn.summary import SummaryWriter, crc32c, histogram_proto, masked_crc32c
+from tinybn.summary import SummaryWriter, histogram_proto
 
 
 # --- an independent reader -----------------------------------------------------------------
@@ -92,21 +93,18 @@ def events(path):
 
 
 # --- crc32c ----------------------------------------------------------------------------------------
-def test_crc32c_known_vectors():
-    # RFC 3720 (iSCSI) appendix B.4 and the classic check value
-    assert crc32c(b"123456789") == 0xE3069283
-    assert crc32c(b"") == 0
-    assert crc32c(bytes(32)) == 0x8A9136AA
-    assert crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert crc32c(bytes(range(32))) == 0x46DD794E
-    assert crc32c(bytes(range(31, -1, -1))) == 0x113FDB5C
-    assert masked_crc32c(b"123456789") == mask(0xE3069283)
+def test_bitwise_crc32c_known_vectors():
+    """The reader's own CRC-32C (RFC 3720 appendix B.4 and the classic check value): what every
+    record tinybn writes through tensorboardX is checked against below."""
+    assert bitwise_crc32c(b"123456789") == 0xE3069283 and bitwise_crc32c(b"") == 0
+    assert bitwise_crc32c(bytes(32)) == 0x8A9136AA and bitwise_crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert bitwise_crc32c(bytes(range(32))) == 0x46DD794E
 
 
-@given(st.binary(max_size=200), st.integers(0, 200))
-def test_crc32c_matches_bitwise_definition_and_continues(data, cut):
-    assert crc32c(data) == bitwise_crc32c(data)
-    assert crc32c(data[cut:], crc32c(data[:cut])) == crc32c(data)
+@given(st.binary(max_size=200))
+def test_tensorboardx_record_crc_is_the_bitwise_definition(data):
+    from tensorboardX.record_writer import masked_crc32c
+    assert masked_crc32c(data) == mask(bitwise_crc32c(data))
 
 
 # --- event files ---------------------------------------------------------------------------------------
@@ -128,7 +126,8 @@ def test_event_file_round_trip(tmp_path):
     simple = [struct.unpack("<f", v[2][0])[0] for e in evs[1:4] for v in e["values"]]
     assert simple == [2.25, np.float32(0.1), 0.75, -1.0]
     h = parse(evs[4]["values"][0][5][0])
-    assert [d(h[i][0]) for i in range(1, 6)] == [-5.0, 5.0, 11.0, 0.0, float((x * x).sum())]
+    zero = struct.pack("<d", 0.0)       # proto3 leaves a field at its default (sum 0.0) out
+    assert [d(h.get(i, [zero])[0]) for i in range(1, 6)] == [-5.0, 5.0, 11.0, 0.0, float((x * x).sum())]
     limits, counts = np.frombuffer(h[6][0], "<f8"), np.frombuffer(h[7][0], "<f8")
     assert limits.tolist() == [-2.5, 0.0, 2.5, 5.0] and counts.tolist() == [3, 2, 3, 3]
 
@@ -156,7 +155,8 @@ def test_tf_buckets(values):
     h = parse(histogram_proto(values))
     got = list(zip(np.frombuffer(h[6][0], "<f8").tolist(), np.frombuffer(h[7][0], "<f8").tolist()))
     assert got == tf_histogram_reference(values)
-    assert d(h[3][0]) == len(values) and sum(c for _, c in got) == len(values)
+    num = d(h[3][0]) if 3 in h else 0.0     # proto3 leaves num = 0 out
+    assert num == len(values) and sum(c for _, c in got) == len(values)
 
 
 def test_tf_limits_shape():
@@ -254,8 +254,6 @@ def test_purge_step_writes_a_session_log_start(tmp_path):
     assert start[2] == [5] and sorted(start) == [1, 2, 7]  # step 5, session_log = 7 (6: log_message)
     assert parse(start[7][0]) == {1: [1]}                  # SessionLog{status: START}
     assert d(start[1][0]) == d(records[0][1][0])
-    log = parse(summary.encode_session_log(summary.SESSION_START, checkpoint_path="m.ckpt-4.npz", msg="resumed"))
-    assert log == {1: [1], 2: [b"m.ckpt-4.npz"], 3: [b"resumed"]}
     with pytest.raises(ValueError, match="step: expected an int"):
         SummaryWriter(tmp_path / "new", purge_step=2.5)
     assert not (tmp_path / "new").exists()

@@ -1,157 +1,59 @@
-"""TensorBoard event files without TensorFlow (the CSV log is tinybn/csv_log.py).
+"""TensorBoard event files through tensorboardX (the CSV log is tinybn/csv_log.py).
 
-An event file is a TFRecord stream: each record is
-    uint64 length (little endian) | uint32 masked_crc32c(length bytes)
-    | data | uint32 masked_crc32c(data)
-where crc32c is CRC-32 with the Castagnoli polynomial (reflected 0x82F63B78)
-and masked(c) = ((c >> 15) | (c << 17)) + 0xa282ead8 mod 2^32. Each record's
-data is a serialized tensorflow.Event protobuf, hand-encoded here:
-    Event          wall_time double = 1, step int64 = 2, file_version string = 3,
-                   summary Summary = 5, session_log SessionLog = 7
-                   (6 is the deprecated log_message)
-    SessionLog     status enum = 1 (START = 1), checkpoint_path string = 2, msg string = 3
-    Summary        repeated Value value = 1
-    Summary.Value  tag string = 1, simple_value float = 2, histo HistogramProto = 5
-    HistogramProto min = 1, max = 2, num = 3, sum = 4, sum_squares = 5 (double),
-                   bucket_limit = 6, bucket = 7 (packed repeated double)
-The first record is Event{wall_time, file_version: "brain.Event:2"}, and files
-are named events.out.tfevents.<10-digit unix time>.<hostname><suffix>, as TF's
-EventsWriter does. TensorBoard shows simple_value as scalars and HistogramProto
-as histograms (its legacy, still supported, formats).
+tensorboardX gives the Event/Summary protobufs and the TFRecord framing with its CRC-32C;
+images are PNG-encoded by Pillow. This module decides what goes into which event:
 
-A run resumed from a checkpoint at step S repeats the steps after S that the
-crashed run had logged. SummaryWriter(purge_step=S + 1) writes, right after the
-file version, Event{step: S + 1, session_log: {status: START}}: reading it,
-TensorBoard drops the events of the run's earlier files whose step is >= S + 1
-(TF's SessionLog START convention, tensorboardX's purge_step). csv_log.CSVLogger's
-purge_step drops the same rows from a CSV log.
+    SummaryWriter(logdir, purge_step=S)   a new event file in logdir
+      .scalar(tag, value, step)            simple_value (float32), the legacy scalar TensorBoard shows
+      .scalars({tag: value}, step)         several in one event
+      .histogram(tag, values, step)        HistogramProto in TF's buckets (bins="tf") or n equal ones
+      .images(tag, batch, step)            tf.summary.image's "tag/image/i", TF's float scaling
 
-Histogram buckets: bins="tf" (default) reproduces tf.compat.v1.summary.histogram:
-TF's fixed exponential limits (+-1e-12 * 1.1^k up to 1e20, 0, +-DBL_MAX), a
-value v counted in the first bucket whose limit is > v, and runs of empty
-buckets collapsed into one entry carrying the run's last limit. bins=<int n>
-gives n equal-width buckets over [min, max] (np.histogram), bucket_limit being
-each bucket's right edge. Non-finite values are refused, as TF's op does.
+Why tensorboardX's record layer and not its SummaryWriter: tensorboardX.SummaryWriter hands
+events to a daemon thread through a queue of 10. On a full disk that thread dies with the
+error, nothing tells the trainer, and the 11th event blocks it forever; its file name (the
+second and the host) is opened with "wb", so two writers started in one second in one
+directory share, and truncate, one file. Here events are written in the caller's thread
+(an OSError naming the file reaches the command line as one line), the file is created
+exclusively, and TFRecord framing is tensorboardX's RecordWriter over that file.
+
+Files are named events.out.tfevents.<10-digit unix time>.<hostname><suffix>, as TF's
+EventsWriter does, and start with Event{wall_time, file_version: "brain.Event:2"}.
+
+A run resumed from a checkpoint at step S repeats the steps after S that the crashed run
+had logged. SummaryWriter(purge_step=S + 1) writes, right after the file version,
+Event{step: S + 1, session_log: {status: START}}: reading it, TensorBoard drops the events
+of the run's earlier files whose step is >= S + 1 (TF's SessionLog START convention, the
+event tensorboardX's purge_step writes). csv_log.CSVLogger's purge_step drops the same rows.
+
+Histogram buckets: bins="tf" (default) reproduces tf.compat.v1.summary.histogram: TF's
+fixed exponential limits (+-1e-12 * 1.1^k up to 1e20, 0, +-DBL_MAX), a value v counted in
+the first bucket whose limit is > v, and runs of empty buckets collapsed into one entry
+carrying the run's last limit (tensorboardX's own "tensorflow" bins only trim the empty
+ends, so their buckets differ from TF's). bins=<int n> gives n equal-width buckets over
+[min, max] (np.histogram), bucket_limit being each bucket's right edge. Non-finite values
+are refused, as TF's op does.
+
+Images: a float image is scaled as TF's image summary does, each image on its own: all
+values >= 0: v * 255 / max; otherwise v * 127 / max(|min|, max) + 128; then truncated to
+uint8. uint8 images are written as they are.
 
 Floor: training (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
 optim, the package root, models, data and training.
 """
+import importlib.util
+import io
 import os
 import socket
-import struct
 import time
 
 import numpy as np
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.proto.summary_pb2 import HistogramProto, Summary
+from tensorboardX.record_writer import RecordWriter
 
 FILE_VERSION = "brain.Event:2"
-SESSION_START = 1       # SessionLog.SessionStatus.START
-
-
-# --- crc32c and TFRecord framing ---------------------------------------------------
-def _crc32c_table():
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data, crc=0):
-    """CRC-32C (Castagnoli) of `data`; pass a previous result as `crc` to continue it."""
-    crc ^= 0xFFFFFFFF
-    table = _CRC_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data):
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(data):
-    """One TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
-
-
-# --- protobuf encoding -------------------------------------------------------------------
-def _varint(n):
-    n &= 0xFFFFFFFFFFFFFFFF   # int64 negatives are 10-byte two's complement varints
-    out = bytearray()
-    while True:
-        bits = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _key(field, wire_type):
-    return _varint((field << 3) | wire_type)
-
-
-def _double(field, x):
-    return _key(field, 1) + struct.pack("<d", x)
-
-
-def _float(field, x):
-    return _key(field, 5) + struct.pack("<f", x)
-
-
-def _bytes(field, b):
-    return _key(field, 2) + _varint(len(b)) + b
-
-
-def _packed_doubles(field, xs):
-    return _bytes(field, np.asarray(xs, dtype="<f8").tobytes())
-
-
-def encode_event(wall_time, step=0, file_version=None, summary=None, session_log=None):
-    """Serialized Event; `summary` and `session_log` are already encoded messages."""
-    out = _double(1, wall_time)
-    if step:
-        out += _key(2, 0) + _varint(int(step))
-    if file_version is not None:
-        out += _bytes(3, file_version.encode("utf-8"))
-    if summary is not None:
-        out += _bytes(5, summary)
-    if session_log is not None:
-        out += _bytes(7, session_log)
-    return out
-
-
-def encode_session_log(status, checkpoint_path="", msg=""):
-    """Serialized SessionLog (status: SESSION_START, ...); empty strings are left out, as proto3 does."""
-    out = _key(1, 0) + _varint(status)
-    if checkpoint_path:
-        out += _bytes(2, checkpoint_path.encode("utf-8"))
-    if msg:
-        out += _bytes(3, msg.encode("utf-8"))
-    return out
-
-
-def encode_summary(values):
-    """Serialized Summary from [(tag, "simple_value" | "histo", payload)]."""
-    out = b""
-    for tag, kind, payload in values:
-        value = _bytes(1, tag.encode("utf-8"))
-        value += _float(2, payload) if kind == "simple_value" else _bytes(5, payload)
-        out += _bytes(1, value)
-    return out
-
-
-def encode_histogram(min, max, num, sum, sum_squares, bucket_limit, bucket):
-    return (_double(1, min) + _double(2, max) + _double(3, num) + _double(4, sum)
-            + _double(5, sum_squares) + _packed_doubles(6, bucket_limit) + _packed_doubles(7, bucket))
+HAVE_PILLOW = importlib.util.find_spec("PIL") is not None
 
 
 # --- histograms -------------------------------------------------------------------------------
@@ -168,8 +70,8 @@ def _tf_bucket_limits():
 _TF_LIMITS = _tf_bucket_limits()
 
 
-def histogram_proto(values, bins="tf"):
-    """Encoded HistogramProto of `values` (see the module docstring for `bins`)."""
+def histogram(values, bins="tf"):
+    """HistogramProto of `values` (see the module docstring for `bins`)."""
     x = np.asarray(values, dtype=np.float64).ravel()
     if not np.all(np.isfinite(x)):
         raise ValueError("values: histogram of non-finite values (NaN or Inf)")
@@ -196,7 +98,39 @@ def histogram_proto(values, bins="tf"):
             raise ValueError(f"bins: expected 'tf' or a positive int, got {bins!r}")
         kept_counts, edges = np.histogram(x, bins=int(bins), range=(lo, hi) if x.size else None)
         limits = edges[1:]
-    return encode_histogram(lo, hi, float(x.size), s, ss, limits, np.asarray(kept_counts, dtype=np.float64))
+    return HistogramProto(min=lo, max=hi, num=float(x.size), sum=s, sum_squares=ss,
+                          bucket_limit=[float(v) for v in limits], bucket=[float(c) for c in kept_counts])
+
+
+def histogram_proto(values, bins="tf"):
+    """The serialized HistogramProto of `values`."""
+    return histogram(values, bins).SerializeToString()
+
+
+def image_uint8(image):
+    """An (H, W, C) image as TF's image summary stores it (the module docstring's scaling)."""
+    x = np.asarray(image)
+    if x.dtype == np.uint8:
+        return x
+    x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("images: non-finite values (NaN or Inf)")
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0:
+        scale, offset = (255.0 / hi if hi > 0 else 0.0), 0.0
+    else:
+        scale, offset = 127.0 / max(-lo, hi), 128.0
+    return np.clip(np.trunc(x * scale + offset), 0, 255).astype(np.uint8)
+
+
+def png(image):
+    """Summary.Image of a uint8 (H, W, C) image, PNG-encoded by Pillow (imported here: only
+    image summaries need it, and HAVE_PILLOW tells the trainer whether to write them)."""
+    from PIL import Image
+    height, width, channels = image.shape
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if channels == 1 else image).save(buffer, format="PNG")
+    return Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue())
 
 
 # --- writers ------------------------------------------------------------------------------------
@@ -216,8 +150,15 @@ def _naming(e, path):
     return e if e.filename else OSError(e.errno, e.strerror, path)
 
 
+class _Records(RecordWriter):
+    """tensorboardX's TFRecord framing (write; flush with fsync; close) over a file opened here."""
+
+    def __init__(self, file, path):     # RecordWriter's own __init__ would reopen `path` with "wb"
+        self._writer, self.path = file, path
+
+
 class SummaryWriter:
-    """Appends scalar and histogram events to a new TensorBoard event file in `logdir`.
+    """Appends scalar, histogram and image events to a new TensorBoard event file in `logdir`.
 
     Events are buffered and flushed by flush(), close(), and at the first write after
     `flush_secs` seconds since the last flush (TF's default is 120). purge_step: see the
@@ -235,19 +176,20 @@ class SummaryWriter:
         name, n = base + filename_suffix, 0
         while True:   # two writers started in the same second must not share a file
             try:
-                self._file = open(os.path.join(self.logdir, name), "xb")
+                file = open(os.path.join(self.logdir, name), "xb")
                 break
             except FileExistsError:
                 n += 1
                 name = f"{base}.{n}{filename_suffix}"
         self.path = os.path.join(self.logdir, name)
+        self._records = _Records(file, self.path)
         self.flush_secs = flush_secs
         self._last_flush = now
         self.num_summaries = 0
         try:
-            self._write(encode_event(now, file_version=FILE_VERSION))
+            self._write(Event(wall_time=now, file_version=FILE_VERSION))
             if purge_step is not None:
-                self._write(encode_event(now, purge_step, session_log=encode_session_log(SESSION_START)))
+                self._write(Event(wall_time=now, step=purge_step, session_log=SessionLog(status=SessionLog.START)))
             self.flush()
         except OSError:
             self._discard()
@@ -255,9 +197,9 @@ class SummaryWriter:
 
     def _discard(self):
         """Close without flushing what could not be written, and remove the file."""
-        file, self._file = self._file, None
+        records, self._records = self._records, None
         try:
-            file.close()
+            records.close()
         except OSError:
             pass
         try:
@@ -266,10 +208,10 @@ class SummaryWriter:
             pass
 
     def _write(self, event):
-        if self._file is None:
+        if self._records is None:
             raise ValueError(f"SummaryWriter for {self.path!r} is closed")
         try:
-            self._file.write(tfrecord(event))
+            self._records.write(event.SerializeToString())
         except OSError as e:
             raise _naming(e, self.path) from None
         if time.time() - self._last_flush >= self.flush_secs:
@@ -277,8 +219,8 @@ class SummaryWriter:
 
     def _summary(self, values, step, wall_time):
         step = _check_step(step)
-        self._write(encode_event(time.time() if wall_time is None else wall_time, step,
-                                 summary=encode_summary(values)))
+        self._write(Event(wall_time=time.time() if wall_time is None else wall_time, step=step,
+                          summary=Summary(value=values)))
         self.num_summaries += 1
 
     def scalar(self, tag, value, step, wall_time=None):
@@ -286,12 +228,13 @@ class SummaryWriter:
         self.scalars({tag: value}, step, wall_time)
 
     def scalars(self, values, step, wall_time=None):
-        """Several scalars {tag: value} in one event."""
+        """Several scalars {tag: value} in one event. Tags are kept as given (TF's summary ops
+        replace characters outside [-/\\w.] by "_"; tinybn's callers pass the tags TF writes)."""
         entries = []
         for tag, value in values.items():
             _check_tag(tag)
             try:
-                entries.append((tag, "simple_value", float(value)))
+                entries.append(Summary.Value(tag=tag, simple_value=float(value)))
             except (TypeError, ValueError):
                 raise ValueError(f"value for tag {tag!r}: expected a real number, got {value!r}") from None
         self._summary(entries, step, wall_time)
@@ -299,21 +242,33 @@ class SummaryWriter:
     def histogram(self, tag, values, step, bins="tf", wall_time=None):
         """Histogram of `values` (any shape); bins="tf" (TF's exponential buckets) or an int."""
         _check_tag(tag)
-        self._summary([(tag, "histo", histogram_proto(values, bins))], step, wall_time)
+        self._summary([Summary.Value(tag=tag, histo=histogram(values, bins))], step, wall_time)
+
+    def images(self, tag, images, step, max_outputs=3, wall_time=None):
+        """The first `max_outputs` of a batch (N, H, W, C), C in 1, 3, 4, as tf.summary.image:
+        one image "tag/image/i" each (a lone image: "tag/image"), PNG-encoded."""
+        _check_tag(tag)
+        batch = np.asarray(images)
+        if batch.ndim != 4 or batch.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"images: expected a batch (N, H, W, C) with C in 1, 3, 4, got shape {batch.shape}")
+        batch = batch[:max_outputs]
+        names = [f"{tag}/image"] if len(batch) == 1 else [f"{tag}/image/{i}" for i in range(len(batch))]
+        self._summary([Summary.Value(tag=name, image=png(image_uint8(image)))
+                       for name, image in zip(names, batch)], step, wall_time)
 
     def flush(self):
-        if self._file is not None:
+        if self._records is not None:
             try:
-                self._file.flush()
+                self._records.flush()
             except OSError as e:
                 raise _naming(e, self.path) from None
         self._last_flush = time.time()
 
     def close(self):
-        file, self._file = self._file, None
-        if file is not None:
+        records, self._records = self._records, None
+        if records is not None:
             try:
-                file.close()        # flushes; the file is closed even when that fails
+                records.close()        # flushes; the file is closed even when that fails
             except OSError as e:
                 raise _naming(e, self.path) from None
 
@@ -321,7 +276,7 @@ class SummaryWriter:
         return self
 
     def __exit__(self, exc_type, *exc):
-        if exc_type is not None and self.num_summaries == 0 and self._file is not None:
+        if exc_type is not None and self.num_summaries == 0 and self._records is not None:
             self._discard()
         else:
             self.close()

@@ -8,6 +8,10 @@ of mean sparse softmax cross-entropy plus weight decay.
 
 as TF's tutorials build their total_loss from the 'losses' collection.
 
+With `record_activations` set, forward also keeps each layer's output in `activations`
+({layer name: Tensor}, replaced at each forward): what the trainer's activation summaries
+(histogram and sparsity, TF's _activation_summary) read at its summary steps.
+
 Models floor: imports nn and ops.
 """
 from ..nn.layers import Sequential
@@ -23,9 +27,17 @@ class SequentialClassifier(Module):
         super().__init__()
         self.net = self.add_module("net", Sequential(*layers))
         self.weight_decay = list(weight_decay)      # (parameter, coefficient) pairs
+        self.record_activations = False
+        self.activations = {}
 
     def forward(self, images):
-        return self.net(images)
+        if not self.record_activations:
+            return self.net(images)
+        self.activations = {}
+        x = images
+        for name, layer in self.net.named_children():
+            x = self.activations[name] = layer(x)
+        return x
 
     def regularization_loss(self):
         """sum of wd * l2_loss(w), as the tutorial adds to its 'losses' collection; None if no terms."""

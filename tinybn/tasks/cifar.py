@@ -1,5 +1,6 @@
 """The CIFAR-10 task: the tutorial's models trained with their optimizers and moving averages
-(CifarRun), and precision@1 of a run's checkpoints (evaluate_checkpoints, with --watch).
+(CifarRun), precision@1 of a run's checkpoints (evaluate_checkpoints, with --watch), and the
+report of one checkpoint by class, with its pictures (report_checkpoint: --report, --plot).
 
 Schedules: the tutorial models use plain SGD with lr 0.1 x 0.1 every 350 epochs
 (decay_steps = int(50000 / batch_size / K * 350), staircase, K the number of replicas
@@ -10,6 +11,8 @@ weights (decay 0.9999) are what evaluation restores by default, as the tutorial'
 
 Tasks floor: imports training, data, models, optim, backend and core; never the command lines.
 """
+import os
+import sys
 import time
 
 import numpy as np
@@ -20,6 +23,7 @@ from ..distributed import world as world_lib
 from ..models import cifar10 as cifar_models
 from ..run_dirs import open_csv
 from ..summary import SummaryWriter
+from . import report
 from ..training import (TRAIN_CSV_FIELDS, TrainingRun, evaluate_batches, latest_checkpoint,
                         load_checkpoint_or_fail)
 
@@ -146,7 +150,7 @@ def watch(args, batches, csv):
                       f"({total} examples, {'raw' if args.no_ema else 'moving-average'} weights)", flush=True)
                 if writer is None:
                     writer = SummaryWriter(args.eval_dir)
-                writer.scalar("precision @ 1", precision, step)
+                writer.scalar("Precision @ 1", precision, step)   # cifar10_eval.py's tag
                 writer.flush()
                 csv.log(step=step, precision_at_1=precision, examples=total)
                 seen = path
@@ -156,3 +160,50 @@ def watch(args, batches, csv):
     finally:
         if writer is not None:
             writer.close()
+
+
+def report_checkpoint(args, images, batches):
+    """--report and --plot DIR: precision@1, then per-class precision and recall and the confusion
+    matrix (tinybn.tasks.report) of --train-dir's newest checkpoint over `batches`; with --plot, the
+    PNGs of the confusion matrix, of misclassified `images` (the examples of `batches` as read) and
+    of the curves of train.csv (and --eval-dir's eval.csv). Writes nothing into --eval-dir."""
+    path = latest_checkpoint(args.train_dir)
+    if path is None:
+        raise SystemExit(f"error: no checkpoint in {args.train_dir}; train first "
+                         "(python -m tinybn.train cifar --train-dir ...)")
+    model, meta = restore_model(path, not args.no_ema)
+    labels, predicted = report.predictions(model, batches)
+    names, note = report.class_names(_batches_folder(args), cifar_models.NUM_CLASSES)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    result = report.ClassReport(labels, predicted, names)
+    headline = f"step {meta['step']}: precision @ 1 = {result.precision_at_1:.4f}"
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {headline} ({result.total} examples, "
+          f"{'raw' if args.no_ema else 'moving-average'} weights)", flush=True)
+    print(result.format(), flush=True)
+    if args.plot:
+        _write_plots(args, result, images, labels, predicted, headline)
+    return result.precision_at_1
+
+
+def _batches_folder(args):
+    """The folder the test split was read from (its batches.meta.txt names the classes), or None."""
+    try:
+        return cifar_data.batches_folder(args.data_dir, download=False)
+    except Exception:       # an archive as --data-dir, say: report.class_names falls back, saying so
+        return None
+
+
+def _write_plots(args, result, images, labels, predicted, headline):
+    os.makedirs(args.plot, exist_ok=True)
+    out = [os.path.join(args.plot, name) for name in report.PLOT_FILES]
+    report.plot_confusion(result, out[0], title=headline)
+    report.plot_misclassified(images, labels, predicted, result.names, out[1])
+    print(f"wrote {out[0]} and {out[1]}", flush=True)
+    try:
+        report.plot_curves(os.path.join(args.train_dir, "train.csv"), os.path.join(args.eval_dir, "eval.csv"), out[2])
+        print(f"wrote {out[2]}", flush=True)
+    except FileNotFoundError as e:
+        print(f"note: no curves: {e}", file=sys.stderr, flush=True)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -13,6 +13,12 @@ cifar10.py) names its variables by layer scope with "weights"/"biases":
 
 Layouts already agree (NHWC activations, HWIO filters, the flatten before local3 in
 NHWC order), so export and import are renames: arrays are copied, never transposed.
+
+The weights' moving averages carry TF's suffix on both sides, so they map by the same
+rename of the weight's name: net/conv1/kernel/ExponentialMovingAverage (a training
+checkpoint's "ema" state) is conv1/weights/ExponentialMovingAverage, the name
+tf.train.ExponentialMovingAverage.apply() gives the shadow. tinybn.export writes and reads
+the TF checkpoint files themselves.
 """
 from collections import OrderedDict
 

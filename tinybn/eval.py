@@ -10,7 +10,7 @@ import argparse
 
 from . import cli_flags
 from .run_dirs import check_dir
-from .tasks import cifar, mnist
+from .tasks import cifar, mnist, report
 from .training import latest_checkpoint
 
 CIFAR_DESCRIPTION = """python -m tinybn.eval cifar: precision@1 of a training run's checkpoint, as cifar10_eval.py.
@@ -26,6 +26,15 @@ precision@1 to event files and eval.csv in --eval-dir. Until the first checkpoin
 appears it says "waiting for a checkpoint in DIR" (it never creates --train-dir);
 a checkpoint that rotation deletes before it is read is skipped for the newest
 one; Ctrl-C ends the watch quietly.
+
+--report looks closer at the newest checkpoint: after precision@1, the precision and
+recall of each class and the confusion matrix (rows: true class, columns: predicted),
+with the class names of batches.meta.txt beside the batch files (CIFAR-10's standard
+names, with a note, when it is absent). --plot DIR adds PNGs: confusion_matrix.png,
+misclassified.png (the first misclassified test images with their true and predicted
+classes) and curves.png (loss and precision@1 against the step, from --train-dir's
+train.csv and --eval-dir's eval.csv when there is one). These write nothing into
+--eval-dir. matplotlib comes with pip install -e '.[plot]'.
 """
 
 
@@ -39,6 +48,11 @@ def cifar_parser(sub):
     p.add_argument("--watch", action="store_true", help="evaluate each new checkpoint as it appears")
     p.add_argument("--eval-interval-secs", type=float, default=300.0)
     p.add_argument("--stop-at-step", type=int, default=0, help="with --watch: stop after this step")
+    p.add_argument("--report", action="store_true",
+                   help="also print per-class precision and recall and the confusion matrix")
+    p.add_argument("--plot", metavar="DIR", default=None,
+                   help="with the report, write PNGs into DIR (created if need be; plots of the same names "
+                        "are replaced): confusion_matrix.png, misclassified.png, curves.png (needs matplotlib)")
     return p
 
 
@@ -53,6 +67,14 @@ def mnist_parser(sub):
 
 def eval_cifar(args):
     cli_flags.check_flags(args)
+    if (args.report or args.plot) and args.watch:
+        raise SystemExit("error: --report and --plot look at one checkpoint, the newest; drop --watch")
+    if args.plot:
+        check_dir(args.plot, "--plot")
+        try:
+            report.figure_class()
+        except ImportError as e:
+            raise SystemExit(f"error: {e}") from None
     if not check_dir(args.train_dir, "--train-dir") and not args.watch:
         raise SystemExit(f"error: no checkpoint in {args.train_dir} (no such directory); train first "
                          "(python -m tinybn.train cifar --train-dir ...)")
@@ -66,7 +88,10 @@ def eval_cifar(args):
         images, labels = images[:args.num_examples], labels[:args.num_examples]
         examples = f"--num-examples {args.num_examples}"
     cli_flags.check_batch_size(args.batch_size, len(images), examples)
-    return cifar.evaluate_checkpoints(args, cifar.eval_batches(images, labels, args.batch_size))
+    batches = cifar.eval_batches(images, labels, args.batch_size)
+    if args.report or args.plot:
+        return cifar.report_checkpoint(args, images, batches)
+    return cifar.evaluate_checkpoints(args, batches)
 
 
 def eval_mnist(args):

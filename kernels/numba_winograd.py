@@ -63,9 +63,12 @@ and Winograd alternating, median of 5 ratios (min..max):
     whole step, tutorial model (128)   train 1.26x (1.17-1.31), forward 1.41x (1.32-1.59)
 
 The filter gradient (winograd_backprop_filter, exact and tested) stays off
-(WINOGRAD_FILTER_GRADIENT): its alpha^2 GEMMs are (C x T) @ (T x O), short and wide,
-and OpenBLAS's two threads took 10x longer on those 64 calls than one thread (and than
-one GEMM of the same work), so im2col + GEMM is faster here.
+(WINOGRAD_FILTER_GRADIENT): its alpha^2 GEMMs are (C x T) @ (T x O), a small result over
+a long sum, and on busy cores OpenBLAS's two threads took 10-18x longer on those 64
+calls than one thread did (or than one GEMM of the same work). conv2's filter gradient
+was 2.2x faster by Winograd in one run at a load of 3, but 0.10x-0.39x in three others,
+and the whole bn and tutorial steps were slower with it in each run (0.55x-0.70x of
+im2col's), so im2col + GEMM keeps it.
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.

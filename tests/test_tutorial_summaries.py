@@ -20,6 +20,7 @@ from test_cli_cifar import train, write_cifar  # noqa: E402  (tests/ is on sys.p
 EVERYTHING = {"scalars": 0, "histograms": 0, "images": 0}    # keep every event (no sampling)
 LOSS_TERMS = ["total_loss", "cross_entropy", "local3/weight_loss", "local4/weight_loss"]
 LAYERS = ["conv1", "conv2", "local3", "local4", "softmax_linear"]
+STEPS = 8
 
 
 def read_back(folder):
@@ -34,10 +35,10 @@ def scalars(acc, tag):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """12 steps of the tutorial on random images, every step in train.csv and the event file."""
+    """STEPS steps of the tutorial on random images, every step in train.csv and the event file."""
     root = tmp_path_factory.mktemp("tutorial")
     data = write_cifar(root / "data")
-    train(data, root / "run", "--max-steps", "12", "--log-every", "1", "--summary-every", "1",
+    train(data, root / "run", "--max-steps", str(STEPS), "--log-every", "1", "--summary-every", "1",
           "--backend", "numpy")
     with open(root / "run" / "train.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -54,7 +55,7 @@ def test_the_tutorial_tags_are_written(run):
     assert set(tags["histograms"]) == ({f"{layer}/activations" for layer in LAYERS} | weights
                                        | {f"{w}/gradients" for w in weights})
     assert tags["images"] == ["images/image/0", "images/image/1", "images/image/2"]
-    assert [s for s, _ in scalars(acc, "learning_rate")] == list(range(1, 13))
+    assert [s for s, _ in scalars(acc, "learning_rate")] == list(range(1, STEPS + 1))
     assert all(v == pytest.approx(0.1) for _, v in scalars(acc, "learning_rate"))
 
 
@@ -65,7 +66,7 @@ def test_raw_loss_is_train_csv_and_the_averages_are_the_0_9_recursion(run):
     for term in LOSS_TERMS:
         raw = np.array([v for _, v in scalars(acc, f"{term}__raw_")], dtype=np.float64)
         # closed form of avg_s = 0.9 avg_{s-1} + 0.1 raw_s, avg_0 = 0 (TF's shadow of a tensor)
-        closed = [0.1 * sum(0.9 ** (s - k) * raw[k - 1] for k in range(1, s + 1)) for s in range(1, 13)]
+        closed = [0.1 * sum(0.9 ** (s - k) * raw[k - 1] for k in range(1, s + 1)) for s in range(1, STEPS + 1)]
         got = [v for _, v in scalars(acc, term)]
         np.testing.assert_allclose(got, closed, rtol=2e-6, err_msg=term)
     xent = np.array([v for _, v in scalars(acc, "cross_entropy__raw_")])
@@ -78,7 +79,7 @@ def test_images_are_the_distorted_batch_scaled_as_tf(run):
     _, acc, _ = run
     from PIL import Image
     images = acc.Images("images/image/0")
-    assert [e.step for e in images] == list(range(1, 13))
+    assert [e.step for e in images] == list(range(1, STEPS + 1))
     assert {(e.width, e.height) for e in images} == {(24, 24)}
     pixels = np.asarray(Image.open(io.BytesIO(images[0].encoded_image_string)))
     assert pixels.shape == (24, 24, 3) and pixels.dtype == np.uint8
@@ -147,7 +148,7 @@ def test_eval_writes_precision_at_1_in_its_own_dir(run):
                "--no-download", "--batch-size", "8"])
     with open(ev / "eval.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
-    assert scalars(read_back(ev), "Precision @ 1") == [(12, np.float32(float(row["precision_at_1"])))]
+    assert scalars(read_back(ev), "Precision @ 1") == [(STEPS, np.float32(float(row["precision_at_1"])))]
     assert "Precision @ 1" not in read_back(root / "run").Tags()["scalars"]   # train and eval: two runs
 
 

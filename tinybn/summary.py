@@ -35,8 +35,9 @@ ends, so their buckets differ from TF's). bins=<int n> gives n equal-width bucke
 are refused, as TF's op does.
 
 Images: a float image is scaled as TF's image summary does, each image on its own: all
-values >= 0: v * 255 / max; otherwise v * 127 / max(|min|, max) + 128; then truncated to
-uint8. uint8 images are written as they are.
+values >= 0: v * 255 / max; otherwise v * 127 / max(|min|, max) + 128; in float32, then
+truncated to uint8 (a largest |v| under 1e-6 gives scale 0). uint8 images are written as
+they are; non-finite values are refused (TF paints them red).
 
 Floor: training (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
 optim, the package root, models, data and training.
@@ -112,14 +113,13 @@ def image_uint8(image):
     x = np.asarray(image)
     if x.dtype == np.uint8:
         return x
-    x = x.astype(np.float64)
+    x = x.astype(np.float32)     # TF scales in float32: v * scale + offset rounds as there
     if not np.all(np.isfinite(x)):
         raise ValueError("images: non-finite values (NaN or Inf)")
-    lo, hi = float(x.min()), float(x.max())
-    if lo >= 0:
-        scale, offset = (255.0 / hi if hi > 0 else 0.0), 0.0
-    else:
-        scale, offset = 127.0 / max(-lo, hi), 128.0
+    lo, hi = x.min(), x.max()
+    top, offset = (np.float32(255), np.float32(0)) if lo >= 0 else (np.float32(127), np.float32(128))
+    peak = hi if lo >= 0 else max(-lo, hi)
+    scale = np.float32(0) if peak < 1e-6 else top / peak      # TF's zero threshold: a flat image is black
     return np.clip(np.trunc(x * scale + offset), 0, 255).astype(np.uint8)
 
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from export_models import images, logits, shadows, write_run
+from tinybn import checkpoint
 from tinybn.data import cifar10 as cifar_data
 from tinybn.eval import main as eval_main
 from tinybn.export import import_tf_checkpoint, read_tf_checkpoint, write_tf_checkpoint
@@ -87,6 +88,8 @@ def test_imported_tf_checkpoint_gives_tfs_logits(tf_run, tmp_path):
     assert left_out == ["total_loss/avg"]                # the loss average: no tinybn counterpart
     model, meta = restore_model(saved)
     assert meta["step"] == 1234 and meta["model"] == "tutorial"
+    arrays, _ = checkpoint.load(saved)      # the optimizer at the global step: training resumes there
+    assert arrays["optimizer::iterations"] == 1234 and (meta["batch_size"], meta["seed"]) == (128, 0)
     assert np.abs(logits(model, x) - averaged).max() <= 1e-5
     model, _ = restore_model(saved, use_ema=False)
     assert np.abs(logits(model, x) - raw).max() <= 1e-5

@@ -16,7 +16,9 @@ trainable variable to its shadow, which tinybn's evaluation does by default.
 Import reads such a checkpoint (the tutorial's own, or one written here), recognises the
 model from its variable names (tinybn.models.export gives the mapping) and writes a
 tinybn training checkpoint, "model.ckpt-<global_step>.npz", into a new --train-dir that
-`python -m tinybn.eval cifar --train-dir` evaluates as it is. What a TF run also keeps and
+`python -m tinybn.eval cifar --train-dir` evaluates as it is, and that `python -m
+tinybn.train cifar --train-dir` (batch size 128 and seed 0, the defaults) continues from
+the TF run's global step: the optimizer is stored at that step, the input queue starts anew. What a TF run also keeps and
 tinybn has no use for, the loss averages of _add_loss_summaries ("<loss>/avg"), optimizer
 slots, is left out and counted. Arrays are copied, never transposed: both sides are NHWC
 with HWIO filters.
@@ -31,11 +33,12 @@ from .. import checkpoint
 from ..checkpoint_manager import CheckpointManager
 from ..models import cifar10 as cifar_models
 from ..models.export import from_tf_variables, tf_name, to_tf_variables
-from ..tasks.cifar import EMA_SUFFIX
+from ..tasks.cifar import EMA_SUFFIX, make_optimizer
 from ..training import latest_checkpoint
 
 GLOBAL_STEP = "global_step"
 PREFIX = "model.ckpt"        # cifar10_train.py's file names: model.ckpt-<step>.index, .data-*
+TUTORIAL_BATCH_SIZE = 128    # cifar10.py's --batch_size default
 
 
 def tf_variables(model, ema=None):
@@ -134,10 +137,14 @@ def import_tf_checkpoint(path, train_dir, model_name=None):
     if latest_checkpoint(train_dir) is not None:
         raise ValueError(f"import_tf_checkpoint: {train_dir} already holds a tinybn checkpoint; "
                          "choose a new directory")
-    state = {"model": model.state_dict()}
+    # the optimizer at the TF run's global step, so that `python -m tinybn.train cifar` with the
+    # tutorial's batch size and the default seed resumes the run (the tutorial's SGD keeps no slots)
+    optimizer = make_optimizer(name, list(model.named_parameters()), TUTORIAL_BATCH_SIZE)
+    optimizer.iterations = step
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     if ema is not None:
         state["ema"] = ema
-    meta = {"task": "cifar", "model": name, "batch_size": 128, "seed": 0, "replicas": 1, "sync_bn": False,
-            "imported_from": os.path.abspath(os.fspath(path))}
+    meta = {"task": "cifar", "model": name, "batch_size": TUTORIAL_BATCH_SIZE, "seed": 0, "replicas": 1,
+            "sync_bn": False, "imported_from": os.path.abspath(os.fspath(path))}
     saved = CheckpointManager(train_dir).save(step, checkpoint.flatten(state), meta)
     return saved, name, step, ema is not None, left_out

@@ -44,7 +44,7 @@ FLOORS = [
     ("distributed", ["tinybn.distributed"]),
     ("training", ["tinybn.training", "tinybn.metrics", "tinybn.checkpoint", "tinybn.checkpoint_manager",
                   "tinybn.summary", "tinybn.csv_log", "tinybn.progress", "tinybn.run_dirs", "tinybn.gradcheck",
-                  "tinybn.evaluation", "tinybn.stop_flag", "tinybn.profiler"]),
+                  "tinybn.evaluation", "tinybn.stop_flag", "tinybn.train_summaries", "tinybn.profiler"]),
     ("tasks", ["tinybn.tasks"]),
     ("cli", ["tinybn.train", "tinybn.eval", "tinybn.bench", "tinybn.export", "tinybn.cli_flags",
              "tinybn.__main__"]),

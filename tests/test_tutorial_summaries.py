@@ -13,7 +13,8 @@ from tinybn.eval import main as eval_main
 from tinybn.models import cifar10 as cifar_models
 from tinybn.summary import SummaryWriter, image_uint8
 from tinybn.tensor import Tensor
-from tinybn.training import NullLog, activation_summaries
+from tinybn.train_summaries import activation_summaries
+from tinybn.training import NullLog
 
 from test_cli_cifar import train, write_cifar  # noqa: E402  (tests/ is on sys.path)
 

@@ -31,26 +31,19 @@ import time
 import numpy as np
 
 from . import backend, checkpoint, optim
-from . import summary as summary_lib
 from .checkpoint_manager import CheckpointManager
 from .evaluation import Evaluation, evaluate_batches  # noqa: F401  (the tasks' evaluation loop)
 from .distributed import world as world_lib
 from .distributed.data_parallel import DataParallel
-from .models.export import tf_name
-from .nn.batchnorm import BatchNorm
-from .nn.layers import ReLU
-from .ops.basic import reduce_mean
-from .ops.losses import l2_loss, sparse_softmax_cross_entropy_with_logits
 from .progress import Progress
 from .run_dirs import check_dir, describe_os_error, open_csv
 from .stop_flag import StopFlag
 from .summary import SummaryWriter
 from .tensor import Tensor
+from .train_summaries import TutorialSummaries
 
 TRAIN_CSV_FIELDS = ("step", "loss", "train_accuracy", "learning_rate", "examples_per_sec", "sec_per_batch",
                     "wall_time")
-LOSS_AVERAGE_DECAY = 0.9      # _add_loss_summaries: ExponentialMovingAverage(0.9) of each loss term
-IMAGE_SUMMARIES = 3           # tf.summary.image's max_outputs for the distorted training images
 # what every rank of a job must have alike (tinybn.distributed.world.check_same_flags)
 SAME_ON_EVERY_RANK = ("task", "model", "batch_size", "seed", "max_steps", "sync_bn", "check_replicas",
                       "checkpoint_every", "log_every", "summary_every", "backend")
@@ -116,8 +109,7 @@ class TrainingRun:
             self.say(self.parallel.describe(args.backend, args.batch_size))
         self.manager = CheckpointManager(args.train_dir, max_to_keep=args.max_to_keep) if self.is_root else None
         self.queue_state = None
-        self.loss_terms, self.loss_averages = {}, {}    # summaries' (write_summaries); rank 0 only
-        self.summary_images, self.summary_clock = None, None
+        self.summaries = TutorialSummaries(model, self.named, self.global_batch_size)    # rank 0's
         error = None
         if self.is_root:
             try:
@@ -176,6 +168,8 @@ class TrainingRun:
             state["queue"] = queue_state
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.is_root and self.summaries.loss_averages:
+            state["loss_averages"] = self.summaries.state_dict()
         return state
 
     def load_run_state(self, state):
@@ -184,6 +178,8 @@ class TrainingRun:
         if self.ema is not None:
             self.ema.load_state_dict(state.get("ema", {}), params=self.named)
         self.queue_state = state.get("queue")
+        if self.is_root:
+            self.summaries.load_state_dict(state.get("loss_averages", {}))
 
     def save(self, queue):
         """rank 0: write a checkpoint of the run at this step (its path); other ranks: None."""
@@ -238,18 +234,12 @@ class TrainingRun:
         return self.is_root and bool(every) and (self.step + 1) % every == 0
 
     def train_step(self, images, labels):
-        summarize = self.summary_due()
-        if summarize:
-            self.summary_images = np.array(backend.to_numpy(images[:IMAGE_SUMMARIES]))
-        if self.summary_clock is None:
-            self.summary_clock = (time.time(), self.step)
-        if hasattr(self.model, "record_activations"):
-            self.model.record_activations = summarize
+        self.summaries.before_step(self.step, images, self.summary_due())
         images, labels = backend.device_array(images), backend.device_array(labels)
         logits = self.model(Tensor(images))
         loss = self.model.loss(logits, labels)
         if self.is_root:
-            self.average_loss_terms(logits, labels, loss)
+            self.summaries.after_loss(logits, labels, loss)
         self.model.zero_grad()
         if self.parallel is None:
             loss.backward()
@@ -265,69 +255,20 @@ class TrainingRun:
         return float(loss.item()), accuracy, float(lr)
 
     def replica_tensors(self):
-        """[(name, array)] of what must be bitwise equal on every rank (--check-replicas)."""
-        return list(checkpoint.flatten(self.run_state()).items())
+        """[(name, array)] of what must be bitwise equal on every rank (--check-replicas): the
+        run's state but rank 0's loss averages for the summaries."""
+        state = self.run_state()
+        state.pop("loss_averages", None)
+        return list(checkpoint.flatten(state).items())
 
     def progress_line(self, loss, accuracy, duration):
         """The tutorial's log line."""
         return (f"loss = {loss:.2f} ({self.global_batch_size / duration:.1f} examples/sec; "
                 f"{duration:.3f} sec/batch)")
 
-    def average_loss_terms(self, logits, labels, loss):
-        """Each loss term of this step (before the update) and its moving average, by TF's op
-        names: total_loss, cross_entropy and each <layer>/weight_loss (wd * l2_loss of its
-        weights). Every step, as the tutorial's loss_averages_op runs with each train_op; the
-        averages start at 0, as TF's shadow of a tensor does. In a data-parallel job: rank 0's
-        tower, as the multi-GPU tutorial summarizes one tower."""
-        terms = {"total_loss": float(loss.item())}
-        decay = getattr(self.model, "weight_decay", None)
-        if decay is not None:
-            no_grad = Tensor(logits.data)
-            terms["cross_entropy"] = float(reduce_mean(sparse_softmax_cross_entropy_with_logits(labels, no_grad)).item())
-            names = {id(p): name for name, p in self.named}
-            for param, wd in decay:
-                terms[f"{summary_tag(names[id(param)]).rpartition('/')[0]}/weight_loss"] = float(
-                    (l2_loss(Tensor(param.data)) * wd).item())
-        for name, value in terms.items():
-            self.loss_averages[name] = (LOSS_AVERAGE_DECAY * self.loss_averages.get(name, 0.0)
-                                        + (1 - LOSS_AVERAGE_DECAY) * value)
-        self.loss_terms = terms
-
     def write_summaries(self, writer, loss, accuracy, lr):
-        """What the tutorial's cifar10.py and cifar10_train.py write, under TF's tags (see
-        summary_tag): each loss term raw ("cross_entropy__raw_": TF's summary ops turn the
-        " (raw)" of its name into "__raw_") and averaged ("cross_entropy"), learning_rate,
-        examples/sec and global_step/sec since the last summary, each layer's activations
-        and sparsity (the fraction of zeros), every weight and its gradient (conv1/weights,
-        conv1/weights/gradients), BN's moving statistics, and the first IMAGE_SUMMARIES
-        distorted training images (images/image/i; skipped without Pillow)."""
-        step = self.step
-        scalars = {}
-        for name, value in self.loss_terms.items():
-            scalars[f"{name}__raw_"] = value
-            scalars[name] = self.loss_averages[name]
-        scalars["learning_rate"] = lr
-        now, (then, then_step) = time.time(), self.summary_clock
-        if step > then_step and now > then:
-            scalars["global_step/sec"] = (step - then_step) / (now - then)
-            scalars["examples/sec"] = scalars["global_step/sec"] * self.global_batch_size
-        self.summary_clock = (now, step)
-        for layer, x in activation_summaries(self.model).items():
-            values = backend.to_numpy(x.data)
-            writer.histogram(f"{layer}/activations", values, step)
-            scalars[f"{layer}/sparsity"] = float(np.mean(values == 0))
-        writer.scalars(scalars, step)
-        for name, p in self.named:
-            writer.histogram(summary_tag(name), p.numpy(), step)
-            if p.grad is not None:
-                writer.histogram(f"{summary_tag(name)}/gradients", backend.to_numpy(p.grad), step)
-        for name, b in self.model.named_buffers():       # BN's moving statistics: what inference uses
-            writer.histogram(summary_tag(name), b.numpy(), step)
-        if self.summary_images is not None and summary_lib.HAVE_PILLOW:
-            writer.images("images", self.summary_images, step, max_outputs=IMAGE_SUMMARIES)
-        self.summary_images = None
-        if hasattr(self.model, "activations"):
-            self.model.activations = {}      # the step's tensors go with the graph they belong to
+        """The tutorial's TensorBoard summaries of this step (train_summaries.TutorialSummaries)."""
+        self.summaries.write(writer, self.step, lr)
 
     def fit(self, queue, csv, writer, after_step=None):
         """Train to --max-steps from `queue` (next_batch(); the caller closes it): log to `csv`
@@ -370,28 +311,3 @@ class TrainingRun:
                 self.say(f"saved {saved}")
         progress.close()
 
-
-def summary_tag(name):
-    """The TF variable name of a state_dict name ("net/conv1/kernel" -> "conv1/weights"), the
-    name itself for a model outside the tutorial's naming."""
-    try:
-        return tf_name(name)
-    except ValueError:
-        return name
-
-
-def activation_summaries(model):
-    """{layer: output} for the layers with a kernel of a model that recorded its activations,
-    each output taken after the BatchNorm and ReLU that follow the layer: TF's "conv1" is
-    the relu's output (empty when nothing was recorded)."""
-    outputs, current = {}, None
-    layers = dict(model.net.named_children()) if hasattr(model, "net") else {}
-    for name, x in getattr(model, "activations", {}).items():
-        layer = layers[name]
-        if "kernel" in layer._parameters:
-            current = name
-        elif not isinstance(layer, (BatchNorm, ReLU)):
-            current = None
-        if current is not None:
-            outputs[current] = x
-    return outputs

@@ -13,6 +13,7 @@ reference's signature and return values (tinybn/ops/* hold the references):
                  (float64 block sums: within an ulp of the reference's sums)
     numba_lrn    lrn_forward, lrn_backward                         float32 rounding
     numba_loss   softmax_cross_entropy                             float32 rounding
+    numba_elementwise  bias_add (bit-identical), bias_add_grad (float64 block sums)
 
 Each is registered through dtype_guard.float32_or_float64: the kernels are compiled for
 float32 and float64, and any other float dtype (float16) is refused there with a
@@ -38,7 +39,7 @@ Conventions shared by every kernel module:
 """
 from tinybn.backend import primitive
 
-from . import numba_conv, numba_loss, numba_lrn, numba_norm, numba_pool, numba_winograd
+from . import numba_conv, numba_elementwise, numba_loss, numba_lrn, numba_norm, numba_pool, numba_winograd
 from .dtype_guard import float32_or_float64
 
 TWINS = {
@@ -53,6 +54,7 @@ TWINS = {
     "batch_norm_inference": numba_norm.batch_norm_inference,
     "lrn_forward": numba_lrn.lrn_forward, "lrn_backward": numba_lrn.lrn_backward,
     "softmax_cross_entropy": numba_loss.softmax_cross_entropy,
+    "bias_add": numba_elementwise.bias_add, "bias_add_grad": numba_elementwise.bias_add_grad,
 }
 for _name, _twin in TWINS.items():
     primitive(_name, backend="numba")(float32_or_float64(_name, "numba", _twin))

@@ -318,7 +318,10 @@ def test_watch_on_a_missing_dir_waits_says_so_and_ends_quietly_on_ctrl_c(cifar, 
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinybn.eval", "cifar", "--data-dir", str(cifar), "--train-dir", str(missing),
          "--eval-dir", str(tmp_path / "ev"), "--watch", "--eval-interval-secs", "0.1", "--batch-size", "8",
-         "--no-download", "--backend", "numpy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--no-download", "--backend", "numpy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell's background job (`make test &`) ignores SIGINT, and a child would inherit that:
+        # the user's Ctrl-C is what this test sends, so the child starts with the default action
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = queue.Queue()
     threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
     try:

@@ -58,7 +58,7 @@ def train(run, steps, size, dtype, world, perturb_step=None):
             weight = dict(run.named)[PERTURBED]
             weight.data = weight.data + weight.data.dtype.type(1e-6)
         run.train_step(images[rows], labels[rows])
-    return checkpoint.flatten(run.run_state())
+    return dict(run.replica_tensors())     # the state every rank holds alike (not rank 0's loss averages)
 
 
 def main(out, model_name, dtype, steps, size, sync_bn, bucket_bytes, check_every="0", perturb_step="-1"):

@@ -8,7 +8,6 @@ tests/mpi_scripts/dp_train_worker.py under mpiexec and compare what each rank wr
 references computed here, in one process.
 """
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from mpi_launch import mpiexec_path
 
 from tinybn import checkpoint, optim
 from tinybn.distributed import world as world_lib
@@ -29,13 +29,6 @@ sys.path.insert(0, os.path.join(HERE, "mpi_scripts"))
 import dp_train_worker as worker  # noqa: E402
 
 from test_cli_cifar import write_cifar  # noqa: E402
-
-
-def mpiexec_path():
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
-    assert found, "mpiexec not found: the test extra installs it (pip install -e '.[test]' brings the mpich wheel)"
-    return found
 
 
 def environment():

@@ -9,7 +9,6 @@ The NCCL test needs a CUDA GPU and CuPy with NCCL, and is skipped with the reaso
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import types
 
 import numpy as np
 import pytest
+from mpi_launch import mpiexec_path
 
 from tinybn.distributed import world as world_lib
 from tinybn.distributed.world import (SINGLE_PROCESS, abort_on_error, check_same_flags, communicator,
@@ -28,13 +28,6 @@ SCRIPTS = os.path.join(HERE, "mpi_scripts")
 TIMEOUT = 60                      # seconds; a hung job fails the test instead of the suite
 LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "PMI_FD", "PMI_JOBID", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
                       "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
-
-
-def mpiexec_path():
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
-    assert found, "mpiexec not found: the test extra installs it (pip install -e '.[test]' brings the mpich wheel)"
-    return found
 
 
 def run(argv):

@@ -8,13 +8,13 @@ compared bitwise. On a GPU (skipped elsewhere) the same sums run in cupy buffers
 runs the buckets under `mpiexec -n 2` on the tutorial model.
 """
 import os
-import shutil
 import subprocess
 import sys
 import threading
 
 import numpy as np
 import pytest
+from mpi_launch import mpiexec_path
 
 import tinybn.backend as backend
 from tinybn import Tensor
@@ -272,13 +272,6 @@ def test_cupy_parameters_are_summed_in_device_buffers_to_the_same_numbers(overla
     for name, g in grads.items():
         assert isinstance(g, cupy.ndarray), name
         np.testing.assert_array_equal(cupy.asnumpy(g), on_host[name], err_msg=name)
-
-
-def mpiexec_path():
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
-    assert found, "mpiexec not found: the test extra installs it (pip install -e '.[test]' brings the mpich wheel)"
-    return found
 
 
 def test_two_mpi_ranks_bucketed_and_overlapped_equal_a_per_tensor_allreduce_and_the_mean():

@@ -21,7 +21,10 @@ tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 import numpy as np
 from numba import njit, prange
 
+from tinybn import backend
+
 from . import numba_setup  # noqa: F401  (before the first parallel call)
+from . import numba_winograd
 
 
 def _im2col_plain(x, cols, KH, KW, SH, SW, DH, DW, top, left):
@@ -103,3 +106,12 @@ def conv_batch_chunks(x, cols_per_image):
     per_image = cols_per_image * x.shape[3] * x.dtype.itemsize
     step = max(1, CHUNK_BYTES // max(per_image, 1))
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
+
+
+def conv2d_forward(x, w, window):
+    """As tinybn.ops.conv.conv2d_forward: Winograd where numba_winograd.winograd_tile picks a tile,
+    else the reference (im2col + GEMM, on this backend's im2col)."""
+    m = numba_winograd.winograd_tile(x.shape, w.shape, window, x.dtype)
+    if m is not None:
+        return numba_winograd.winograd_conv2d(x, w, window, m)
+    return backend.implementation("conv2d_forward", "numpy")(x, w, window)

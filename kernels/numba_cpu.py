@@ -5,7 +5,8 @@ reference's signature and return values (tinybn/ops/* hold the references):
 
     numba_conv   im2col, col2im                                   bit-identical
                  conv_batch_chunks: this backend's conv chunking (2 MB of windows)
-    numba_winograd  conv2d_forward, conv2d_backprop_filter: Winograd F(4x4, 3x3) / F(4x4, 5x5)
+                 conv2d_forward: by numba_winograd where its policy picks a tile, else im2col
+    numba_winograd  conv2d_backprop_filter, and the Winograd F(4x4, 3x3) / F(4x4, 5x5) conv
                  for stride-1 convs of 16+ channels (its policy), else the im2col reference
                  (numba_winograd's docstring: its error)
     numba_pool   max_pool_forward/values/backward, avg_pool_forward/backward   bit-identical
@@ -43,7 +44,7 @@ from . import numba_conv, numba_elementwise, numba_loss, numba_lrn, numba_norm, 
 from .dtype_guard import float32_or_float64
 
 TWINS = {
-    "conv2d_forward": numba_winograd.conv2d_forward,
+    "conv2d_forward": numba_conv.conv2d_forward,
     "conv2d_backprop_filter": numba_winograd.conv2d_backprop_filter,
     "im2col": numba_conv.im2col, "col2im": numba_conv.col2im, "conv_batch_chunks": numba_conv.conv_batch_chunks,
     "max_pool_forward": numba_pool.max_pool_forward, "max_pool_values": numba_pool.max_pool_values,

@@ -223,14 +223,6 @@ def winograd_conv2d(x, w, window, m):
     return y
 
 
-def conv2d_forward(x, w, window):
-    """As tinybn.ops.conv.conv2d_forward: Winograd where winograd_tile picks a tile, else the reference."""
-    m = winograd_tile(x.shape, w.shape, window, x.dtype)
-    if m is None:
-        return backend.implementation("conv2d_forward", "numpy")(x, w, window)
-    return winograd_conv2d(x, w, window, m)
-
-
 
 def winograd_backprop_filter(x, dy, window, w_shape, m):
     """conv2d_backprop_filter by F(m x m, r x r), the adjoint of winograd_conv2d in w:

@@ -14,7 +14,7 @@ reference's signature and return values (tinybn/ops/* hold the references):
                  (float64 block sums: within an ulp of the reference's sums)
     numba_lrn    lrn_forward, lrn_backward                         float32 rounding
     numba_loss   softmax_cross_entropy                             float32 rounding
-    numba_elementwise  bias_add (bit-identical), bias_add_grad (float64 block sums)
+    numba_elementwise  bias_add, relu, relu_grad (bit-identical), bias_add_grad (float64 block sums)
 
 Each is registered through dtype_guard.float32_or_float64: the kernels are compiled for
 float32 and float64, and any other float dtype (float16) is refused there with a
@@ -56,6 +56,7 @@ TWINS = {
     "lrn_forward": numba_lrn.lrn_forward, "lrn_backward": numba_lrn.lrn_backward,
     "softmax_cross_entropy": numba_loss.softmax_cross_entropy,
     "bias_add": numba_elementwise.bias_add, "bias_add_grad": numba_elementwise.bias_add_grad,
+    "relu": numba_elementwise.relu, "relu_grad": numba_elementwise.relu_grad,
 }
 for _name, _twin in TWINS.items():
     primitive(_name, backend="numba")(float32_or_float64(_name, "numba", _twin))

@@ -58,7 +58,7 @@ def ulps(name, dtype, args):
 
 def test_every_hot_primitive_has_a_numba_kernel():
     assert sorted(name for name, impls in backend._registry.items() if "numba" in impls) == sorted(
-        WINDOW + OTHER + CONV + ("conv_batch_chunks", "bias_add", "bias_add_grad"))
+        WINDOW + OTHER + CONV + ("conv_batch_chunks", "bias_add", "bias_add_grad", "relu", "relu_grad"))
 
 
 def test_numba_conv_chunks_are_the_cpu_chunks():

@@ -80,6 +80,7 @@ OPS = {
     "lrn_forward": "local_response_normalization", "lrn_backward": "local_response_normalization (backward)",
     "softmax_cross_entropy": "softmax_cross_entropy_with_logits / sparse_softmax_cross_entropy_with_logits",
     "bias_add": "bias_add", "bias_add_grad": "bias_add (backward)",
+    "relu": "relu", "relu_grad": "relu (backward)",
 }
 
 

@@ -15,7 +15,7 @@ what TF's `_AddGrad` / `_MulGrad` do with `broadcast_gradient_args`.
                        axes counted from the end (as tf.transpose); dx = gz.transpose(argsort(perm))
     reduce_sum/mean    over `axis` (None = all), keepdims as tf.reduce_*
     reduce_max         dx goes to the maxima; ties share it equally (TF's _MaxGrad)
-    relu               max(x, 0); dx = gz where x > 0 (TF's ReluGrad: 0 at x == 0)
+    relu               y = max(x, 0); dx = gz * (y > 0) (TF's ReluGrad: 0 at x == 0)
     bias_add           x (..., C) + b (C,); db = gz summed over all but the last axis
     dropout            tf.nn.dropout(x, rate): keep with probability 1-rate and
                        scale kept values by 1/(1-rate); dx = gz * mask * scale
@@ -265,15 +265,30 @@ class Concat(Function):
         return tuple(xp.split(gz, cuts, axis=self.axis))
 
 
+# ---- relu's hot primitives (the numba backend's twins make one pass on both cores) ------
+
+@primitive("relu")
+def relu_forward(x):
+    """max(x, 0): NaN passes through (with its sign), -0.0 gives 0.0, as TF's Relu."""
+    return array_module(x).maximum(x, 0)
+
+
+@primitive("relu_grad")
+def relu_grad(gy, y):
+    """gy * (y > 0), y relu's output: TF's ReluGrad is this product, not a select, so a NaN
+    or infinite gy where y <= 0 gives NaN there, and a negative gy gives -0.0."""
+    return gy * (y > 0)
+
+
 class Relu(Function):
     def forward(self, x):
-        y = array_module(x).maximum(x, 0)
+        y = dispatch("relu", x)
         self.save_for_backward(y)
         return y
 
     def backward(self, gz):
         (y,) = self.saved
-        return gz * (y > 0)
+        return dispatch("relu_grad", gz, y)
 
 
 # ---- bias_add's hot primitives (the numba backend's twins run on both cores) ----------

@@ -137,7 +137,7 @@ def test_profile_training_refuses_bad_counts(steps, warmup):
 
 @pytest.mark.parametrize("argv, message", [
     (["profile"], "the following arguments are required: task"),
-    (["profile", "resnet"], "invalid choice: 'resnet'"),
+    (["profile", "imagenet"], "invalid choice: 'imagenet'"),
     (["profile", "cifar", "--model", "vgg"], "invalid choice: 'vgg'"),
     (["profile", "cifar", "--steps", "0"], "must be >= 1, got 0"),
     (["profile", "cifar", "--warmup", "-1"], "must be >= 0, got -1"),

@@ -1,5 +1,5 @@
 """python -m tinybn.bench resnet: time ResNet-V2 forward and forward+backward, as TF's benchmarks did
-(and `python -m tinybn.bench profile cifar`: a training step op by op, see its --help).
+(and `python -m tinybn.bench profile {cifar,resnet}`: a step op by op, see its --help).
 
     python -m tinybn.bench resnet [--depth {50,101,152,200}] [--batch-size 32] [--image-size 224]
         [--num-batches 100] [--burn-in 10] [--backend {numpy,numba,cupy}]
@@ -41,12 +41,17 @@ from .models import cifar10 as cifar_models
 from .moving_averages import ExponentialMovingAverage
 from .profiler import profile_training
 from .tasks.cifar import EMA_DECAY, make_optimizer
-from .tasks.resnet import run_resnet
+from .tasks.resnet import profile_resnet, run_resnet
 
-PROFILE_DOC = """python -m tinybn.bench profile cifar: where the time of a CIFAR-10 training step goes, op by op.
+PROFILE_DOC = """python -m tinybn.bench profile: where the time of a step goes, op by op.
 
     python -m tinybn.bench profile cifar [--model {tutorial,tutorial_bn,bn}] [--backend {numpy,numba,cupy}]
         [--batch-size 128] [--steps 10] [--warmup 3] [--seed 0]
+    python -m tinybn.bench profile resnet [--depth {50,101,152,200}] [--image-size 224]
+        [--mode {forward,forward-backward,both}] [--num-classes 1000] [--backend ...]
+        [--batch-size 8] [--steps 10] [--warmup 3] [--seed 0]
+
+cifar:
 
 The step is the trainer's (python -m tinybn.train cifar): forward, the loss (mean sparse
 softmax cross-entropy plus the tutorial's weight decay), backward, the model's optimizer
@@ -62,6 +67,14 @@ the GEMM-shaped ops (Conv2D, MatMul), GFLOP/s with the FLOPs counted from the sh
 count for each operand that needs a gradient). Then the optimizer, the EMA and "other", the
 step less everything timed (Python: the graph walk, gradient accumulation, zero_grad, the
 profiler's bookkeeping); the shares add up to 100%.
+
+resnet: the steps of `python -m tinybn.bench resnet` (tinybn.tasks.resnet): forward in
+inference mode under no_grad, or forward-backward in training mode (the loss with weight
+decay, every gradient, no update), on the benchmark's N(0, 0.1) images. The same tables, the
+layers being the network's stages (conv1, pool1, block1 ... block4, postnorm, logits, loss)
+and each Conv2D row named by its geometry: "Conv2D 1x1/1", "Conv2D 3x3/1", "Conv2D 3x3/2",
+"Conv2D 7x7/2" (the root), "Conv2D logits (dense)" (the 1x1 conv on the pooled features).
+The FLOPs summed over the Conv2D rows are the benchmark's conv count.
 """
 
 MODES = ("forward", "forward-backward", "both")
@@ -94,11 +107,16 @@ def build_parser():
     p.add_argument("--num-classes", type=_positive, default=1000)
     cli_flags.add_backend_flag(p)
     p.add_argument("--mode", default="both", choices=MODES)
-    p = sub.add_parser("profile", help="a CIFAR-10 training step, op by op (forward, backward, share, GFLOP/s)",
+    p = sub.add_parser("profile", help="a CIFAR-10 training step or ResNet-V2's steps, op by op "
+                       "(forward, backward, share, GFLOP/s)",
                        description=PROFILE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("task", choices=("cifar",), help="what to profile")
-    p.add_argument("--model", default="bn", choices=tuple(cifar_models.MODELS))
-    p.add_argument("--batch-size", type=_positive, default=128)
+    p.add_argument("task", choices=("cifar", "resnet"), help="what to profile")
+    p.add_argument("--model", default="bn", choices=tuple(cifar_models.MODELS), help="cifar: the model")
+    p.add_argument("--depth", type=int, default=50, choices=(50, 101, 152, 200), help="resnet: the depth")
+    p.add_argument("--image-size", type=_positive, default=224, help="resnet: S of the S x S images")
+    p.add_argument("--mode", default="both", choices=MODES, help="resnet: which steps (default both)")
+    p.add_argument("--num-classes", type=_positive, default=1000, help="resnet: the logits")
+    p.add_argument("--batch-size", type=_positive, default=None, help="default 128 (cifar), 8 (resnet)")
     p.add_argument("--steps", type=_positive, default=10, help="profiled steps (default 10)")
     p.add_argument("--warmup", type=_non_negative, default=3, help="untimed steps first (default 3)")
     p.add_argument("--seed", type=_non_negative, default=0)
@@ -129,7 +147,11 @@ def main(argv=None):
     cli_flags.select_backend(args)
     if args.command == "resnet":
         run_resnet(args)
+    elif args.command == "profile" and args.task == "resnet":
+        args.batch_size = args.batch_size or 8
+        profile_resnet(args)
     elif args.command == "profile":
+        args.batch_size = args.batch_size or 128
         profile_cifar(args)
     return 0
 

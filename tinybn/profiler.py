@@ -12,13 +12,18 @@
                  step, each layer filed under its name when the model is a named sequence
     profile_training(model, optimizer, ema, images, labels, steps, warmup)   a Profile
                  of `steps` training steps after `warmup` untimed ones (what
-                 `python -m tinybn.bench profile` runs and prints)
+                 `python -m tinybn.bench profile cifar` runs and prints)
+    profile_steps(step, steps, warmup, op_name)   the same for any step(prof=None)
+                 (`profile resnet` times its forward and forward-backward steps so)
+    conv_kind    an op_name that tells convolutions apart by geometry: "Conv2D 3x3/2"
+                 (KH x KW / stride)
 
 How: Function.__call__ (tinybn/function.py) and Tensor.backward's walk (tinybn/tensor.py)
 call forward and backward through `tinybn.tensor.profiler` when it is set, and directly
 when it is None: an inactive profiler costs one `is None` test per op, and an active one
 changes no result (it calls the same methods on the same arrays). An op is named by its
-Function class (Conv2D, MatMul, FusedBatchNorm, ...); its layer is the innermost
+Function class (Conv2D, MatMul, FusedBatchNorm, ...), or by OpProfiler(op_name=...)'s
+answer op_name(fn, arrays, layer) for the call (conv_kind: the conv's geometry); its layer is the innermost
 `prof.layer(name)` open at its forward, and its backward is filed under the same layer.
 One time is the wall-clock time of one call (time.perf_counter), threads included: the
 numba kernels and BLAS run inside it. On the GPU (cupy arrays) a call only queues its
@@ -72,6 +77,16 @@ def _matmul_flops(arrays, outputs):
 GEMM_FLOPS = {"Conv2D": _conv_flops, "DepthwiseConv2D": _depthwise_flops, "MatMul": _matmul_flops}
 
 
+def conv_kind(fn, arrays, layer=None):
+    """An op's name with a Conv2D's geometry: "Conv2D KHxKW/S" (S the stride, written once when
+    SH == SW); other ops by their class."""
+    name = type(fn).__name__
+    if name != "Conv2D":
+        return name
+    (KH, KW), (SH, SW) = arrays[1].shape[:2], fn.strides
+    return f"Conv2D {KH}x{KW}/" + (f"{SH}" if SH == SW else f"{SH},{SW}")
+
+
 def _synchronize(arrays):
     """Wait for the GPU's queued work when one of `arrays` lives there (a no-op on the host)."""
     for a in arrays:
@@ -83,7 +98,8 @@ def _synchronize(arrays):
 class OpProfiler:
     """Times every op's forward and backward while active (a context manager; see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, op_name=None):
+        self._op_name = op_name or (lambda fn, arrays, layer: type(fn).__name__)   # the row's op name
         self._rows = {}                         # (layer, op) -> [fwd s, bwd s, fwd calls, bwd calls, fwd fl, bwd fl]
         self._parts = {}                        # name -> [seconds, calls]
         self._where = weakref.WeakKeyDictionary()    # Function -> ((layer, op), its forward FLOPs)
@@ -133,7 +149,7 @@ class OpProfiler:
         elapsed = time.perf_counter() - start
         count = GEMM_FLOPS.get(type(fn).__name__)
         flops = count(arrays, outputs if isinstance(outputs, tuple) else (outputs,)) if count else 0
-        key = (self._layer, type(fn).__name__)
+        key = (self._layer, self._op_name(fn, arrays, self._layer))
         self._where[fn] = (key, flops)
         entry = self._entry(key)
         entry[0] += elapsed
@@ -273,12 +289,18 @@ def _no_scope(name):
 def profile_training(model, optimizer, ema, images, labels, steps=10, warmup=3):
     """A Profile of `steps` training steps after `warmup` untimed ones, and the mean step of as
     many steps with the profiler off (run after, so that both see a warm process)."""
+    return profile_steps(training_step(model, optimizer, ema, images, labels), steps, warmup,
+                         caller="profile_training")
+
+
+def profile_steps(step, steps=10, warmup=3, op_name=None, caller="profile_steps"):
+    """A Profile of `steps` calls of step(prof) after `warmup` untimed step() calls, and the
+    mean of as many step() calls with the profiler off; op_name: OpProfiler's."""
     if steps < 1 or warmup < 0:
-        raise ValueError(f"profile_training: steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    step = training_step(model, optimizer, ema, images, labels)
+        raise ValueError(f"{caller}: steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     for _ in range(warmup):
         step()
-    with OpProfiler() as prof:
+    with OpProfiler(op_name) as prof:
         start = time.perf_counter()
         for _ in range(steps):
             step(prof)

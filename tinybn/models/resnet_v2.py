@@ -59,6 +59,7 @@ optim, the package root and models.
 """
 import math
 from collections import OrderedDict, namedtuple
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -81,6 +82,10 @@ _TO_SLIM = {"kernel": "weights", "bias": "biases"}
 # slim's resnet_utils.Block: scope ('block1'), unit_fn (here the unit's Module class, e.g.
 # Bottleneck) and args, one (depth, depth_bottleneck, stride) per unit.
 Block = namedtuple("Block", ["scope", "unit_fn", "args"])
+
+
+def _no_stage(name):
+    return nullcontext()
 
 
 def variance_scaling_initializer(factor=2.0):
@@ -206,42 +211,50 @@ class ResNetV2(Module):
                        if num_classes else None)
         self.decayed_kernels = [m.kernel for _, m in self.named_modules() if isinstance(m, SlimConv2D)]
 
-    def forward(self, images, all_end_points=False):
+    def forward(self, images, all_end_points=False, stage=None):
+        """stage(name), when given, is a context manager opened around each stage of the network
+        (conv1, pool1, block1 ... block4, postnorm, logits): the profiler's layers."""
         images = as_tensor(images)
         if images.ndim != 4:
             raise ValueError(f"{self.scope}: images must be rank 4 (N, H, W, C), got shape {images.shape}")
         if images.shape[3] != self.in_channels:
             raise ValueError(f"{self.scope}: images have {images.shape[3]} channels (NHWC shape "
                              f"{images.shape}), the network was built for {self.in_channels}")
+        stage = stage or _no_stage
         end_points = OrderedDict()
         net = images
         if self.conv1 is not None:
-            net = self.conv1(net)
+            with stage("conv1"):
+                net = self.conv1(net)
             if all_end_points:
                 end_points[f"{self.scope}/conv1"] = net
-            net = max_pool2d(net, 3, 2, "SAME")
+            with stage("pool1"):
+                net = max_pool2d(net, 3, 2, "SAME")
         for block_name, units in self.blocks:
-            for unit_name, unit in units:
-                collect = (lambda name, t, u=unit_name: end_points.__setitem__(f"{u}/{name}", t)) \
-                    if all_end_points else None
-                net = unit(net, collect)
-                if all_end_points:
-                    end_points[unit_name] = net
+            with stage(block_name[len(self.scope) + 1:]):
+                for unit_name, unit in units:
+                    collect = (lambda name, t, u=unit_name: end_points.__setitem__(f"{u}/{name}", t)) \
+                        if all_end_points else None
+                    net = unit(net, collect)
+                    if all_end_points:
+                        end_points[unit_name] = net
             end_points[block_name] = net
-        net = relu(self.postnorm(net))
-        if self.global_pool:
-            net = reduce_mean(net, [1, 2], keepdims=True)
-            end_points["global_pool"] = net
+        with stage("postnorm"):
+            net = relu(self.postnorm(net))
+            if self.global_pool:
+                net = reduce_mean(net, [1, 2], keepdims=True)
+                end_points["global_pool"] = net
         if self.logits is not None:
-            net = self.logits(net)
-            end_points[f"{self.scope}/logits"] = net
-            if self.spatial_squeeze:
-                if net.shape[1:3] != (1, 1):
-                    raise ValueError(f"{self.scope}: spatial_squeeze needs 1x1 logits, got shape {net.shape} "
-                                     "(pass global_pool=True or spatial_squeeze=False)")
-                net = reshape(net, (net.shape[0], net.shape[3]))
-                end_points[f"{self.scope}/spatial_squeeze"] = net
-            end_points["predictions"] = softmax(net)
+            with stage("logits"):
+                net = self.logits(net)
+                end_points[f"{self.scope}/logits"] = net
+                if self.spatial_squeeze:
+                    if net.shape[1:3] != (1, 1):
+                        raise ValueError(f"{self.scope}: spatial_squeeze needs 1x1 logits, got shape {net.shape} "
+                                         "(pass global_pool=True or spatial_squeeze=False)")
+                    net = reshape(net, (net.shape[0], net.shape[3]))
+                    end_points[f"{self.scope}/spatial_squeeze"] = net
+                end_points["predictions"] = softmax(net)
         return net, end_points
 
     def regularization_loss(self):

@@ -5,8 +5,10 @@ timed steps and the exact conv FLOP count, as python -m tinybn.bench resnet runs
                                                  then num_batches timed; sd the population one
     conv_flops(model, batch, height, width)      (forward, forward-backward) conv FLOPs
     make_inputs(batch, image_size, num_classes)  N(0, 0.1) images and uniform labels
-    resnet_steps(model, images, labels)          (forward step, forward-backward step)
+    resnet_steps(model, images, labels)          (forward step, forward-backward step), each
+                                                 step(prof=None), the stages filed under prof
     run_resnet(args, log)                        build, time and report
+    profile_resnet(args, log)                    the steps op by op (tinybn.profiler)
 
 bench/bench_resnet.py times TF and the tinybn backends with the same pieces.
 
@@ -18,11 +20,13 @@ import resource
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
 from .. import backend
 from ..models.resnet_v2 import resnet_v2
+from ..profiler import conv_kind, profile_steps
 from ..tensor import Tensor, no_grad
 
 
@@ -64,18 +68,22 @@ def make_inputs(batch, image_size, num_classes, seed=0):
 
 
 def resnet_steps(model, images, labels):
-    """(forward step, forward-backward step) on one fixed batch; the second returns the loss."""
+    """(forward step, forward-backward step) on one fixed batch; the second returns the loss.
+    Called as step(prof) with an active OpProfiler, each stage of the network (conv1, pool1,
+    block1 ... logits) and the loss are filed under their names."""
     x, labels = backend.device_array(images), backend.device_array(labels)
 
-    def forward():
+    def forward(prof=None):
         model.eval()
         with no_grad():
-            return model(Tensor(x))[0].data
+            return model(Tensor(x), stage=prof and prof.layer)[0].data
 
-    def forward_backward():
+    def forward_backward(prof=None):
         model.train()
         model.zero_grad()
-        loss = model.loss(model(Tensor(x))[0], labels)
+        logits = model(Tensor(x), stage=prof and prof.layer)[0]
+        with prof.layer("loss") if prof is not None else nullcontext():
+            loss = model.loss(logits, labels)
         loss.backward()
         return float(loss.item())
     return forward, forward_backward
@@ -101,3 +109,30 @@ def run_resnet(args, log=print):
     result["peak_rss_mb"] = peak_rss_mb()
     log(f"Peak memory (ru_maxrss): {result['peak_rss_mb']:.0f} MB")
     return result
+
+
+def resnet_op_kind(fn, arrays, layer):
+    """The profile's op names: a Conv2D by its geometry (profiler.conv_kind), the logits' 1x1
+    conv on the pooled features as "Conv2D logits (dense)"."""
+    name = conv_kind(fn, arrays)
+    return "Conv2D logits (dense)" if layer == "logits" and name.startswith("Conv2D") else name
+
+
+def profile_resnet(args, log=print):
+    """Profile args.steps steps of each mode of args.mode ("forward", "forward-backward" or
+    "both") of resnet_v2_<args.depth>; returns {mode: Profile}, every Conv2D named by its
+    geometry (resnet_op_kind)."""
+    model = resnet_v2(args.depth, num_classes=args.num_classes, rng=np.random.default_rng(args.seed)).to_backend()
+    images, labels = make_inputs(args.batch_size, args.image_size, args.num_classes, seed=args.seed)
+    flops = conv_flops(model, args.batch_size, args.image_size, args.image_size)
+    steps = dict(zip(("forward", "forward-backward"), resnet_steps(model, images, labels)))
+    profiles = {}
+    for mode, step in steps.items():
+        if args.mode not in (mode, "both"):
+            continue
+        log(f"resnet_v2_{args.depth} {mode}: batch {args.batch_size}, {args.image_size}x{args.image_size}x3, "
+            f"backend {args.backend}, {args.warmup} warm-up steps, {args.steps} profiled; conv work "
+            f"{flops[mode == 'forward-backward'] / 1e9:.2f} GFLOP per step")
+        profiles[mode] = profile_steps(step, args.steps, args.warmup, op_name=resnet_op_kind, caller="profile resnet")
+        log(profiles[mode].format())
+    return profiles

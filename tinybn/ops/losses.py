@@ -210,3 +210,68 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits):
 def l2_loss(t):
     """tf.nn.l2_loss: sum(t ** 2) / 2, a scalar of t's dtype."""
     return L2Loss()(t)
+
+
+# ---- label smoothing (the fast CIFAR recipe's loss) -------------------------------------
+
+def _check_sparse(op, labels, logits):
+    """The sparse cross-entropy's input checks, each a ValueError naming the problem; K."""
+    if logits.ndim < 1 or logits.dtype.kind != "f":
+        raise ValueError(f"{op}: logits must be floating point of rank >= 1, got {logits.dtype} {logits.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{op}: labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"{op}: labels must have shape logits.shape[:-1] = {logits.shape[:-1]}, "
+                         f"got labels: {labels.shape} and logits: {logits.shape}")
+    k = logits.shape[-1]
+    flat = labels.reshape(-1)
+    bad = (flat < 0) | (flat >= k)
+    if bool(bad.any()):
+        raise ValueError(f"{op}: labels must be in [0, {k}) (number of classes), got label value {int(flat[bad][0])}")
+    return k
+
+
+class SparseSoftmaxCrossEntropyWithLabelSmoothing(Function):
+    """Inputs (labels (...), logits (..., K)); output the per-example loss (...).
+
+    The target is onehot * (1 - s) + s / K, computed in the logits' dtype (s and K cast to
+    it first, as Keras casts label_smoothing to y_pred's dtype), so each row sums to 1 and
+    the logits gradient softmax - target is the loss's true derivative.
+    """
+
+    def __init__(self, label_smoothing):
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"sparse_softmax_cross_entropy_with_label_smoothing: label_smoothing must be in "
+                             f"[0, 1], got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, labels, logits):
+        k = _check_sparse("sparse_softmax_cross_entropy_with_label_smoothing", labels, logits)
+        xp = array_module(logits)
+        t = logits.dtype.type
+        s = t(self.label_smoothing)
+        logits2 = logits.reshape(-1, k)
+        target = xp.full_like(logits2, s / t(k))
+        target[xp.arange(logits2.shape[0]), labels.reshape(-1)] = (t(1) - s) + s / t(k)
+        loss, backprop = dispatch("softmax_cross_entropy", target, logits2)
+        self.save_for_backward(backprop)
+        self.shape = logits.shape
+        return loss.reshape(labels.shape)
+
+    def backward(self, gloss):
+        (backprop,) = self.saved
+        return None, (gloss.reshape(-1, 1) * backprop).reshape(self.shape)
+
+
+def sparse_softmax_cross_entropy_with_label_smoothing(labels, logits, label_smoothing=0.0):
+    """Per-example softmax cross-entropy of integer labels (...) against onehot * (1 - s) + s / K.
+
+    Keras's semantics: tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s,
+    reduction=None)(tf.one_hot(labels, K), logits), s and K cast to the logits' dtype before the
+    target is formed. tf.compat.v1.losses.softmax_cross_entropy(onehot, logits, label_smoothing=s,
+    reduction=NONE) smooths the same way but forms 1 - s and s / K as Python floats, which can
+    differ by an ulp of the target in float32; Keras is TF2's API, hence its rounding. Per
+    example and unreduced, since the recipes reduce differently (the fast CIFAR recipe sums
+    over the batch, the tutorial means).
+    """
+    return SparseSoftmaxCrossEntropyWithLabelSmoothing(label_smoothing)(labels, logits)

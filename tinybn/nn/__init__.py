@@ -5,6 +5,6 @@ It may import tinybn's core (tensor, function), backend and ops, and numpy; noth
 """
 from .module import Module, Parameter  # noqa: F401
 from .layers import (Conv2D, SeparableConv2D, SpatiallySeparableConv2D, Dense, MaxPool2D,  # noqa: F401
-                     AvgPool2D, LRN, ReLU, Flatten, Dropout, Sequential)
+                     AvgPool2D, LRN, ReLU, GELU, Flatten, Dropout, Sequential)
 from .batchnorm import BatchNorm  # noqa: F401
 from . import init  # noqa: F401

@@ -13,6 +13,7 @@ This module imports numpy, tinybn.ops and tinybn.nn (init, module) only.
     Dense(in_features, units)                                             kernel (in, units), bias
     MaxPool2D / AvgPool2D(ksize=2, strides=None, padding="VALID")        strides default to ksize
     LRN(depth_radius=5, bias=1, alpha=1, beta=0.5), ReLU(), Flatten(), Dropout(rate)
+    GELU(approximate=False)                                               tinybn.ops.activations.gelu
     Sequential(layer, ... or (name, layer), ...)
 
 Parameter names follow Keras ("kernel", "bias", "depthwise_kernel", ...); a layer given
@@ -23,6 +24,7 @@ import numbers
 
 import numpy as np
 
+from ..ops.activations import gelu
 from ..ops.basic import bias_add, dropout, matmul, relu, reshape
 from ..ops.conv import conv2d
 from ..ops.separable import separable_conv2d, spatially_separable_conv2d
@@ -217,6 +219,20 @@ class LRN(Module):
 class ReLU(Module):
     def forward(self, x):
         return relu(x)
+
+
+class GELU(Module):
+    """Keras's GELU activation (tf.nn.gelu): x * Phi(x); approximate=True, the tanh form."""
+
+    def __init__(self, approximate=False):
+        super().__init__()
+        self.approximate = bool(approximate)
+
+    def forward(self, x):
+        return gelu(x, self.approximate)
+
+    def extra_repr(self):
+        return "approximate=True" if self.approximate else ""
 
 
 class Flatten(Module):

@@ -1,0 +1,222 @@
+"""fast: airbench94's CIFAR-10 network, on full 32x32 images.
+
+Input: images (N, 32, 32, 3) float32, normalised per channel as airbench does,
+(x / 255 - mean) / std with mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616).
+Output: logits (N, 10).
+
+    whiten   2x2 VALID conv, 3 -> 24, frozen kernel (patch whitening), bias   (N, 31, 31, 24)
+    gelu0    GELU
+    block1   conv 3x3 SAME 24 -> 64, no bias -> max pool 2x2/2 -> BN -> GELU   (N, 15, 15, 64)
+             -> conv 3x3 SAME 64 -> 64, no bias -> BN -> GELU
+    block2   the same, 64 -> 256                                             (N, 7, 7, 256)
+    block3   the same, 256 -> 256                                            (N, 3, 3, 256)
+    pool     max pool 3x3/3 VALID -> flatten                                 (N, 256)
+    dense    256 -> 10, no bias; scale: logits = dense / 9                   (N, 10)
+
+1,971,352 trained parameters (the closed form is in tests/test_fast_model.py) and the
+288 frozen values of the whitening kernel, which is a buffer, not a parameter.
+
+Every component, with its source. airbench is K. Jordan, "94% on CIFAR-10 in 3.29 seconds on
+a single GPU" (arXiv:2404.00498, 2024), and its code airbench94.py (the hyperparameters in
+HYPERPARAMETERS are its `hyp`); the paper's section is named where the component is its own.
+    patch whitening     frozen first layer from the eigenvectors of the 2x2 patches'
+                        covariance, each direction and its negative (whitening.py); airbench,
+                        section "Network architecture" / whitening initialisation, after
+                        D. Page, "How to train your ResNet 8: bag of tricks" (myrtle.ai, 2019).
+                        The bias trains for the first 3 epochs only (whiten_bias_epochs).
+    identity init       each 3x3 conv starts as PyTorch's default uniform(+-1/sqrt(fan_in)),
+                        with its first C_in filters replaced by the identity (Dirac) filter
+                        (airbench's Conv.reset_parameters: "partial identity initialisation").
+    GELU                Hendrycks and Gimpel, arXiv:1606.08415; the exact (erf) form,
+                        PyTorch's nn.GELU() default, as airbench uses.
+    batch norm          Ioffe and Szegedy, arXiv:1502.03167. airbench's BatchNorm: epsilon
+                        1e-12, PyTorch momentum 0.4 (decay 0.6 here), PyTorch's unbiased
+                        moving variance ("bessel"), weight frozen at 1 (scale=False here:
+                        the same function with one parameter less per channel) and the bias
+                        trained at 64x the learning rate (bias_scaler).
+    3 blocks 64/256/256 conv -> pool -> BN -> GELU -> conv -> BN -> GELU (airbench's ConvGroup),
+                        the VGG-like layout of Page's ResNet-9 without its residual branches.
+    logit scale 1/9     airbench's scaling_factor (from tysam-code's hlb-CIFAR10).
+    label smoothing 0.2 Szegedy et al., "Rethinking the Inception architecture", arXiv:1512.00567,
+                        section 7; the loss is summed over the batch, as airbench sums it.
+The training recipe's other components (Nesterov SGD with per-group learning rates and
+decoupled-parametrised weight decay, the triangular schedule, Lookahead-style EMA of the
+weights every 5 steps (Zhang et al., arXiv:1907.08610), alternating flip and 2-pixel
+reflect-padded translation, and flip + translate test-time augmentation) live with the
+optimizer, the input pipeline and the task, each with its own source.
+
+Ablation (precision@1 on the 10,000 held-out images, each component removed in turn; mean
+over 3 seeds; filled in by the lead from real runs):
+
+    | removed component          | precision@1     | time to final checkpoint |
+    |----------------------------|-----------------|--------------------------|
+    | none (the full recipe)     | not yet measured | not yet measured        |
+    | patch whitening            | not yet measured | not yet measured        |
+    | identity init              | not yet measured | not yet measured        |
+    | GELU (ReLU instead)        | not yet measured | not yet measured        |
+    | frozen BN scale            | not yet measured | not yet measured        |
+    | BN bias lr x64             | not yet measured | not yet measured        |
+    | logit scale 1/9            | not yet measured | not yet measured        |
+    | label smoothing            | not yet measured | not yet measured        |
+    | Nesterov momentum          | not yet measured | not yet measured        |
+    | EMA / lookahead            | not yet measured | not yet measured        |
+    | alternating flip           | not yet measured | not yet measured        |
+    | translate 2 px             | not yet measured | not yet measured        |
+    | flip TTA                   | not yet measured | not yet measured        |
+
+Floor: models (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
+optim, the package root and models.
+"""
+import numpy as np
+
+from ..backend import array_module
+from ..nn import init
+from ..nn.batchnorm import BatchNorm
+from ..nn.layers import GELU, Conv2D, Dense, Flatten, MaxPool2D, Sequential
+from ..nn.module import Module
+from ..ops.basic import bias_add, mul, reduce_sum
+from ..ops.conv import conv2d
+from ..ops.losses import sparse_softmax_cross_entropy_with_label_smoothing
+from ..tensor import Tensor
+from .classifier import SequentialClassifier
+from .whitening import AIRBENCH_EPS, patch_whitening_kernel
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 32
+WIDTHS = (64, 256, 256)
+
+# airbench94.py's hyp, by its names; lr and weight_decay are per 1024 examples (see there)
+HYPERPARAMETERS = {
+    "batch_size": 1024, "train_epochs": 9.9, "lr": 11.5, "momentum": 0.85, "weight_decay": 0.0153,
+    "bias_scaler": 64.0, "label_smoothing": 0.2,
+    "ema": {"start_epochs": 3, "decay_base": 0.95, "decay_pow": 3.0, "every_n_steps": 5},
+    "whiten_bias_epochs": 3, "flip": True, "translate": 2,
+    "whitening_kernel_size": 2, "whitening_eps": AIRBENCH_EPS, "whitening_images": 5000,
+    "batchnorm_decay": 0.6, "batchnorm_epsilon": 1e-12, "scaling_factor": 1 / 9, "tta_level": 2,
+}
+
+
+def torch_default_uniform():
+    """PyTorch's default conv and linear init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in))."""
+    return init.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def partial_identity():
+    """torch_default_uniform, then the first min(C_in, C_out) filters set to the identity:
+    filter i is 1 at the window's centre on input channel i and 0 elsewhere (torch.nn.init.dirac_)."""
+    uniform = torch_default_uniform()
+
+    def initializer(shape, rng, dtype=np.float32):
+        kernel = uniform(shape, rng, dtype)
+        kh, kw, cin, cout = shape
+        m = min(cin, cout)
+        kernel[..., :m] = 0
+        kernel[kh // 2, kw // 2, np.arange(m), np.arange(m)] = 1
+        return kernel
+    return initializer
+
+
+class PatchWhitening(Module):
+    """conv2d(x, kernel, VALID) + bias, the kernel a frozen buffer set by `initialize(images)`
+    (whitening.patch_whitening_kernel); zeros until then. Buffer "kernel" (K, K, C, 2 K*K*C),
+    parameter "bias" (2 K*K*C,), zeros."""
+
+    def __init__(self, in_channels=3, kernel_size=2, dtype=np.float32):
+        super().__init__()
+        filters = 2 * kernel_size * kernel_size * in_channels
+        self.kernel_size, self.in_channels = kernel_size, in_channels
+        self.kernel = self.add_buffer("kernel", np.zeros((kernel_size, kernel_size, in_channels, filters), dtype))
+        self.bias = self.add_parameter("bias", np.zeros(filters, dtype))
+
+    def initialize(self, images, eps=AIRBENCH_EPS):
+        """Set the kernel from training images (N, H, W, C), normalised as the model's inputs are."""
+        kernel = patch_whitening_kernel(images, self.kernel_size, eps)
+        xp = array_module(self.kernel.data)
+        self.kernel.data = xp.asarray(kernel.astype(self.kernel.dtype))
+        return self
+
+    def forward(self, x):
+        return bias_add(conv2d(x, self.kernel, 1, "VALID"), self.bias)
+
+    def extra_repr(self):
+        return f"kernel={self.kernel.shape} (frozen)"
+
+
+class Scale(Module):
+    """y = x * factor, the factor a constant of x's dtype (airbench's Mul)."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x):
+        xp = array_module(x.data)
+        return mul(x, Tensor(xp.asarray(self.factor, dtype=x.dtype)))
+
+    def extra_repr(self):
+        return f"{self.factor:g}"
+
+
+def conv_group(cin, cout, rng, dtype, bn_decay, bn_epsilon):
+    """airbench's ConvGroup: conv -> max pool 2 -> BN -> GELU -> conv -> BN -> GELU."""
+    def conv(a, b):
+        return Conv2D(a, b, 3, padding="SAME", use_bias=False, kernel_initializer=partial_identity(),
+                      rng=rng, dtype=dtype)
+
+    def norm():
+        return BatchNorm(cout, decay=bn_decay, epsilon=bn_epsilon, scale=False, moving_variance_rule="bessel",
+                         dtype=dtype)
+    return Sequential(("conv1", conv(cin, cout)), ("pool", MaxPool2D(2, 2, "VALID")), ("norm1", norm()),
+                      ("gelu1", GELU()), ("conv2", conv(cout, cout)), ("norm2", norm()), ("gelu2", GELU()))
+
+
+class FastCifarModel(SequentialClassifier):
+    """The network above; loss = sum over the batch of the label-smoothed cross-entropy."""
+
+    label_smoothing = HYPERPARAMETERS["label_smoothing"]
+
+    @property
+    def whitening(self):
+        return dict(self.net.named_children())["whiten"]
+
+    def initialize_whitening(self, images, eps=AIRBENCH_EPS):
+        self.whitening.initialize(images, eps)
+        return self
+
+    def loss(self, logits, labels):
+        """sum of sparse_softmax_cross_entropy_with_label_smoothing(labels, logits, 0.2), as airbench's
+        CrossEntropyLoss(label_smoothing=0.2, reduction='none')(...).sum(); no weight decay term
+        (the optimizer decays the weights)."""
+        return reduce_sum(sparse_softmax_cross_entropy_with_label_smoothing(labels, logits, self.label_smoothing))
+
+    def parameter_groups(self):
+        """airbench's two groups of (name, parameter): the BN biases ("norm_biases", trained at
+        bias_scaler times the learning rate) and every other parameter ("other")."""
+        groups = {"norm_biases": [], "other": []}
+        for name, p in self.named_parameters():
+            groups["norm_biases" if name.rsplit("/", 1)[-1] == "beta" else "other"].append((name, p))
+        return groups
+
+
+def fast(rng=None, dtype=np.float32, whitening_images=None, bn_decay=HYPERPARAMETERS["batchnorm_decay"],
+         bn_epsilon=HYPERPARAMETERS["batchnorm_epsilon"]):
+    """The fast model; its whitening kernel is set from `whitening_images` when given, else
+    later by `model.initialize_whitening(images)` (airbench: the first 5000 training images)."""
+    rng = rng or np.random.default_rng()
+    w1, w2, w3 = WIDTHS
+    whiten_width = 2 * 3 * HYPERPARAMETERS["whitening_kernel_size"] ** 2
+    layers = [("whiten", PatchWhitening(3, HYPERPARAMETERS["whitening_kernel_size"], dtype)), ("gelu0", GELU()),
+              ("block1", conv_group(whiten_width, w1, rng, dtype, bn_decay, bn_epsilon)),
+              ("block2", conv_group(w1, w2, rng, dtype, bn_decay, bn_epsilon)),
+              ("block3", conv_group(w2, w3, rng, dtype, bn_decay, bn_epsilon)),
+              ("pool", MaxPool2D(3, 3, "VALID")), ("flatten", Flatten()),
+              ("dense", Dense(w3, NUM_CLASSES, use_bias=False, kernel_initializer=torch_default_uniform(),
+                              rng=rng, dtype=dtype)),
+              ("scale", Scale(HYPERPARAMETERS["scaling_factor"]))]
+    model = FastCifarModel(layers)
+    if whitening_images is not None:
+        model.initialize_whitening(whitening_images)
+    return model
+
+
+MODELS = {"fast": fast}

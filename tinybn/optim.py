@@ -32,6 +32,15 @@ TF conventions followed:
   step's increment, as TF1's apply_gradients(global_step=...) does.
 - `step()` updates each `.data` in place from its `.grad`; a None `.grad` is skipped, as in TF1.
 
+Beside them, for the fast CIFAR recipe (airbench's), PyTorch's SGD rather than TF1's:
+
+    SGD               g' = g + weight_decay * var                         (per parameter group)
+                      buf = buf * momentum + g'                           (buf starts at 0: = g' at first)
+                      var -= lr * (g' + momentum * buf)                   (nesterov=True)
+                      var -= lr * buf                                     (nesterov=False)
+                      lr = the group's lr * lr_lambda(step)               (torch's LambdaLR)
+    Triangle          lr_lambda: linear from start to 1 at peak * total_steps, then to end
+
 Parameters are a list of Parameters, or of (name, Parameter) pairs as
 Module.named_parameters() yields them. Slots and state_dict() keys follow TF's
 checkpoint names: "<name>/Momentum", "<name>/Adam" (m), "<name>/Adam_1" (v),
@@ -225,3 +234,82 @@ class ExponentialDecay:
 
     def __call__(self, step):
         return exponential_decay(self.learning_rate, step, self.decay_steps, self.decay_rate, self.staircase)
+
+
+# ---- PyTorch's SGD with parameter groups (the fast CIFAR recipe) ----------------------
+
+class SGD(Optimizer):
+    """torch.optim.SGD(param_groups, lr, momentum, weight_decay=0, nesterov=False), stepped as
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) after every step.
+
+    param_groups: Parameters or (name, Parameter) pairs, or a list of groups, each a dict
+    {"params": [...], "lr": ..., "weight_decay": ...} whose missing keys take the defaults.
+    Each step the group's lr * lr_lambda(step) is formed in float64 and, like every
+    hyperparameter, rounded to the parameter's dtype (torch casts a step's scalars so).
+
+    weight_decay is PyTorch's: g + weight_decay * var enters the momentum, L2 decay. The
+    "decoupled" weight decay of airbench (airbench94.py's hyp comments) is a parametrisation of
+    that: each group gets weight_decay = wd / lr, so lr * weight_decay = wd whatever its lr
+    (not Loshchilov and Hutter's decoupled decay, which bypasses the gradient). Slot
+    "<name>/momentum_buffer", torch's state name; buffers start at zero, so the first update
+    gives buf = g', as torch's clone of the first gradient.
+    """
+    slot_names = ("momentum_buffer",)
+
+    def __init__(self, param_groups, lr, momentum=0.0, weight_decay=0.0, nesterov=False, lr_lambda=None):
+        groups = list(param_groups)
+        if not groups or not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        groups = [dict(group, params=list(group.get("params", ()))) if isinstance(group, dict) else group
+                  for group in groups]
+        settings = []
+        for k, group in enumerate(groups):
+            if not isinstance(group, dict) or set(group) - {"params", "lr", "weight_decay"}:
+                raise ValueError(f"SGD: param group {k} must be a dict of 'params' and optionally 'lr' and "
+                                 f"'weight_decay', got {group!r:.80}")
+            group_lr, wd = float(group.get("lr", lr)), float(group.get("weight_decay", weight_decay))
+            if group_lr < 0 or wd < 0:
+                raise ValueError(f"SGD: param group {k} has a negative lr or weight_decay: {group_lr}, {wd}")
+            settings += [(group_lr, wd)] * len(group["params"])
+        if momentum < 0:
+            raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("SGD: Nesterov momentum needs a momentum > 0")
+        super().__init__([p for group in groups for p in group["params"]], 1.0)
+        self.settings, self.momentum, self.nesterov = settings, float(momentum), bool(nesterov)
+        self.lr_lambda = lr_lambda
+
+    def step(self):
+        self._factor = float(self.lr_lambda(self.iterations)) if self.lr_lambda is not None else 1.0
+        super().step()
+
+    def _update(self, i, var, g, _, dtype):
+        group_lr, wd = self.settings[i]
+        lr = dtype(group_lr * self._factor)
+        if wd:
+            g = g + dtype(wd) * var
+        if self.momentum:
+            m, buf = dtype(self.momentum), self.slots["momentum_buffer"][i]
+            buf *= m
+            buf += g
+            g = g + m * buf if self.nesterov else buf
+        var -= lr * g
+
+
+class Triangle:
+    """airbench's triangle(total_steps, start, end, peak) as a schedule of the step: linear
+    interpolation through (0, start), (int(peak * total_steps), 1), (total_steps, end), in
+    float64 (airbench interpolates in float32); beyond total_steps the last segment goes on."""
+
+    def __init__(self, total_steps, start=0.2, end=0.07, peak=0.23):
+        peak_step = int(peak * total_steps)
+        if not 0 < peak_step < total_steps:
+            raise ValueError(f"Triangle: the peak int({peak} * {total_steps}) must fall strictly inside "
+                             f"(0, {total_steps})")
+        self.points = ((0, start), (peak_step, 1.0), (total_steps, end))
+
+    def __call__(self, step):
+        (x0, y0), (x1, y1), (x2, y2) = self.points
+        if step < x1:
+            return y0 + (y1 - y0) * step / x1
+        return y1 + (y2 - y1) * (step - x1) / (x2 - x1)

@@ -24,7 +24,7 @@ from numba import njit, prange
 from tinybn import backend
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
-from . import numba_winograd
+from . import numba_kn2row, numba_winograd
 
 
 def _im2col_plain(x, cols, KH, KW, SH, SW, DH, DW, top, left):
@@ -110,8 +110,11 @@ def conv_batch_chunks(x, cols_per_image):
 
 def conv2d_forward(x, w, window):
     """As tinybn.ops.conv.conv2d_forward: Winograd where numba_winograd.winograd_tile picks a tile,
-    else the reference (im2col + GEMM, on this backend's im2col)."""
+    else kn2row where numba_kn2row.kn2row_picks it, else the reference (im2col + GEMM, on this
+    backend's im2col and chunks)."""
     m = numba_winograd.winograd_tile(x.shape, w.shape, window, x.dtype)
     if m is not None:
         return numba_winograd.winograd_conv2d(x, w, window, m)
+    if numba_kn2row.kn2row_picks(x.shape, w.shape, window, x.dtype):
+        return numba_kn2row.kn2row_conv2d(x, w, window)
     return backend.implementation("conv2d_forward", "numpy")(x, w, window)

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 import tinybn.backend as backend
 from tinybn import Tensor
-from tinybn.kernels import (numba_conv, numba_elementwise, numba_loss, numba_lrn, numba_norm, numba_pool,
-                            numba_winograd)
+from tinybn.kernels import (numba_conv, numba_elementwise, numba_kn2row, numba_loss, numba_lrn, numba_norm,
+                            numba_pool, numba_winograd)
 from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
 from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
@@ -210,14 +210,18 @@ def conv_args(name, rng, dtype, shape, ksize, strides, dilations, padding, out_c
 
 def check_conv(name, dtype, args):
     """The numba twin against the reference run under the numpy backend (im2col on numpy):
-    bit-identical where the policy keeps im2col, within WINOGRAD_RTOL where it picks Winograd."""
+    bit-identical where the policy keeps im2col, within WINOGRAD_RTOL where it picks Winograd,
+    within KN2ROW_RTOL where it picks kn2row (the forward of stride-1 convs with O <= C)."""
     ours = backend.implementation(name, "numba")(*args)
     with backend.backend("numpy"):
         ref = backend.implementation(name, "numpy")(*args)
     assert ours.shape == ref.shape and ours.dtype == ref.dtype
     x_shape, w_shape = args[0].shape, args[1].shape if name == "conv2d_forward" else args[3]
     direction = "forward" if name == "conv2d_forward" else "filter"
-    if numba_winograd.winograd_tile(x_shape, w_shape, args[2], np.dtype(dtype), direction) is None:
+    by_winograd = numba_winograd.winograd_tile(x_shape, w_shape, args[2], np.dtype(dtype), direction) is not None
+    if not by_winograd and direction == "forward" and numba_kn2row.kn2row_picks(x_shape, w_shape, args[2], dtype):
+        assert np.max(np.abs(ours - ref)) / np.max(np.abs(ref)) <= numba_kn2row.KN2ROW_RTOL[np.dtype(dtype)], name
+    elif not by_winograd:
         np.testing.assert_array_equal(ours, ref, err_msg=name)
     else:
         err = np.max(np.abs(ours - ref)) / np.max(np.abs(ref))

@@ -37,7 +37,7 @@ FLOORS = [
     ("backend", ["tinybn.backend", "tinybn.geometry"]),
     ("ops", ["tinybn.ops"]),
     ("nn", ["tinybn.nn"]),
-    ("optim", ["tinybn.optim", "tinybn.moving_averages"]),
+    ("optim", ["tinybn.optim", "tinybn.moving_averages", "tinybn.lookahead"]),
     ("api", ["tinybn"]),
     ("models", ["tinybn.models"]),
     ("data", ["tinybn.data"]),

@@ -1,8 +1,8 @@
 """TF1 optimizers, the exponential-decay schedule and ExponentialMovingAverage.
 
-Floor: optim; imports the core (state), backend, numpy and moving_averages.py (its
-own floor: ExponentialMovingAverage lives there, one file each so both stay short,
-and is re-exported here as part of this module's API).
+Floor: optim; imports the core (state), backend, numpy, moving_averages.py and
+lookahead.py (its own floor: ExponentialMovingAverage and LookaheadAverage live there,
+one file each so all stay short, and are re-exported here as part of this module's API).
 
 Update rules, exactly those of tensorflow/core/kernels/training_ops.cc and
 tf.compat.v1.train (docs/tf-conventions.md#optimizers), in the parameter's dtype:
@@ -53,6 +53,7 @@ import numpy as np
 
 from .backend import array_module, to_numpy
 from .moving_averages import ExponentialMovingAverage  # noqa: F401  (part of this API)
+from .lookahead import LookaheadAverage, airbench_decay  # noqa: F401  (part of this API)
 from .state import checked_state, named_tensors
 
 

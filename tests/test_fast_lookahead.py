@@ -1,0 +1,58 @@
+"""The fast CIFAR recipe's Lookahead average: torch.lerp's two forms, the weights set back to the
+shadows, BN buffers averaged, airbench's decay schedule, and the state round trip."""
+import numpy as np
+import pytest
+import torch
+
+from tinybn.lookahead import LookaheadAverage, airbench_decay
+from tinybn.nn.batchnorm import BatchNorm
+from tinybn.nn.layers import Dense, Sequential
+
+
+def _model(seed=0):
+    return Sequential(("dense", Dense(3, 4, rng=np.random.default_rng(seed))), ("bn", BatchNorm(4)))
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.3, 0.5, 0.77, 1.0])
+def test_update_is_torch_lerp_then_copy_back(decay):
+    model = _model()
+    average = LookaheadAverage(model)
+    start = {n: t.data.copy() for n, t in average._tensors(model)}
+    rng = np.random.default_rng(1)
+    for _, t in average._tensors(model):
+        t.data[...] += rng.standard_normal(t.shape).astype(np.float32)
+    moved = {n: t.data.copy() for n, t in average._tensors(model)}
+    average.update(model, decay)
+    assert set(start) == {"dense/kernel", "dense/bias", "bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance"}
+    for name, t in average._tensors(model):
+        want = torch.lerp(torch.from_numpy(start[name]), torch.from_numpy(moved[name]), 1.0 - decay).numpy()
+        # torch fuses the multiply-add (one rounding), numpy rounds twice: 1 ulp apart at most
+        np.testing.assert_allclose(t.data, want, rtol=1.2e-7, atol=3e-8)
+        np.testing.assert_array_equal(average.shadow[name], t.data)
+
+
+def test_decay_one_copies_the_shadows_back():
+    model = _model()
+    average = LookaheadAverage(model)
+    kernel = dict(model.named_parameters())["dense/kernel"]
+    first = kernel.data.copy()
+    kernel.data[...] = 7.0
+    average.update(model, 1.0)
+    np.testing.assert_array_equal(kernel.data, first)
+
+
+def test_airbench_decay_schedule():
+    assert airbench_decay(476, 476) == pytest.approx(0.95 ** 5, rel=1e-15)
+    assert airbench_decay(238, 476) == pytest.approx(0.95 ** 5 / 8, rel=1e-15)
+
+
+def test_state_round_trip_and_bad_input():
+    model = _model()
+    average = LookaheadAverage(model)
+    other = LookaheadAverage(_model(seed=5)).load_state_dict(average.state_dict())
+    for name in average.shadow:
+        np.testing.assert_array_equal(other.shadow[name], average.shadow[name])
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\], got 1.5"):
+        average.update(model, 1.5)
+    with pytest.raises(ValueError, match="not those the average started from"):
+        average.update(Sequential(("dense", Dense(3, 4))), 0.5)

@@ -1,4 +1,4 @@
-"""numba twins of conv's hot primitives: im2col and its adjoint col2im.
+"""numba twins of conv's hot primitives: im2col, its adjoint col2im, and conv2d_forward's policy.
 
 Shapes as tinybn.ops.conv: x (N, H, W, C), a tinybn.geometry.Window (kernel KH x KW,
 strides SH, SW, dilations DH, DW, pads ((top, bottom), (left, right)), output OH x OW);
@@ -14,6 +14,30 @@ reference's scatter, so threads never write the same pixel. It visits the taps
 in the reference's (a, b) order and adds in x's dtype, so it repeats the
 reference's float additions one for one: the result is bit-identical.
 Both loops run in parallel over (n, row) and copy channel runs in the inner loop.
+
+conv2d_forward (which also computes the input gradient of stride-1 convs) takes the first
+way its policy allows, each tested against the float64 im2col reference by
+tests/test_conv_forward_numba.py:
+
+    1. Winograd (numba_winograd.winograd_tile): stride-1 3x3 and 5x5 convs of 16+ channels
+       (CIFAR conv2, most of ResNet's 3x3s), within WINOGRAD_RTOL;
+    2. kn2row (numba_kn2row.kn2row_picks): the other stride-1 convs with O <= C (CIFAR conv3
+       5x5x64x10: 1.8x; ResNet's 3x3x512 at 7x7, forward and input gradient: 7-8x), within
+       KN2ROW_RTOL (measured float32 <= 3.6e-7, float64 <= 5.5e-16 of the largest value);
+    3. im2col + GEMM, the reference on this backend's im2col and chunks: bit-identical.
+
+Few input channels (CIFAR conv1 5x5x3x64, ResNet's 7x7/2 root) stay on im2col + GEMM; what
+was tried, float32, batch 128 (root: 8), interleaved with it on this 2-core machine, busy:
+- Its GEMM alone, (73728 x 75) @ (75 x 64), took 13.2 ms at a quiet moment (54 GFLOP/s), the
+  whole conv 18.7 ms. This CPU (AMD Zen 1: AVX2 at half rate, 16 float32 FLOP per cycle per
+  core, ~2 GHz) peaks near 64 GFLOP/s on both cores, 11 ms for conv1's 0.71 GFLOP.
+- Direct kernels in numba (output channels innermost and contiguous, 4 or 8 taps per
+  pass; or one dot product per output channel): 0.5-0.8x. One core: 17 GFLOP/s against
+  BLAS's 32, as numba keeps the accumulators in memory, not in a block of registers.
+- Each of two worker threads gathering its own chunks' windows and running their GEMMs on
+  one BLAS thread (numba_threads.split): 1.08-1.12x (0.87 at worst) at conv1, 0.67-0.83x at
+  ResNet's strided convs. Chunks of 288 to 4608 rows with BLAS's 2 threads: within the noise.
+- Winograd: 0.57x (numba_winograd's table), the transforms outweigh 3 channels' GEMMs.
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.

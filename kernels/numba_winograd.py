@@ -62,13 +62,14 @@ and Winograd alternating, median of 5 ratios (min..max):
     whole step, bn model (128)         train 1.60x (1.50-1.68), forward 2.02x (1.92-2.32)
     whole step, tutorial model (128)   train 1.26x (1.17-1.31), forward 1.41x (1.32-1.59)
 
-The filter gradient (winograd_backprop_filter, exact and tested) stays off
-(WINOGRAD_FILTER_GRADIENT): its alpha^2 GEMMs are (C x T) @ (T x O), a small result over
-a long sum, and on busy cores OpenBLAS's two threads took 10-18x longer on those 64
-calls than one thread did (or than one GEMM of the same work). conv2's filter gradient
-was 2.2x faster by Winograd in one run at a load of 3, but 0.10x-0.39x in three others,
-and the whole bn and tutorial steps were slower with it in each run (0.55x-0.70x of
-im2col's), so im2col + GEMM keeps it.
+The filter gradient (winograd_backprop_filter; WINOGRAD_FILTER_GRADIENT switches it) has
+alpha^2 GEMMs (C x T) @ (T x O): a small result over a long sum. On busy cores OpenBLAS's
+two threads took 10-18x longer on those 64 calls than one thread did, which kept it off
+until the batch was split by hand: chunks of FILTER_CHUNK_TILES tiles (144: the sum length
+at which one thread's GEMMs ran fastest, 1.24x of 18 and 1.6x of 1152), summed in
+numba_filter_gradient's lanes, one core each, with the tile transforms by its serial
+strip_transform and the GEMMs on one BLAS thread (numba_threads). The im2col filter
+gradient (every other conv) is split the same way.
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.
@@ -78,15 +79,16 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from tinybn import backend
-
 from . import numba_setup  # noqa: F401  (before the first parallel call)
+from .numba_filter_gradient import (batch_chunks, im2col_backprop_filter, padded_strips, strip_transform,
+                                    sum_over_batch)
 
 POINTS = {6: (0, 1, -1, 2, -0.5), 8: (0, 1, -1, 2, -2, 0.5, -0.5)}    # alpha -> finite points
 WINOGRAD_TILES = {3: 4, 5: 4}             # r -> m: F(4x4, 3x3), F(4x4, 5x5)
 MIN_CHANNELS = 16
 MIN_TILES = 2                             # tiles across each output axis (a 7x7 output: im2col)
-WINOGRAD_FILTER_GRADIENT = False          # measured slower than im2col + GEMM here (see above)
+WINOGRAD_FILTER_GRADIENT = True           # split across the cores by batch (see above)
+FILTER_CHUNK_TILES = 144                  # tiles per chunk of the filter gradient: its GEMMs' sum length
 WINOGRAD_RTOL = {np.dtype(np.float32): 5e-5, np.dtype(np.float64): 1e-12}
 
 
@@ -223,28 +225,38 @@ def winograd_conv2d(x, w, window, m):
     return y
 
 
-
 def winograd_backprop_filter(x, dy, window, w_shape, m):
     """conv2d_backprop_filter by F(m x m, r x r), the adjoint of winograd_conv2d in w:
     dM = A dy_tile A^T per tile (the transposed output transform; dy is 0 past OH, OW),
-    dU = V^T @ dM at each of the alpha^2 positions (GEMMs over the T tiles), dW = G^T dU G."""
+    dU = V^T @ dM at each of the alpha^2 positions (GEMMs over the T tiles), dW = G^T dU G.
+    dU is summed over chunks of FILTER_CHUNK_TILES tiles in numba_filter_gradient's lanes, a core
+    each (its serial strip_transform, its GEMMs on one BLAS thread)."""
     r, _, C, O = w_shape
     AT, G, BT = transforms(m, r)
     alpha = m + r - 1
     TH, TW = -(-window.OH // m), -(-window.OW // m)
-    T = x.shape[0] * TH * TW
-    V = np.empty((alpha * alpha, T, C), x.dtype)
-    _tile_transform_kernel(np.ascontiguousarray(x), BT.astype(x.dtype), m, window.top, window.left, V, TH, TW)
-    dM = np.empty((alpha * alpha, T, O), dy.dtype)
-    _tile_transform_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(AT.T, dy.dtype), m, 0, 0, dM, TH, TW)
-    dU = np.matmul(V.transpose(0, 2, 1), dM).reshape(alpha, alpha, C * O).astype(np.float64)
+    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    BTx, Ady = BT.astype(x.dtype), np.ascontiguousarray(AT.T, dy.dtype)
+
+    def partial(chunk):
+        n = x[chunk].shape[0]
+        V = np.empty((alpha * alpha, n * TH * TW, C), x.dtype)
+        xpad = padded_strips(x[chunk], window.top, window.left, (TH - 1) * m + alpha, (TW - 1) * m + alpha)
+        strip_transform(xpad, BTx, m, V, TW)
+        dM = np.empty((alpha * alpha, n * TH * TW, O), dy.dtype)
+        strip_transform(padded_strips(dy[chunk], 0, 0, TH * m, TW * m), Ady, m, dM, TW)
+        return np.matmul(V.transpose(0, 2, 1), dM)                # (alpha^2, C, O)
+
+    chunks = batch_chunks(x.shape[0], TH * TW, FILTER_CHUNK_TILES)
+    dU = sum_over_batch(partial, chunks).reshape(alpha, alpha, C * O).astype(np.float64)
     half = np.matmul(G.T, dU)                                     # (alpha, r, C*O): G^T dU[p] G
     return (G.T @ half.reshape(alpha, -1)).reshape(w_shape).astype(dy.dtype)
 
 
 def conv2d_backprop_filter(x, dy, window, w_shape):
-    """As tinybn.ops.conv.conv2d_backprop_filter: Winograd where winograd_tile picks a tile, else the reference."""
+    """As tinybn.ops.conv.conv2d_backprop_filter: Winograd where winograd_tile picks a tile, else
+    im2col + GEMM (numba_filter_gradient), both with the batch split across the cores."""
     m = winograd_tile(x.shape, w_shape, window, x.dtype, "filter")
     if m is None:
-        return backend.implementation("conv2d_backprop_filter", "numpy")(x, dy, window, w_shape)
+        return im2col_backprop_filter(x, dy, window, w_shape)
     return winograd_backprop_filter(x, dy, window, w_shape, m)

@@ -1,0 +1,176 @@
+"""conv2d_backprop_filter's numba twin by im2col + GEMM, its batch split across the cores.
+
+Shapes as tinybn.ops.conv: x (N, H, W, C), dy (N, OH, OW, O), a tinybn.geometry.Window;
+dW (KH, KW, C, O).
+
+    dW = sum over batch chunks of cols^T @ dy      cols (n*OH*OW, KH*KW*C) = im2col(x[chunk])
+
+as the reference (tinybn.ops.conv.conv2d_backprop_filter), but the chunks are summed in
+numba_threads' lanes: a few chunks per lane, each lane summed on one core (its own
+serial im2col below, its own single-threaded GEMMs), then the lanes added. Only the
+order of the float additions differs from the reference's one running sum: where the
+batch is one chunk (batch_chunks: a batch of windows under FILTER_CHUNK_BYTES) the result
+is the reference's bit for bit; past that, within a few ulps of the sum (in float32 the
+same size as the reference's own error against float64, measured in tests/
+test_filter_gradient_numba.py). numba_winograd's filter gradient splits its batch the
+same way (sum_over_batch).
+
+The chunks are FILTER_CHUNK_BYTES of windows (the forward's 2 MB policy in numba_conv
+was tuned for a GEMM whose result is the chunk's; here the result is dW, the same for
+every chunk, and longer chunks mean fewer, longer GEMMs), and at least one per lane.
+The serial im2col copies each window row of KW pixels as one run of KW*C values where
+it lies inside x (conv1's 3 channels: runs of 15 instead of 3).
+
+Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
+tinybn.geometry, other kernel modules, and numpy, numba or cupy.
+"""
+import numpy as np
+from numba import njit
+
+from . import numba_setup  # noqa: F401  (before the first parallel call)
+from . import numba_threads
+
+# the split's error against the float64 reference (max|ours - ref| / max|ref|), 4x over the worst
+# measured in tests/test_filter_gradient_numba.py: 4.8e-7 in float32 (the reference: 6.4e-7), 9e-16
+SPLIT_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 4e-15}
+FILTER_CHUNK_BYTES = 1 << 20     # windows per chunk of the filter gradient (measured: numba_winograd.py)
+
+
+def batch_chunks(N, per_image, per_chunk, lanes=numba_threads.LANES):
+    """Slices of a batch of N images of per_image (bytes, tiles) each: one slice when the batch
+    holds at most per_chunk, else about per_chunk each (at least one image) and at least one
+    per lane."""
+    if N * per_image <= per_chunk:
+        return [slice(0, N)]
+    step = max(1, min(per_chunk // max(per_image, 1), N // lanes))
+    return [slice(i, min(i + step, N)) for i in range(0, N, step)]
+
+
+def sum_over_batch(partial, chunks, lanes=numba_threads.LANES):
+    """sum of partial(chunk) over chunks: lane k sums its consecutive share of them in order, on
+    a worker of numba_threads.split; the lanes' sums are added in lane order. The same float
+    additions on any number of cores. One chunk runs on the calling thread, BLAS on its threads."""
+    if len(chunks) == 1:
+        return partial(chunks[0])
+
+    def lane_sum(k):
+        total = None
+        for chunk in chunks[k * len(chunks) // lanes:(k + 1) * len(chunks) // lanes]:
+            part = partial(chunk)
+            total = part if total is None else np.add(total, part, out=total)
+        return total
+    sums = [s for s in numba_threads.split(lane_sum, lanes) if s is not None]
+    total = sums[0]
+    for s in sums[1:]:
+        total += s
+    return total
+
+
+def _windows_plain(x, cols, KH, KW, SH, SW, DH, DW, top, left):
+    """cols[n, i, j, (a*KW + b)*C + c] = x[n, i*SH + a*DH - top, (j*SW + b*DW - left)*C + c] (0 outside x);
+    x (n, H, W*C), cols (n, OH, OW, KH*KW*C). Serial: it runs on one core of a split."""
+    N, H, WC = x.shape
+    _, OH, OW, taps = cols.shape
+    C = taps // (KH * KW)
+    W, KWC = WC // C, KW * C
+    for n in range(N):
+        for i in range(OH):
+            for j in range(OW):
+                w0 = j * SW - left
+                for a in range(KH):
+                    h = i * SH + a * DH - top
+                    start = a * KWC
+                    if h < 0 or h >= H:
+                        for k in range(KWC):
+                            cols[n, i, j, start + k] = 0
+                    elif DW == 1 and w0 >= 0 and w0 + KW <= W:        # the whole row inside x: one run
+                        for k in range(KWC):
+                            cols[n, i, j, start + k] = x[n, h, w0 * C + k]
+                    else:
+                        for b in range(KW):
+                            w = w0 + b * DW
+                            if 0 <= w < W:
+                                for c in range(C):
+                                    cols[n, i, j, start + b * C + c] = x[n, h, w * C + c]
+                            else:
+                                for c in range(C):
+                                    cols[n, i, j, start + b * C + c] = 0
+
+
+_windows_kernel = njit(cache=True, nogil=True)(_windows_plain)
+
+
+def _strip_transform_plain(xpad, T, stride, out, TW):
+    """numba_winograd's tile transform, serial (one core of a split), from a padded input:
+        out[p*alpha + q, (n*TH + th)*TW + tw, c]
+            = sum_{i,j < s} T[p, i] T[q, j] xpad[n, th*stride + i, (tw*stride + j)*C + c]
+    for xpad (n, Hp, Wp*C), padded so that every tile lies inside. T is applied along the rows
+    once per strip of TW tiles (whose columns overlap), then along each tile's columns."""
+    N, Hp, WC = xpad.shape
+    alpha, s = T.shape
+    C = out.shape[2]
+    TH = out.shape[1] // (N * TW)
+    rows = np.empty((alpha, WC), xpad.dtype)        # T applied along the strip's rows
+    strip = rows.reshape((alpha, WC // C, C))
+    for n in range(N):
+        for th in range(TH):
+            for p in range(alpha):
+                target = rows[p]
+                for k in range(WC):
+                    target[k] = 0
+                for i in range(s):
+                    coefficient = T[p, i]
+                    if coefficient != 0:
+                        source = xpad[n, th * stride + i]
+                        for k in range(WC):
+                            target[k] += coefficient * source[k]
+            for tw in range(TW):
+                t = (n * TH + th) * TW + tw
+                for p in range(alpha):
+                    for q in range(alpha):
+                        target = out[p * alpha + q, t]
+                        for c in range(C):
+                            target[c] = 0
+                        for j in range(s):
+                            coefficient = T[q, j]
+                            if coefficient != 0:
+                                w = tw * stride + j
+                                for c in range(C):
+                                    target[c] += coefficient * strip[p, w, c]
+
+
+_strip_transform_kernel = njit(cache=True, nogil=True)(_strip_transform_plain)
+
+
+def strip_transform(xpad, T, stride, out, TW):
+    """_strip_transform_kernel: numba_winograd's tile transforms on one core of a split."""
+    _strip_transform_kernel(xpad, T, stride, out, TW)
+
+
+def padded_strips(x, top, left, height, width):
+    """x (n, H, W, C) in zeros of (n, height, width, C) at (top, left), cropped, as (n, height, width*C)."""
+    N, H, W, C = x.shape
+    xpad = np.zeros((N, height, width, C), x.dtype)
+    rows, cols = slice(max(top, 0), min(top + H, height)), slice(max(left, 0), min(left + W, width))
+    xpad[:, rows, cols] = x[:, rows.start - top:rows.stop - top, cols.start - left:cols.stop - left]
+    return xpad.reshape(N, height, width * C)
+
+
+def im2col_backprop_filter(x, dy, window, w_shape):
+    """dW (KH, KW, C, O): sum of im2col(x[chunk])^T @ dy[chunk] in sum_over_batch's lanes."""
+    KH, KW, C, O = w_shape
+    N, H, W, _ = x.shape
+    x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    pixels = window.OH * window.OW
+
+    def partial(chunk):
+        rows = dy[chunk].reshape(-1, O)
+        if window.is_pointwise:
+            return x[chunk].reshape(-1, C).T @ rows
+        part = x[chunk]
+        cols = np.empty((part.shape[0], window.OH, window.OW, KH * KW * C), x.dtype)
+        _windows_kernel(part.reshape(part.shape[0], H, W * C), cols, *window[:6], window.top, window.left)
+        return cols.reshape(-1, KH * KW * C).T @ rows
+
+    per_image = pixels * (1 if window.is_pointwise else KH * KW) * C * x.dtype.itemsize
+    return sum_over_batch(partial, batch_chunks(N, per_image, FILTER_CHUNK_BYTES)).reshape(w_shape)

@@ -89,7 +89,7 @@ def assert_same_floats(ours, expected):
 def test_relu_specials_equal_tf(dtype, size):
     """Every pair (x, gy) of specials: relu(NaN) is NaN (-NaN keeps its sign bit), relu(-0.0) is
     0.0; the gradient is gy * (y > 0), so NaN or inf gy at y <= 0 is NaN, and -1 there is -0.0.
-    (float32 subnormals left out: TF's CPU kernels flush them to zero, numpy keeps them.)"""
+    (Subnormals left out: TF's CPU kernels flush some of them to zero, numpy keeps them.)"""
     values = np.asarray(SPECIAL + [-1.0], dtype)
     k = np.arange(size)
     x, gy = values[k % len(values)], values[(k // len(values)) % len(values)]

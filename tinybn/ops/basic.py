@@ -269,7 +269,8 @@ class Concat(Function):
 
 @primitive("relu")
 def relu_forward(x):
-    """max(x, 0): NaN passes through (with its sign), -0.0 gives 0.0, as TF's Relu."""
+    """max(x, 0): NaN passes through (with its sign), -0.0 gives 0.0, as TF's Relu. Subnormal
+    inputs pass through too (TF's CPU kernels flush some of them to zero)."""
     return array_module(x).maximum(x, 0)
 
 

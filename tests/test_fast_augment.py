@@ -122,3 +122,22 @@ def test_bad_input():
         aug.translate(aug.reflect_pad(_images(), 2), np.zeros((5, 2), int), 2)
     with pytest.raises(ValueError, match="translate: shifts must be"):
         aug.translate(aug.reflect_pad(_images(), 2), np.full((6, 2), 3), 2)
+
+
+def test_fast_batches_walk_the_epochs_and_resume():
+    x, y = _images(n=10, h=6, w=6), np.arange(10)
+    batches = aug.FastBatches(x, y, 4, seed=2)
+    seen = [batches.next_batch() for _ in range(5)]          # 2 batches per epoch: epochs 0, 1, 2
+    assert batches.state_dict() == {"epoch": 2, "batch": 1}
+    for k, (images, labels) in enumerate(seen):
+        epoch, b = divmod(k, 2)
+        rows = aug.epoch_batches(10, 4, epoch, seed=2)[b]
+        np.testing.assert_array_equal(labels, rows)
+        np.testing.assert_array_equal(images, aug.normalize(aug.epoch_images(x, epoch, seed=2)[rows]))
+    resumed = aug.FastBatches(x, y, 4, seed=2, state={"epoch": 1, "batch": 1})
+    for images, labels in seen[3:]:
+        again = resumed.next_batch()
+        np.testing.assert_array_equal(again[0], images)
+        np.testing.assert_array_equal(again[1], labels)
+    with pytest.raises(ValueError, match=r"FastBatches: batch_size must be in \[1, 10\]"):
+        aug.FastBatches(x, y, 11)

@@ -19,6 +19,9 @@ normalisation, so they can run on the uint8 images and each batch be normalised 
                         epochs' flip of everything, in airbench's order
     epoch_batches       a permutation of the N indices per epoch, cut into full batches (the
                         last partial batch dropped, as airbench's drop_last)
+    FastBatches         the training input as the trainer reads it: next_batch() gives the
+                        next full batch of the current epoch (normalised float32, int32 labels),
+                        state_dict() where it is (epoch, batch), from which it resumes exactly
     tta_logits          airbench's tta_level 2: 0.5 * mirror(x) + 0.5 * mean over the two
                         views translated by (-1, -1) and (+1, +1) (reflect pad 1) of mirror,
                         mirror(v) = 0.5 * (predict(v) + predict(flip(v))); level 1: mirror;
@@ -102,6 +105,51 @@ def epoch_batches(n, batch_size, epoch, seed):
     """The index arrays of `epoch`'s full batches: a permutation of range(n), the rest dropped."""
     order = np.random.default_rng([seed, epoch, 2]).permutation(n)
     return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+class FastBatches:
+    """airbench's training batches, epoch after epoch, resumable from state_dict().
+
+    images (N, H, W, C) uint8 (augmented as uint8, normalised per batch), labels (N,).
+    An epoch's images and order are recomputed from (seed, epoch) when it starts, so a
+    resumed run sees the batches the uninterrupted one would have.
+    """
+
+    def __init__(self, images, labels, batch_size, seed=0, flip=True, pad=TRANSLATE, state=None):
+        if len(images) != len(labels):
+            raise ValueError(f"FastBatches: images and labels differ in length: {len(images)} vs {len(labels)}")
+        if not 1 <= batch_size <= len(images):
+            raise ValueError(f"FastBatches: batch_size must be in [1, {len(images)}] (the number of images), "
+                             f"got {batch_size}")
+        self.images, self.labels = images, np.asarray(labels, np.int32)
+        self.batch_size, self.seed, self.flip, self.pad = batch_size, seed, flip, pad
+        state = state or {"epoch": 0, "batch": 0}
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self._epoch_loaded = None
+
+    @property
+    def batches_per_epoch(self):
+        return len(self.images) // self.batch_size
+
+    def next_batch(self):
+        if self.batch == self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        if self._epoch_loaded != self.epoch:
+            self._images = epoch_images(self.images, self.epoch, self.seed, self.flip, self.pad)
+            self._order = epoch_batches(len(self.images), self.batch_size, self.epoch, self.seed)
+            self._epoch_loaded = self.epoch
+        rows = self._order[self.batch]
+        self.batch += 1
+        return normalize(self._images[rows]), self.labels[rows]
+
+    def state_dict(self):
+        return {"epoch": np.array(self.epoch, np.int64), "batch": np.array(self.batch, np.int64)}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def tta_logits(predict, images, level=2):

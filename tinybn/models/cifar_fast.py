@@ -199,11 +199,12 @@ class FastCifarModel(SequentialClassifier):
 
 
 def fast(rng=None, dtype=np.float32, whitening_images=None, bn_decay=HYPERPARAMETERS["batchnorm_decay"],
-         bn_epsilon=HYPERPARAMETERS["batchnorm_epsilon"]):
+         bn_epsilon=HYPERPARAMETERS["batchnorm_epsilon"], widths=WIDTHS):
     """The fast model; its whitening kernel is set from `whitening_images` when given, else
-    later by `model.initialize_whitening(images)` (airbench: the first 5000 training images)."""
+    later by `model.initialize_whitening(images)` (airbench: the first 5000 training images).
+    `widths`: the three blocks' channels (airbench's 64, 256, 256; narrower ones for tests)."""
     rng = rng or np.random.default_rng()
-    w1, w2, w3 = WIDTHS
+    w1, w2, w3 = widths
     whiten_width = 2 * 3 * HYPERPARAMETERS["whitening_kernel_size"] ** 2
     layers = [("whiten", PatchWhitening(3, HYPERPARAMETERS["whitening_kernel_size"], dtype)), ("gelu0", GELU()),
               ("block1", conv_group(whiten_width, w1, rng, dtype, bn_decay, bn_epsilon)),

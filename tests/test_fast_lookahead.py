@@ -2,7 +2,6 @@
 shadows, BN buffers averaged, airbench's decay schedule, and the state round trip."""
 import numpy as np
 import pytest
-import torch
 
 from tinybn.lookahead import LookaheadAverage, airbench_decay
 from tinybn.nn.batchnorm import BatchNorm
@@ -23,12 +22,26 @@ def test_update_is_torch_lerp_then_copy_back(decay):
         t.data[...] += rng.standard_normal(t.shape).astype(np.float32)
     moved = {n: t.data.copy() for n, t in average._tensors(model)}
     average.update(model, decay)
+    torch = pytest.importorskip("torch")      # not in the test extras: test_update_closed_form always runs
     assert set(start) == {"dense/kernel", "dense/bias", "bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance"}
     for name, t in average._tensors(model):
         want = torch.lerp(torch.from_numpy(start[name]), torch.from_numpy(moved[name]), 1.0 - decay).numpy()
         # torch fuses the multiply-add (one rounding), numpy rounds twice: 1 ulp apart at most
         np.testing.assert_allclose(t.data, want, rtol=1.2e-7, atol=3e-8)
         np.testing.assert_array_equal(average.shadow[name], t.data)
+
+
+def test_update_closed_form():
+    """shadow = shadow + (1 - decay) (t - shadow), the tensor set to it; float64, both lerp forms."""
+    model = Sequential(("dense", Dense(2, 3, rng=np.random.default_rng(0), dtype=np.float64)))
+    average = LookaheadAverage(model)
+    kernel = dict(model.named_parameters())["dense/kernel"]
+    start = kernel.data.copy()
+    for decay in (0.9, 0.2):
+        kernel.data[...] = start + 1.0
+        before = average.shadow["dense/kernel"].copy()
+        average.update(model, decay)
+        np.testing.assert_allclose(kernel.data, before + (1 - decay) * (start + 1.0 - before), rtol=1e-15)
 
 
 def test_decay_one_copies_the_shadows_back():

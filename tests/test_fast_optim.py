@@ -3,7 +3,6 @@ Nesterov, weight decay) stepped by LambdaLR, the first step's closed form, and a
 triangular schedule."""
 import numpy as np
 import pytest
-import torch
 
 from tinybn import optim
 from tinybn.nn.module import Parameter
@@ -13,6 +12,7 @@ STEPS = 6
 
 def _run_both(dtype, nesterov, momentum, lr_lambda, skip_step=None):
     """Two groups (lr, weight decay) as airbench's, random gradients; returns tinybn's and torch's values."""
+    torch = pytest.importorskip("torch")      # not in the test extras: the closed forms below always run
     rng = np.random.default_rng(0)
     shapes = [(3, 4), (5,), (2, 2, 3)]
     init = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -56,6 +56,26 @@ def test_first_nesterov_step_closed_form():
     p.grad = g.copy()
     optim.SGD([p], lr=0.1, momentum=0.85, weight_decay=0.01, nesterov=True).step()
     np.testing.assert_allclose(p.data, var - 0.1 * 1.85 * (g + 0.01 * var), rtol=1e-15)
+
+
+def test_two_steps_closed_form_with_groups_and_schedule():
+    """Per group lr_k = lr * lambda(k), g'_k = g_k + wd var_k, buf_k = m buf_{k-1} + g'_k,
+    var_{k+1} = var_k - lr_k (g'_k + m buf_k); a parameter without a gradient is left alone."""
+    a, b, frozen = Parameter(np.array([1.0, -1.0])), Parameter(np.array([2.0])), Parameter(np.array([5.0]))
+    opt = optim.SGD([{"params": [a, frozen], "lr": 0.1, "weight_decay": 0.01}, {"params": [b], "lr": 2.0}],
+                    lr=0.5, momentum=0.9, nesterov=True, lr_lambda=lambda k: [1.0, 0.5][k])
+    grads = [(np.array([0.3, 0.2]), np.array([-1.0])), (np.array([-0.1, 0.4]), np.array([0.5]))]
+    var_a, var_b, buf_a, buf_b = a.data.copy(), b.data.copy(), 0.0, 0.0
+    for k, (ga, gb) in enumerate(grads):
+        a.grad, b.grad, frozen.grad = ga.copy(), gb.copy(), None
+        opt.step()
+        ga = ga + 0.01 * var_a
+        buf_a, buf_b = 0.9 * buf_a + ga, 0.9 * buf_b + gb
+        var_a = var_a - 0.1 * [1.0, 0.5][k] * (ga + 0.9 * buf_a)
+        var_b = var_b - 2.0 * [1.0, 0.5][k] * (gb + 0.9 * buf_b)
+        np.testing.assert_allclose(a.data, var_a, rtol=1e-15)
+        np.testing.assert_allclose(b.data, var_b, rtol=1e-15)
+    assert frozen.data[0] == 5.0
 
 
 def test_triangle_schedule_points():

@@ -27,12 +27,15 @@ tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 import numpy as np
 from numba import njit
 
+from tinybn import backend
+
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 from . import numba_threads
 
 # the split's error against the float64 reference (max|ours - ref| / max|ref|), 4x over the worst
 # measured in tests/test_filter_gradient_numba.py: 4.8e-7 in float32 (the reference: 6.4e-7), 9e-16
 SPLIT_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 4e-15}
+MAX_SPLIT_RESULT_BYTES = 1 << 20     # splits(): larger dW keep the reference (measured: numba_winograd.py)
 FILTER_CHUNK_BYTES = 1 << 20     # windows per chunk of the filter gradient (measured: numba_winograd.py)
 
 
@@ -100,33 +103,39 @@ def _windows_plain(x, cols, KH, KW, SH, SW, DH, DW, top, left):
 _windows_kernel = njit(cache=True, nogil=True)(_windows_plain)
 
 
-def _strip_transform_plain(xpad, T, stride, out, TW):
-    """numba_winograd's tile transform, serial (one core of a split), from a padded input:
+def _strip_transform_plain(x, rows_T, T, stride, top, left, out, TW):
+    """numba_winograd's tile transform, serial (one core of a split), for the positions of the
+    rows of rows_T (a slice of T's rows p):
         out[p*alpha + q, (n*TH + th)*TW + tw, c]
-            = sum_{i,j < s} T[p, i] T[q, j] xpad[n, th*stride + i, (tw*stride + j)*C + c]
-    for xpad (n, Hp, Wp*C), padded so that every tile lies inside. T is applied along the rows
-    once per strip of TW tiles (whose columns overlap), then along each tile's columns."""
-    N, Hp, WC = xpad.shape
+            = sum_{i,j < s} rows_T[p, i] T[q, j] x[n, th*stride + i - top, (tw*stride + j - left)*C + c]
+    x (n, H, W*C), 0 outside. rows_T is applied along the rows once per strip of TW tiles
+    (whose columns overlap; the strip is (TW - 1)*stride + s pixels wide), then T along each
+    tile's columns."""
+    N, H, WC = x.shape
+    P = rows_T.shape[0]
     alpha, s = T.shape
     C = out.shape[2]
     TH = out.shape[1] // (N * TW)
-    rows = np.empty((alpha, WC), xpad.dtype)        # T applied along the strip's rows
-    strip = rows.reshape((alpha, WC // C, C))
+    width = (TW - 1) * stride + s
+    rows = np.empty((P, width * C), x.dtype)        # rows_T applied along the strip's rows
+    strip = rows.reshape((P, width, C))
+    start, stop = left * C, min(WC, (width - left) * C) + left * C    # where x's columns land in a row
     for n in range(N):
         for th in range(TH):
-            for p in range(alpha):
+            for p in range(P):
                 target = rows[p]
-                for k in range(WC):
+                for k in range(width * C):
                     target[k] = 0
                 for i in range(s):
-                    coefficient = T[p, i]
-                    if coefficient != 0:
-                        source = xpad[n, th * stride + i]
-                        for k in range(WC):
-                            target[k] += coefficient * source[k]
+                    h = th * stride + i - top
+                    coefficient = rows_T[p, i]
+                    if coefficient != 0 and 0 <= h < H:
+                        source = x[n, h]
+                        for k in range(start, stop):
+                            target[k] += coefficient * source[k - start]
             for tw in range(TW):
                 t = (n * TH + th) * TW + tw
-                for p in range(alpha):
+                for p in range(P):
                     for q in range(alpha):
                         target = out[p * alpha + q, t]
                         for c in range(C):
@@ -142,35 +151,37 @@ def _strip_transform_plain(xpad, T, stride, out, TW):
 _strip_transform_kernel = njit(cache=True, nogil=True)(_strip_transform_plain)
 
 
-def strip_transform(xpad, T, stride, out, TW):
-    """_strip_transform_kernel: numba_winograd's tile transforms on one core of a split."""
-    _strip_transform_kernel(xpad, T, stride, out, TW)
+def strip_transform(x, rows_T, T, stride, top, left, out, TW):
+    """_strip_transform_kernel on x (n, H, W, C): numba_winograd's tile transforms on one core of a split."""
+    _strip_transform_kernel(x.reshape(x.shape[0], x.shape[1], -1), rows_T, T, stride, top, left, out, TW)
 
 
-def padded_strips(x, top, left, height, width):
-    """x (n, H, W, C) in zeros of (n, height, width, C) at (top, left), cropped, as (n, height, width*C)."""
-    N, H, W, C = x.shape
-    xpad = np.zeros((N, height, width, C), x.dtype)
-    rows, cols = slice(max(top, 0), min(top + H, height)), slice(max(left, 0), min(left + W, width))
-    xpad[:, rows, cols] = x[:, rows.start - top:rows.stop - top, cols.start - left:cols.stop - left]
-    return xpad.reshape(N, height, width * C)
+def splits(window, w_shape, dtype):
+    """The policy: whether the im2col filter gradient is split over the batch: where the
+    reference makes many small-result GEMMs, i.e. a dW of at most MAX_SPLIT_RESULT_BYTES (each
+    lane sums its own) over an image's windows of at most FILTER_CHUNK_BYTES (a chunk holds
+    several). Not for a pointwise conv (no windows to gather). The rest (ResNet's stride-2
+    convs and root, its 512-channel 3x3s) have GEMMs that BLAS's threads share well."""
+    KH, KW, C, O = w_shape
+    itemsize = np.dtype(dtype).itemsize
+    return (not window.is_pointwise and KH * KW * C * O * itemsize <= MAX_SPLIT_RESULT_BYTES
+            and window.OH * window.OW * KH * KW * C * itemsize <= FILTER_CHUNK_BYTES)
 
 
 def im2col_backprop_filter(x, dy, window, w_shape):
-    """dW (KH, KW, C, O): sum of im2col(x[chunk])^T @ dy[chunk] in sum_over_batch's lanes."""
+    """dW (KH, KW, C, O): sum of im2col(x[chunk])^T @ dy[chunk] in sum_over_batch's lanes where
+    splits() says so, else the reference (im2col + GEMM on the numba im2col, BLAS's threads)."""
+    if not splits(window, w_shape, dy.dtype):
+        return backend.implementation("conv2d_backprop_filter", "numpy")(x, dy, window, w_shape)
     KH, KW, C, O = w_shape
     N, H, W, _ = x.shape
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
-    pixels = window.OH * window.OW
 
     def partial(chunk):
-        rows = dy[chunk].reshape(-1, O)
-        if window.is_pointwise:
-            return x[chunk].reshape(-1, C).T @ rows
         part = x[chunk]
         cols = np.empty((part.shape[0], window.OH, window.OW, KH * KW * C), x.dtype)
         _windows_kernel(part.reshape(part.shape[0], H, W * C), cols, *window[:6], window.top, window.left)
-        return cols.reshape(-1, KH * KW * C).T @ rows
+        return cols.reshape(-1, KH * KW * C).T @ dy[chunk].reshape(-1, O)
 
-    per_image = pixels * (1 if window.is_pointwise else KH * KW) * C * x.dtype.itemsize
+    per_image = window.OH * window.OW * KH * KW * C * x.dtype.itemsize
     return sum_over_batch(partial, batch_chunks(N, per_image, FILTER_CHUNK_BYTES)).reshape(w_shape)

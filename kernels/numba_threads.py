@@ -43,7 +43,7 @@ def openblas_threads():
             paths = {line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1]}
     except OSError:
         return None
-    for path in sorted(p for p in paths if os.path.isfile(p)):
+    for path in sorted((p for p in paths if os.path.isfile(p)), key=lambda p: ("numpy" not in p, p)):  # numpy's first
         library = ctypes.CDLL(path)
         for prefix, suffix in _AFFIXES:
             get = getattr(library, f"{prefix}openblas_get_num_threads{suffix}", None)

@@ -80,8 +80,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
-from .numba_filter_gradient import (batch_chunks, im2col_backprop_filter, padded_strips, strip_transform,
-                                    sum_over_batch)
+from .numba_filter_gradient import batch_chunks, im2col_backprop_filter, strip_transform
+from .numba_threads import split
 
 POINTS = {6: (0, 1, -1, 2, -0.5), 8: (0, 1, -1, 2, -2, 0.5, -0.5)}    # alpha -> finite points
 WINOGRAD_TILES = {3: 4, 5: 4}             # r -> m: F(4x4, 3x3), F(4x4, 5x5)
@@ -229,28 +229,32 @@ def winograd_backprop_filter(x, dy, window, w_shape, m):
     """conv2d_backprop_filter by F(m x m, r x r), the adjoint of winograd_conv2d in w:
     dM = A dy_tile A^T per tile (the transposed output transform; dy is 0 past OH, OW),
     dU = V^T @ dM at each of the alpha^2 positions (GEMMs over the T tiles), dW = G^T dU G.
-    dU is summed over chunks of FILTER_CHUNK_TILES tiles in numba_filter_gradient's lanes, a core
-    each (its serial strip_transform, its GEMMs on one BLAS thread)."""
+    The positions are split into alpha lanes of numba_threads.split by their row p, each on
+    one core (its serial strip_transform of that row, its GEMMs on one BLAS thread), and each
+    lane sums its positions' GEMMs over chunks of FILTER_CHUNK_TILES tiles, so that V and dM
+    stay in cache. No two lanes add into the same dU: the result is the same on any core count."""
     r, _, C, O = w_shape
     AT, G, BT = transforms(m, r)
     alpha = m + r - 1
     TH, TW = -(-window.OH // m), -(-window.OW // m)
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     BTx, Ady = BT.astype(x.dtype), np.ascontiguousarray(AT.T, dy.dtype)
+    chunks = batch_chunks(x.shape[0], TH * TW, FILTER_CHUNK_TILES, lanes=1)
 
-    def partial(chunk):
-        n = x[chunk].shape[0]
-        V = np.empty((alpha * alpha, n * TH * TW, C), x.dtype)
-        xpad = padded_strips(x[chunk], window.top, window.left, (TH - 1) * m + alpha, (TW - 1) * m + alpha)
-        strip_transform(xpad, BTx, m, V, TW)
-        dM = np.empty((alpha * alpha, n * TH * TW, O), dy.dtype)
-        strip_transform(padded_strips(dy[chunk], 0, 0, TH * m, TW * m), Ady, m, dM, TW)
-        return np.matmul(V.transpose(0, 2, 1), dM)                # (alpha^2, C, O)
+    def lane_sum(p):                                              # the alpha positions (p, q) of row p
+        total = None
+        for chunk in chunks:
+            tiles = x[chunk].shape[0] * TH * TW
+            V, dM = np.empty((alpha, tiles, C), x.dtype), np.empty((alpha, tiles, O), dy.dtype)
+            strip_transform(x[chunk], BTx[p:p + 1], BTx, m, window.top, window.left, V, TW)
+            strip_transform(dy[chunk], Ady[p:p + 1], Ady, m, 0, 0, dM, TW)
+            part = np.matmul(V.transpose(0, 2, 1), dM)              # (alpha, C, O)
+            total = part if total is None else np.add(total, part, out=total)
+        return total
 
-    chunks = batch_chunks(x.shape[0], TH * TW, FILTER_CHUNK_TILES)
-    dU = sum_over_batch(partial, chunks).reshape(alpha, alpha, C * O).astype(np.float64)
-    half = np.matmul(G.T, dU)                                     # (alpha, r, C*O): G^T dU[p] G
-    return (G.T @ half.reshape(alpha, -1)).reshape(w_shape).astype(dy.dtype)
+    dU = np.concatenate(split(lane_sum, alpha)).reshape(alpha * alpha, C * O)
+    # dW[i, j] = sum_{p,q} G[p, i] G[q, j] dU[p, q]: one GEMM in float64, kron(G, G)^T (r^2, alpha^2) @ dU
+    return (np.kron(G, G).T @ dU.astype(np.float64)).reshape(w_shape).astype(dy.dtype)
 
 
 def conv2d_backprop_filter(x, dy, window, w_shape):

@@ -184,16 +184,31 @@ def test_serial_windows_are_the_reference_im2col(case, jit):
 @pytest.mark.parametrize("jit", [True, False], ids=["jitted", "plain"])
 @pytest.mark.parametrize("case", ["cifar conv2", "winograd explicit", "winograd odd valid"])
 def test_strip_transform_is_the_tile_transform(case, jit):
-    """The serial strip transform of the padded input equals numba_winograd's parallel tile
-    transform (the forward's), for x (B^T on alpha x alpha tiles) and dy (A on m x m tiles)."""
+    """The serial strip transform equals numba_winograd's parallel tile
+    transform (the forward's), for x (B^T on alpha x alpha tiles) and dy (A on m x m tiles),
+    all positions at once and those of a slice of rows p (a lane's)."""
     x, dy, geometry, (r, _, C, O) = operands(case, np.float64)
     m = wg.WINOGRAD_TILES[r]
     AT, _, BT = wg.transforms(m, r)
     alpha, TH, TW = m + r - 1, -(-geometry.OH // m), -(-geometry.OW // m)
     kernel = fg._strip_transform_kernel if jit else fg._strip_transform_plain
-    for data, T, top, left, size in [(x, BT, geometry.top, geometry.left, alpha - m), (dy, AT.T.copy(), 0, 0, 0)]:
+    for data, T, top, left in [(x, BT, geometry.top, geometry.left), (dy, AT.T.copy(), 0, 0)]:
         tiles = np.empty((alpha * alpha, x.shape[0] * TH * TW, data.shape[3]))
         wg._tile_transform_kernel(data, T, m, top, left, tiles, TH, TW)
-        strips = np.empty_like(tiles)
-        kernel(fg.padded_strips(data, top, left, TH * m + size, TW * m + size), T, m, strips, TW)
-        np.testing.assert_allclose(strips, tiles, rtol=1e-13, atol=1e-13 * np.abs(tiles).max())
+        for rows in (slice(0, alpha), slice(2, 5)):
+            strips = np.empty((rows.stop - rows.start, alpha) + tiles.shape[1:])
+            kernel(data.reshape(data.shape[0], data.shape[1], -1), T[rows].copy(), T, m, top, left,
+                   strips.reshape(-1, *tiles.shape[1:]), TW)
+            expected = tiles.reshape(alpha, alpha, *tiles.shape[1:])[rows]
+            np.testing.assert_allclose(strips, expected, rtol=1e-13, atol=1e-13 * np.abs(tiles).max())
+
+
+def test_im2col_split_policy():
+    """Split: windows to gather, a dW of at most MAX_SPLIT_RESULT_BYTES and an image's windows
+    of at most FILTER_CHUNK_BYTES; else the reference."""
+    same = lambda hw, k, s=1: window_geometry(hw, k, (s, s), (1, 1), "SAME")
+    assert fg.splits(same((24, 24), (5, 5)), (5, 5, 3, 64), np.float32)               # CIFAR conv1
+    assert fg.splits(same((6, 6), (5, 5)), (5, 5, 64, 10), np.float32)                # CIFAR conv3
+    assert not fg.splits(same((56, 56), (3, 3), 2), (3, 3, 128, 128), np.float32)     # 3.6 MB of windows
+    assert not fg.splits(same((56, 56), (1, 1)), (1, 1, 256, 64), np.float32)         # pointwise
+    assert not fg.splits(same((7, 7), (3, 3)), (3, 3, 512, 512), np.float32)          # dW of 9.4 MB

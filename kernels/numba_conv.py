@@ -24,7 +24,11 @@ tests/test_conv_forward_numba.py:
     2. kn2row (numba_kn2row.kn2row_picks): the other stride-1 convs with O <= C (CIFAR conv3
        5x5x64x10: 1.8x; ResNet's 3x3x512 at 7x7, forward and input gradient: 7-8x), within
        KN2ROW_RTOL (measured float32 <= 3.6e-7, float64 <= 5.5e-16 of the largest value);
-    3. im2col + GEMM, the reference on this backend's im2col and chunks: bit-identical.
+    3. im2col + GEMM, the reference's on this backend's im2col, on forward_chunks: the
+       reference's chunks (bit-identical), grown to MIN_GEMM_ROWS output pixels where an
+       image has fewer (within IM2COL_RTOL). Measured, batch 8, against 2 MB chunks:
+       ResNet 3x3/2 28->14, 256 channels (1 -> 3 images per GEMM): 2.73x (1.39-4.99);
+       3x3/2 14->7, 512 channels (2 -> 8 images): 2.38x (1.30-3.73).
 
 Few input channels (CIFAR conv1 5x5x3x64, ResNet's 7x7/2 root) stay on im2col + GEMM; what
 was tried, float32, batch 128 (root: 8), interleaved with it on this 2-core machine, busy:
@@ -132,13 +136,43 @@ def conv_batch_chunks(x, cols_per_image):
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
+# The forward's GEMMs get at least this many rows (output pixels): one image of ResNet's
+# deep strided convs is 196 or 49 rows of 2304 or 4608 windows, and OpenBLAS ran such
+# GEMMs 2-6x slower per FLOP than ones of 392 rows and more (below, 3x3/2 convs).
+MIN_GEMM_ROWS = 512
+# Where that changes the chunks, the result is the reference's products and sums with BLAS
+# splitting other GEMMs, equal up to rounding (measured: 3.8e-7 and 4.3e-7 of the largest
+# value from the float64 reference at the convs below, the reference's own error there):
+IM2COL_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def forward_chunks(x, window):
+    """Batch slices of conv_batch_chunks' size, grown to MIN_GEMM_ROWS output pixels where that is more."""
+    rows = window.OH * window.OW
+    per_image = rows * window.KH * window.KW * x.shape[3] * x.dtype.itemsize
+    step = max(1, CHUNK_BYTES // max(per_image, 1), -(-MIN_GEMM_ROWS // max(rows, 1)))
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
+
+
+def _im2col_conv2d(x, w, window):
+    """The reference's im2col + GEMM, on forward_chunks."""
+    O = w.shape[3]
+    w2 = w.reshape(-1, O)
+    y = np.empty((x.shape[0], window.OH, window.OW, O), x.dtype)
+    for part in forward_chunks(x, window):
+        np.matmul(im2col(x[part], window), w2, out=y[part].reshape(-1, O))
+    return y
+
+
 def conv2d_forward(x, w, window):
     """As tinybn.ops.conv.conv2d_forward: Winograd where numba_winograd.winograd_tile picks a tile,
-    else kn2row where numba_kn2row.kn2row_picks it, else the reference (im2col + GEMM, on this
-    backend's im2col and chunks)."""
+    else kn2row where numba_kn2row.kn2row_picks it, else im2col + GEMM (the reference's, on this
+    backend's im2col and forward_chunks; a pointwise conv: the reference itself)."""
     m = numba_winograd.winograd_tile(x.shape, w.shape, window, x.dtype)
     if m is not None:
         return numba_winograd.winograd_conv2d(x, w, window, m)
     if numba_kn2row.kn2row_picks(x.shape, w.shape, window, x.dtype):
         return numba_kn2row.kn2row_conv2d(x, w, window)
-    return backend.implementation("conv2d_forward", "numpy")(x, w, window)
+    if window.is_pointwise:
+        return backend.implementation("conv2d_forward", "numpy")(x, w, window)
+    return _im2col_conv2d(x, w, window)

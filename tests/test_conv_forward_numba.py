@@ -5,7 +5,8 @@ The twin picks one of three ways by its policy: Winograd (numba_winograd.winogra
 and ResNet geometries (small batches) and awkward ones (odd sizes, VALID, explicit pads,
 strides 2, dilations, N = 1, C = 1), in float32 and float64, each result is within its way's
 documented tolerance of the float64 reference (max|ours - ref| / max|ref|, the crosscheck
-measure), and the im2col way is the reference's result bit for bit. Then the policy, conv2d's
+measure), and the im2col way is the reference's result bit for bit where its chunks are the
+reference's (else within IM2COL_RTOL). Then the policy and the chunks, conv2d's
 gradients under the numba backend by float64 finite differences (forward and input gradient
 by kn2row), and the plain (non-jitted) kernel.
 """
@@ -34,6 +35,11 @@ def reference(x, w, geometry):
     """The definition: im2col + GEMM under the numpy backend."""
     with backend.backend("numpy"):
         return backend.implementation("conv2d_forward", "numpy")(x, w, geometry)
+
+
+def batches(x, chunks):
+    """The images each chunk holds: (start, stop) within the batch."""
+    return [(part.start, min(part.stop, x.shape[0])) for part in chunks]
 
 
 def way(x_shape, w_shape, geometry, dtype):
@@ -75,10 +81,13 @@ def test_forward_equals_the_reference_within_its_way_s_tolerance(case, dtype):
         ours = numba_conv.conv2d_forward(x.astype(dtype), w.astype(dtype), geometry)
     assert ours.dtype == dtype and ours.shape == (x_shape[0], geometry.OH, geometry.OW, w_shape[3])
     picked = way(x_shape, w_shape, geometry, dtype)
-    if picked == "im2col":
+    same_chunks = batches(x, numba_conv.forward_chunks(x, geometry)) == batches(
+        x, numba_conv.conv_batch_chunks(x, geometry.OH * geometry.OW * geometry.KH * geometry.KW))
+    if picked == "im2col" and same_chunks:
         np.testing.assert_array_equal(ours, reference(x.astype(dtype), w.astype(dtype), geometry))
     else:
-        rtol = (numba_winograd.WINOGRAD_RTOL if picked == "winograd" else numba_kn2row.KN2ROW_RTOL)[np.dtype(dtype)]
+        rtol = {"winograd": numba_winograd.WINOGRAD_RTOL, "kn2row": numba_kn2row.KN2ROW_RTOL,
+                "im2col": numba_conv.IM2COL_RTOL}[picked][np.dtype(dtype)]
         assert relative_error(ours, reference(x, w, geometry)) <= rtol, picked
 
 
@@ -96,6 +105,35 @@ def test_forward_equals_the_reference_within_its_way_s_tolerance(case, dtype):
 def test_policy(x_shape, w_shape, strides, dilations, dtype, picked):
     geometry = window_geometry(x_shape[1:3], w_shape[:2], (strides,) * 2, (dilations,) * 2, "SAME")
     assert numba_kn2row.kn2row_picks(x_shape, w_shape, geometry, np.dtype(dtype)) is picked
+
+
+@pytest.mark.parametrize("x_shape, w_shape, strides, images", [
+    ((128, 24, 24, 3), (5, 5, 3, 64), 1, 12),      # CIFAR conv1: 2 MB of windows, 6912 rows
+    ((8, 28, 28, 256), (3, 3, 256, 256), 2, 3),    # ResNet 3x3/2 at 28 -> 14: 1 image of 196 rows is too few
+    ((8, 14, 14, 512), (3, 3, 512, 512), 2, 11),   # 14 -> 7: 49 rows an image
+    ((8, 224, 224, 3), (7, 7, 3, 64), 2, 1),       # the root: 12544 rows an image
+])
+def test_forward_chunks_hold_the_bytes_or_the_rows(x_shape, w_shape, strides, images):
+    geometry = window_geometry(x_shape[1:3], w_shape[:2], (strides,) * 2, (1, 1), "SAME")
+    x = np.empty((x_shape[0], 1, 1, x_shape[3]), np.float32)     # only the batch, channels and dtype count
+    chunks = numba_conv.forward_chunks(x, geometry)
+    assert chunks[0] == slice(0, images) and chunks[-1].stop >= x_shape[0] > chunks[-1].start
+    assert images * geometry.OH * geometry.OW >= min(numba_conv.MIN_GEMM_ROWS, x_shape[0] * geometry.OH * geometry.OW)
+
+
+def test_forward_on_rows_chunks_is_the_reference_within_im2col_rtol(monkeypatch):
+    """One image a chunk by CHUNK_BYTES, 3 by MIN_GEMM_ROWS: the reference's sums, BLAS's rounding."""
+    monkeypatch.setattr(numba_conv, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(numba_conv, "MIN_GEMM_ROWS", 40)
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((5, 9, 8, 6)), rng.standard_normal((3, 3, 6, 7))
+    geometry = window_geometry((9, 8), (3, 3), (2, 2), (1, 1), "SAME")          # 5 x 4 = 20 rows an image
+    assert len(numba_conv.forward_chunks(x, geometry)) == 3
+    for dtype in DTYPES:
+        with backend.backend("numba"):
+            ours = numba_conv.conv2d_forward(x.astype(dtype), w.astype(dtype), geometry)
+        assert ours.dtype == dtype
+        assert relative_error(ours, reference(x, w, geometry)) <= numba_conv.IM2COL_RTOL[np.dtype(dtype)]
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from .. import optim
+from ..backend import to_numpy
 from ..data.fast_augment import normalize, tta_logits
 from ..lookahead import LookaheadAverage, airbench_decay
 from ..models.cifar_fast import HYPERPARAMETERS
@@ -75,7 +76,7 @@ class FastRecipe:
             self.model.whitening.bias.grad = None
         self.optimizer.step()
         self._average(epoch)
-        accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == np.asarray(labels)))
+        accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == to_numpy(labels)))
         return float(loss.item()) / len(labels), accuracy
 
     def _average(self, epoch):

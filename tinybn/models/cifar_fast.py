@@ -20,16 +20,17 @@ in PyTorch to 1e-10 in float64 (tests/test_fast_model.py::test_equals_airbench_t
 with PyTorch's 1/sqrt(2) in the GELU: tinybn's, TF's float32-rounded one, moves logits by ~3e-8).
 
 Every component, with its source. airbench is K. Jordan, "94% on CIFAR-10 in 3.29 seconds on
-a single GPU" (arXiv:2404.00498, 2024), and its code airbench94.py (the hyperparameters in
-HYPERPARAMETERS are its `hyp`); the paper's section is named where the component is its own.
+a single GPU" (arXiv:2404.00498, 2024), and its code, github.com/KellerJordan/cifar10-airbench
+airbench94.py (the hyperparameters in HYPERPARAMETERS are its `hyp`; the functions named
+below are that file's).
     patch whitening     frozen first layer from the eigenvectors of the 2x2 patches'
-                        covariance, each direction and its negative (whitening.py); airbench,
-                        section "Network architecture" / whitening initialisation, after
-                        D. Page, "How to train your ResNet 8: bag of tricks" (myrtle.ai, 2019).
+                        covariance, each direction and its negative (whitening.py; airbench's
+                        init_whitening_conv), after D. Page, "How to train your ResNet 8: bag
+                        of tricks" (myrtle.ai, 2019).
                         The bias trains for the first 3 epochs only (whiten_bias_epochs).
     identity init       each 3x3 conv starts as PyTorch's default uniform(+-1/sqrt(fan_in)),
                         with its first C_in filters replaced by the identity (Dirac) filter
-                        (airbench's Conv.reset_parameters: "partial identity initialisation").
+                        (airbench's Conv.reset_parameters, dirac_ on w[:C_in]).
     GELU                Hendrycks and Gimpel, arXiv:1606.08415; the exact (erf) form,
                         PyTorch's nn.GELU() default, as airbench uses.
     batch norm          Ioffe and Szegedy, arXiv:1502.03167. airbench's BatchNorm: epsilon
@@ -37,9 +38,8 @@ HYPERPARAMETERS are its `hyp`); the paper's section is named where the component
                         moving variance ("bessel"), weight frozen at 1 (scale=False here:
                         the same function with one parameter less per channel) and the bias
                         trained at 64x the learning rate (bias_scaler).
-    3 blocks 64/256/256 conv -> pool -> BN -> GELU -> conv -> BN -> GELU (airbench's ConvGroup),
-                        the VGG-like layout of Page's ResNet-9 without its residual branches.
-    logit scale 1/9     airbench's scaling_factor (from tysam-code's hlb-CIFAR10).
+    3 blocks 64/256/256 conv -> pool -> BN -> GELU -> conv -> BN -> GELU (airbench's ConvGroup).
+    logit scale 1/9     airbench's scaling_factor (Page's ResNet-9 scales its logits by 1/8 likewise).
     label smoothing 0.2 Szegedy et al., "Rethinking the Inception architecture", arXiv:1512.00567,
                         section 7; the loss is summed over the batch, as airbench sums it.
 The training recipe's other components (Nesterov SGD with per-group learning rates and

@@ -22,19 +22,22 @@ tests/test_conv_forward_numba.py:
     1. Winograd (numba_winograd.winograd_tile): stride-1 3x3 and 5x5 convs of 16+ channels
        (CIFAR conv2, most of ResNet's 3x3s), within WINOGRAD_RTOL;
     2. kn2row (numba_kn2row.kn2row_picks): the other stride-1 convs with O <= C (CIFAR conv3
-       5x5x64x10: 1.8x; ResNet's 3x3x512 at 7x7, forward and input gradient: 7-8x), within
+       5x5x64x10: 1.8x; ResNet's 3x3x512 at 7x7, forward and input gradient: 1.3x, 7-8x at
+       load 5-7: numba_kn2row's table), within
        KN2ROW_RTOL (measured float32 <= 3.6e-7, float64 <= 5.5e-16 of the largest value);
     3. im2col + GEMM, the reference's on this backend's im2col, on forward_chunks: the
        reference's chunks (bit-identical), grown to MIN_GEMM_ROWS output pixels where an
-       image has fewer (within IM2COL_RTOL). Measured, batch 8, against 2 MB chunks:
-       ResNet 3x3/2 28->14, 256 channels (1 -> 3 images per GEMM): 2.73x (1.39-4.99);
-       3x3/2 14->7, 512 channels (2 -> 8 images): 2.38x (1.30-3.73).
+       image has fewer (within IM2COL_RTOL). Measured, batch 8, against 2 MB chunks, at load
+       average 5-7 and ~4 (median of 9 ratios, min..max):
+       ResNet 3x3/2 28->14, 256 channels (1 -> 3 images a GEMM): 2.73x (1.39-4.99), 1.16x (1.05-2.05);
+       3x3/2 14->7, 512 channels (2 -> 8 images): 2.38x (1.30-3.73), 1.19x (1.17-4.96).
 
 Few input channels (CIFAR conv1 5x5x3x64, ResNet's 7x7/2 root) stay on im2col + GEMM; what
 was tried, float32, batch 128 (root: 8), interleaved with it on this 2-core machine, busy:
 - Its GEMM alone, (73728 x 75) @ (75 x 64), took 13.2 ms at a quiet moment (54 GFLOP/s), the
   whole conv 18.7 ms. This CPU (AMD Zen 1: AVX2 at half rate, 16 float32 FLOP per cycle per
-  core, ~2 GHz) peaks near 64 GFLOP/s on both cores, 11 ms for conv1's 0.71 GFLOP.
+  core) ran BLAS at 67 GFLOP/s at best on both cores (ResNet's 3x3x512 at 14->7); 12 ms for
+  conv1's 0.71 GFLOP would need 59 GFLOP/s, window gather included.
 - Direct kernels in numba (output channels innermost and contiguous, 4 or 8 taps per
   pass; or one dot product per output channel): 0.5-0.8x. One core: 17 GFLOP/s against
   BLAS's 32, as numba keeps the accumulators in memory, not in a block of registers.

@@ -35,14 +35,18 @@ float32 and 1e-12 in float64: over 25x the worst value measured, room for longer
 Policy (kn2row_picks): stride 1, any dilation, not pointwise (a 1x1 conv is already one
 GEMM on the pixels), O <= C, float32 or float64, a non-empty batch. The GEMM runs on
 batch chunks of about CHUNK_BYTES of taps (whole batches for the models here).
-numba_conv.conv2d_forward tries Winograd first. Measured on this 2-core machine under load,
-float32, im2col + GEMM (2 MB chunks) and kn2row alternating, median of 7 ratios (min..max):
+numba_conv.conv2d_forward tries Winograd first. Measured on this 2-core machine, float32,
+im2col + GEMM (2 MB chunks) and kn2row alternating, median of 7-9 ratios (min..max; at load 5-7 the range of
+the medians of 2-3 runs), at two loads (other jobs' load average, which swings from 2 to 7 here within minutes):
 
-    conv (batch)                           kn2row vs im2col + GEMM
-    CIFAR conv3 5x5x64x10 6x6 (128)        1.81x (1.52-5.48)
-    ResNet 3x3x512x512 7x7 (8)             8.17x (7.28-9.56)   im2col's chunks: 98 x 4608 GEMMs
-    ResNet 3x3x256x256 7x7 (8)             7.40x (5.90-8.26)
-    5x5x64x32 6x6 (128)                    1.33x (1.19-1.53)
+    conv (batch)                      load 5-7                   load ~4
+    CIFAR conv3 5x5x64x10 6x6 (128)   1.81x-2.27x (1.52-6.34)    1.79x (1.26-2.15)
+    ResNet 3x3x512x512 7x7 (8)        6.89x-8.17x (1.51-9.56)    1.26x (0.96-4.49)
+    ResNet 3x3x256x256 7x7 (8)        6.96x-7.40x (4.98-8.26)
+    5x5x64x32 6x6 (128)               1.30x-1.33x (1.08-1.53)
+
+On busy cores OpenBLAS's two threads lose most on short GEMMs of few rows (im2col's chunks
+of 2 images at 7x7: 98 rows of 4608 windows); kn2row's GEMM has N*H*W rows.
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.

@@ -1,4 +1,5 @@
-"""conv2d_backprop_filter's numba twin by im2col + GEMM, its batch split across the cores.
+"""conv2d_backprop_filter's numba twin by im2col + GEMM, its batch split across the cores,
+and the serial tile transform of numba_winograd's split filter gradient.
 
 Shapes as tinybn.ops.conv: x (N, H, W, C), dy (N, OH, OW, O), a tinybn.geometry.Window;
 dW (KH, KW, C, O).
@@ -6,20 +7,30 @@ dW (KH, KW, C, O).
     dW = sum over batch chunks of cols^T @ dy      cols (n*OH*OW, KH*KW*C) = im2col(x[chunk])
 
 as the reference (tinybn.ops.conv.conv2d_backprop_filter), but the chunks are summed in
-numba_threads' lanes: a few chunks per lane, each lane summed on one core (its own
-serial im2col below, its own single-threaded GEMMs), then the lanes added. Only the
-order of the float additions differs from the reference's one running sum: where the
-batch is one chunk (batch_chunks: a batch of windows under FILTER_CHUNK_BYTES) the result
-is the reference's bit for bit; past that, within a few ulps of the sum (in float32 the
-same size as the reference's own error against float64, measured in tests/
-test_filter_gradient_numba.py). numba_winograd's filter gradient splits its batch the
-same way (sum_over_batch).
+numba_threads' lanes: consecutive chunks per lane, each lane summed on one core (the
+serial im2col below, GEMMs on one BLAS thread), then the lanes added in order. Only the
+order of the float additions differs from the reference's one running sum: a batch of
+one chunk (at most FILTER_CHUNK_BYTES of windows) is the reference bit for bit; past that
+the error against the float64 reference is the reference's own size (SPLIT_RTOL), and it
+does not depend on the core count.
 
-The chunks are FILTER_CHUNK_BYTES of windows (the forward's 2 MB policy in numba_conv
-was tuned for a GEMM whose result is the chunk's; here the result is dW, the same for
-every chunk, and longer chunks mean fewer, longer GEMMs), and at least one per lane.
-The serial im2col copies each window row of KW pixels as one run of KW*C values where
-it lies inside x (conv1's 3 channels: runs of 15 instead of 3).
+Policy (splits): where the reference makes many small-result GEMMs, a dW of at most
+MAX_SPLIT_RESULT_BYTES and an image's windows of at most FILTER_CHUNK_BYTES: the CIFAR
+models' conv1 and conv3 (conv2 goes by Winograd). Chunks of FILTER_CHUNK_BYTES of windows
+(conv1: 0.5, 1 and 2 MB about even, 1.42x-1.48x the reference's speed in one run,
+4 and 8 MB 1.11x and 1.25x), and at least one per lane. The serial im2col copies each window
+row of KW pixels as one run of KW*C values where it lies inside x (conv1's 3 channels:
+runs of 15, not 3). Measured (numba backend, float32, batch 128, against the reference
+on the numba im2col with BLAS's threads, alternating, median of 5-9 ratios, loads 3-7 on
+the 2 cores):
+
+    CIFAR conv1 5x5x3x64 24x24         1.09x-1.44x in six runs (last two: 1.18x (1.11-1.27),
+                                       1.31x (1.10-1.79))
+    CIFAR conv3 5x5x64x10 6x6          0.88x-1.15x in five runs (about even)
+    kept on the reference (batch 8): ResNet's 1x1 256->64 at 56x56 (split: 0.83x-0.87x) and
+    3x3x512x512 at 7x7 (0.76x), slower split in each run; 3x3x128x128 stride 2 at 56x56
+    (0.78x-1.14x) and the 7x7/2 root (0.95x-1.91x), no steady gain: GEMMs long in every
+    dimension, which BLAS's threads share well.
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.
@@ -35,8 +46,8 @@ from . import numba_threads
 # the split's error against the float64 reference (max|ours - ref| / max|ref|), 4x over the worst
 # measured in tests/test_filter_gradient_numba.py: 4.8e-7 in float32 (the reference: 6.4e-7), 9e-16
 SPLIT_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 4e-15}
-MAX_SPLIT_RESULT_BYTES = 1 << 20     # splits(): larger dW keep the reference (measured: numba_winograd.py)
-FILTER_CHUNK_BYTES = 1 << 20     # windows per chunk of the filter gradient (measured: numba_winograd.py)
+MAX_SPLIT_RESULT_BYTES = 1 << 20     # splits(): larger dW keep the reference (measured: above)
+FILTER_CHUNK_BYTES = 1 << 20         # windows per chunk of the split filter gradient
 
 
 def batch_chunks(N, per_image, per_chunk, lanes=numba_threads.LANES):

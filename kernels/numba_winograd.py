@@ -31,12 +31,12 @@ Exactness: max|ours - ref| / max|ref| (crosscheck/parity.py's measure), ref the 
 reference in float64, inputs standard normal, "SAME" padding:
 
     conv (tile)                           dtype     forward   input grad   filter grad
-    CIFAR conv2 5x5x64x64, 12x12, F(4,5)  float32   7.3e-6    7.4e-6       1.1e-5
-                                          float64   1.3e-14   1.5e-14      2.4e-14
-    ResNet 3x3x64x64, 56x56, F(4,3)       float32   2.9e-6    2.7e-6       2.5e-6
-                                          float64   4.8e-15   4.5e-15      5.4e-15
-    ResNet 3x3x256x256, 14x14, F(4,3)     float32   4.3e-6    5.1e-6       1.7e-6
-                                          float64   6.7e-15   8.2e-15      4.6e-15
+    CIFAR conv2 5x5x64x64, 12x12, F(4,5)  float32   7.3e-6    7.4e-6       9.7e-6
+                                          float64   1.3e-14   1.5e-14      1.7e-14
+    ResNet 3x3x64x64, 56x56, F(4,3)       float32   2.9e-6    2.7e-6       2.4e-6
+                                          float64   4.8e-15   4.5e-15      4.8e-15
+    ResNet 3x3x256x256, 14x14, F(4,3)     float32   4.3e-6    5.1e-6       3.0e-6
+                                          float64   6.7e-15   8.2e-15      5.9e-15
     im2col + GEMM in float32, the same convs: 3.5e-7 .. 6.4e-7 (float64: the reference)
 
 The error grows with alpha (the transforms' entries, A^T up to 8 and B^T up to 21/4 for
@@ -48,28 +48,37 @@ never reach this path.
 Policy (which convs, which tile): WINOGRAD_TILES by kernel size, for stride 1,
 dilation 1, square 3x3 or 5x5 kernels, float32 or float64, at least MIN_CHANNELS input
 and output channels, outputs at least MIN_TILES tiles across; everything else goes to
-the reference, im2col + GEMM (itself on the numba im2col). Measured on this 2-core
+the reference, im2col + GEMM (itself on the numba im2col; the filter gradient's: split
+over the batch where numba_filter_gradient.splits says so). Measured on this 2-core
 machine under load (other jobs running), numba backend, float32, one process, im2col
 and Winograd alternating, median of 5 ratios (min..max):
 
-    conv (batch)                       forward           input gradient     filter gradient
-    CIFAR conv2 5x5x64x64 12x12 (128)  3.38x (3.05-3.53) 3.11x (3.01-3.34)  0.10x
-    ResNet 3x3x64x64 56x56 (8)         1.77x (1.63-1.97) 1.88x (1.67-2.00)  0.06x
-    ResNet 3x3x128x128 28x28 (8)       1.87x             1.70x
-    ResNet 3x3x256x256 14x14 (8)       1.76x             1.32x
+    conv (batch)                       forward           input gradient     filter gradient (*)
+    CIFAR conv2 5x5x64x64 12x12 (128)  3.38x (3.05-3.53) 3.11x (3.01-3.34)  2.67x (2.46-2.76)
+    ResNet 3x3x64x64 56x56 (8)         1.77x (1.63-1.97) 1.88x (1.67-2.00)  1.28x (1.18-1.39)
+    ResNet 3x3x128x128 28x28 (8)       1.87x             1.70x              1.52x (1.29-1.60)
+    ResNet 3x3x256x256 14x14 (8)       1.76x             1.32x              2.15x (1.23-3.77)
     ResNet 3x3x512x512 7x7 (8)         0.86x             0.67x              -> MIN_TILES
     CIFAR conv1 5x5x3x64 24x24 (128)   0.57x             (not needed)       -> MIN_CHANNELS
     whole step, bn model (128)         train 1.60x (1.50-1.68), forward 2.02x (1.92-2.32)
     whole step, tutorial model (128)   train 1.26x (1.17-1.31), forward 1.41x (1.32-1.59)
 
+(*) against im2col + GEMM with BLAS's threads, the filter gradient before the split below,
+at a load of 5 on the 2 cores (in other runs at loads of 3-7: conv2 3.2x-3.8x, ResNet
+56x56 1.7x-1.9x); the whole bn step then trained 2.30x (1.86-3.21) faster with it, 3 steps
+a sample, 7 samples alternating (tests/test_filter_gradient_numba.py has its errors).
+
 The filter gradient (winograd_backprop_filter; WINOGRAD_FILTER_GRADIENT switches it) has
-alpha^2 GEMMs (C x T) @ (T x O): a small result over a long sum. On busy cores OpenBLAS's
-two threads took 10-18x longer on those 64 calls than one thread did, which kept it off
-until the batch was split by hand: chunks of FILTER_CHUNK_TILES tiles (144: the sum length
-at which one thread's GEMMs ran fastest, 1.24x of 18 and 1.6x of 1152), summed in
-numba_filter_gradient's lanes, one core each, with the tile transforms by its serial
-strip_transform and the GEMMs on one BLAS thread (numba_threads). The im2col filter
-gradient (every other conv) is split the same way.
+alpha^2 GEMMs (C x T) @ (T x O): a small result over a long sum. OpenBLAS's two threads
+took 10-18x longer on those calls than one thread did (each call wakes its threads, on
+busy cores), which kept it off until the work was split by hand (numba_threads): the
+positions by their row p into alpha lanes, each a worker's on one core, with its serial
+strip transform of row p (numba_filter_gradient.strip_transform, straight from x and dy)
+and its GEMMs on one BLAS thread, summed over chunks of FILTER_CHUNK_TILES tiles (144:
+one thread's GEMMs ran fastest at that sum length, 1.24x of 18's speed and 1.6x of
+1152's) so that V and dM stay in cache. No two lanes add into the same dU, so the
+result does not depend on the core count. dW = G^T dU G is one float64 GEMM with
+kron(G, G) (the two batched ones took twice the whole im2col path at 256 channels).
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.

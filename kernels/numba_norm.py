@@ -17,6 +17,13 @@ and the (C,) arithmetic is the reference's own numpy code, so outputs differ fro
 the reference only where the float64 sums round differently (<= 1 float32 ulp of
 mean, variance, dscale, doffset, and what follows from them).
 
+Tried and not taken (measured interleaved at bn1's (73728, 64) float32 on this 2-core
+machine): the statistics in one visit of each block (its sum, then its squared deviations
+from its own mean while the block sits in the core's cache, blocks combined by Chan's
+formula) ran 0.97x the two passes (0.96..0.98), and 1.14x at bn2's (18432, 64), whose 4.7 MB
+stay in the L3 between the passes anyway: the passes here are bound by their float64
+accumulation as much as by memory. Unrolling the sums over 2 or 4 rows was no faster either.
+
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 """

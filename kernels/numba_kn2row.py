@@ -64,25 +64,28 @@ CHUNK_BYTES = 32 << 20
 
 
 def _tap_sum_plain(taps, y, KH, KW, DH, DW, top, left):
-    """y[n, i, j, o] = sum over taps (a, b) in row-major order, inside x, of taps[n, h, w, a, b, o]."""
+    """y[n, i, j, o] = sum over taps (a, b) in row-major order, inside x, of taps[n, h, w, a, b, o];
+    one output row at a time, each tap (a, b) added to the run of output columns it reaches."""
     N, H, W = taps.shape[:3]
     _, OH, OW, O = y.shape
+    pixels = taps.reshape(N, H, W, KH * KW * O)
     for row in prange(N * OH):
         n, i = row // OH, row % OH
+        out = y[n, i]
         for j in range(OW):
-            out = y[n, i, j]
             for o in range(O):
-                out[o] = 0
-            for a in range(KH):
-                h = i + a * DH - top
-                if h < 0 or h >= H:
-                    continue
-                for b in range(KW):
-                    w = j + b * DW - left
-                    if 0 <= w < W:
-                        source = taps[n, h, w, a, b]
-                        for o in range(O):
-                            out[o] += source[o]
+                out[j, o] = 0
+        for a in range(KH):
+            h = i + a * DH - top
+            if h < 0 or h >= H:
+                continue
+            source = pixels[n, h]
+            for b in range(KW):
+                tap = (a * KW + b) * O
+                for j in range(max(0, left - b * DW), min(OW, W + left - b * DW)):
+                    products = source[j + b * DW - left]
+                    for o in range(O):
+                        out[j, o] += products[tap + o]
 
 
 _tap_sum_kernel = njit(parallel=True, cache=True)(_tap_sum_plain)

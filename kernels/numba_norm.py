@@ -22,7 +22,7 @@ machine): the statistics in one visit of each block (its sum, then its squared d
 from its own mean while the block sits in the core's cache, blocks combined by Chan's
 formula) ran 0.97x the two passes (0.96..0.98), and 1.14x at bn2's (18432, 64), whose 4.7 MB
 stay in the L3 between the passes anyway: the passes here are bound by their float64
-accumulation as much as by memory. Unrolling the sums over 2 or 4 rows was no faster either.
+accumulation as much as by memory. Unrolling the sums over 2 or 4 rows showed no clear gain.
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.

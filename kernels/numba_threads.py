@@ -90,18 +90,32 @@ def _pool(count):
     return _Pool(count)
 
 
+os.register_at_fork(after_in_child=_pool.cache_clear)    # a forked child has none of the threads
+
+
+class one_blas_thread:
+    """with one_blas_thread(): BLAS on one thread for the block (where openblas_threads finds
+    it), then as before. For small GEMMs, which BLAS's threads slow down, and for split()."""
+
+    def __enter__(self):
+        controls = openblas_threads()
+        self.previous = controls[0]() if controls else None
+        if controls:
+            controls[1](1)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            openblas_threads()[1](self.previous)
+
+
 def split(lane_sum, lanes=LANES):
     """[lane_sum(k) for k in range(lanes)], with BLAS on one thread, on workers() worker threads
     (the calling thread where that is 1). lane_sum must not hold the GIL for long (numpy's
     GEMMs and copies release it; numba kernels need nogil=True)."""
-    controls = openblas_threads()
-    if controls is None:
+    if openblas_threads() is None:
         return [lane_sum(k) for k in range(lanes)]
-    get, put = controls
     count = min(workers(), lanes)
-    previous = get()
-    put(1)
-    try:
+    with one_blas_thread():
         if count <= 1:
             return [lane_sum(k) for k in range(lanes)]
         pool, done, results = _pool(count), threading.Semaphore(0), [None] * lanes
@@ -109,8 +123,6 @@ def split(lane_sum, lanes=LANES):
             pool.put((lane_sum, k, results, k, done))
         for _ in range(lanes):
             done.acquire()
-    finally:
-        put(previous)
     for ok, value in results:
         if not ok:
             raise value

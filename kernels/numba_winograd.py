@@ -90,7 +90,7 @@ from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 from .numba_filter_gradient import batch_chunks, im2col_backprop_filter, strip_transform
-from .numba_threads import split
+from .numba_threads import one_blas_thread, split
 
 POINTS = {6: (0, 1, -1, 2, -0.5), 8: (0, 1, -1, 2, -2, 0.5, -0.5)}    # alpha -> finite points
 WINOGRAD_TILES = {3: 4, 5: 4}             # r -> m: F(4x4, 3x3), F(4x4, 5x5)
@@ -214,8 +214,9 @@ def filter_transform(w, m):
     """U (alpha^2, C, O) = G w G^T at every (c, o), in float64, rounded to w's dtype."""
     r, _, C, O = w.shape
     _, G, _ = transforms(m, r)
-    half = (G @ w.astype(np.float64).reshape(r, r * C * O)).reshape(-1, r, C * O)   # (alpha, r, C*O)
-    U = np.matmul(G, half)                                                          # (alpha, alpha, C*O)
+    with one_blas_thread():       # GEMMs of r terms: BLAS's threads only slowed them (1.6x-1.9x)
+        half = (G @ w.astype(np.float64).reshape(r, r * C * O)).reshape(-1, r, C * O)   # (alpha, r, C*O)
+        U = np.matmul(G, half)                                                          # (alpha, alpha, C*O)
     return U.reshape(-1, C, O).astype(w.dtype)
 
 
@@ -262,8 +263,8 @@ def winograd_backprop_filter(x, dy, window, w_shape, m):
         return total
 
     dU = np.concatenate(split(lane_sum, alpha)).reshape(alpha * alpha, C * O)
-    # dW[i, j] = sum_{p,q} G[p, i] G[q, j] dU[p, q]: one GEMM in float64, kron(G, G)^T (r^2, alpha^2) @ dU
-    return (np.kron(G, G).T @ dU.astype(np.float64)).reshape(w_shape).astype(dy.dtype)
+    with one_blas_thread():       # dW[i, j] = sum_{p,q} G[p, i] G[q, j] dU[p, q]: kron(G, G)^T @ dU in float64
+        return (np.kron(G, G).T @ dU.astype(np.float64)).reshape(w_shape).astype(dy.dtype)
 
 
 def conv2d_backprop_filter(x, dy, window, w_shape):

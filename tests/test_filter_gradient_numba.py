@@ -11,6 +11,8 @@ one chunk is the reference bit for bit; the result does not depend on the worker
 the op's gradient under the numba backend equals float64 finite differences; the serial
 kernels equal the reference im2col and the parallel tile transform, jitted and plain.
 """
+import os
+
 import numba
 import numpy as np
 import pytest
@@ -168,6 +170,16 @@ def test_split_hands_a_lane_error_to_the_caller():
     with pytest.raises(ValueError, match="lane 2"):
         numba_threads.split(lane)
     assert numba_threads.split(lambda k: k) == list(range(numba_threads.LANES))
+
+
+def test_split_works_in_a_forked_child():
+    """A child forked after the workers started has none of them: it starts its own."""
+    assert numba_threads.split(lambda k: k) == list(range(numba_threads.LANES))    # the parent's pool
+    pid = os.fork()
+    if pid == 0:                                             # the child: exit code 0 if split returns
+        os._exit(0 if numba_threads.split(lambda k: -k) == [-k for k in range(numba_threads.LANES)] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.mark.parametrize("jit", [True, False], ids=["jitted", "plain"])

@@ -1,4 +1,5 @@
-"""Winograd convolution: the numba backend's conv2d_forward for 3x3 and 5x5 stride-1 convs.
+"""Winograd convolution: the numba backend's conv2d_forward and conv2d_backprop_filter for 3x3
+and 5x5 stride-1 convs.
 
 Shapes as tinybn.ops.conv: x (N, H, W, C), w (KH, KW, C, O), a tinybn.geometry.Window;
 y (N, OH, OW, O). r = KH = KW, m the output tile, alpha = m + r - 1 the input tile,
@@ -54,19 +55,20 @@ machine under load (other jobs running), numba backend, float32, one process, im
 and Winograd alternating, median of 5 ratios (min..max):
 
     conv (batch)                       forward           input gradient     filter gradient (*)
-    CIFAR conv2 5x5x64x64 12x12 (128)  3.38x (3.05-3.53) 3.11x (3.01-3.34)  2.67x (2.46-2.76)
-    ResNet 3x3x64x64 56x56 (8)         1.77x (1.63-1.97) 1.88x (1.67-2.00)  1.28x (1.18-1.39)
+    CIFAR conv2 5x5x64x64 12x12 (128)  3.38x (3.05-3.53) 3.11x (3.01-3.34)  3.38x (2.85-4.10)
+    ResNet 3x3x64x64 56x56 (8)         1.77x (1.63-1.97) 1.88x (1.67-2.00)  2.30x (1.19-2.84)
     ResNet 3x3x128x128 28x28 (8)       1.87x             1.70x              1.52x (1.29-1.60)
-    ResNet 3x3x256x256 14x14 (8)       1.76x             1.32x              2.15x (1.23-3.77)
+    ResNet 3x3x256x256 14x14 (8)       1.76x             1.32x              1.79x (1.20-4.95)
     ResNet 3x3x512x512 7x7 (8)         0.86x             0.67x              -> MIN_TILES
     CIFAR conv1 5x5x3x64 24x24 (128)   0.57x             (not needed)       -> MIN_CHANNELS
     whole step, bn model (128)         train 1.60x (1.50-1.68), forward 2.02x (1.92-2.32)
     whole step, tutorial model (128)   train 1.26x (1.17-1.31), forward 1.41x (1.32-1.59)
 
-(*) against im2col + GEMM with BLAS's threads, the filter gradient before the split below,
-at a load of 5 on the 2 cores (in other runs at loads of 3-7: conv2 3.2x-3.8x, ResNet
-56x56 1.7x-1.9x); the whole bn step then trained 2.30x (1.86-3.21) faster with it, 3 steps
-a sample, 7 samples alternating (tests/test_filter_gradient_numba.py has its errors).
+(*) against im2col + GEMM with BLAS's threads (the filter gradient before the split below),
+7 pairs at a load of 5 on the 2 cores (other runs at loads of 3-7: conv2 2.7x-3.8x, ResNet
+56x56 1.3x-1.9x); with it (and numba_filter_gradient's im2col split) the whole training
+step ran 2.14x (1.15-6.42) as fast for the bn model, 1.61x (1.18-2.55) for the tutorial
+model, 3 steps a sample, 5-7 samples alternating.
 
 The filter gradient (winograd_backprop_filter; WINOGRAD_FILTER_GRADIENT switches it) has
 alpha^2 GEMMs (C x T) @ (T x O): a small result over a long sum. OpenBLAS's two threads

@@ -95,17 +95,27 @@ os.register_at_fork(after_in_child=_pool.cache_clear)    # a forked child has no
 
 class one_blas_thread:
     """with one_blas_thread(): BLAS on one thread for the block (where openblas_threads finds
-    it), then as before. For small GEMMs, which BLAS's threads slow down, and for split()."""
+    it), then as before. For small GEMMs, which BLAS's threads slow down, and for split().
+    Blocks may overlap (nested, or in several threads): the first in sets 1, the last out
+    puts back what the first found."""
+    _lock, _depth, _previous = threading.Lock(), [0], [None]
 
     def __enter__(self):
         controls = openblas_threads()
-        self.previous = controls[0]() if controls else None
         if controls:
-            controls[1](1)
+            with self._lock:
+                if self._depth[0] == 0:
+                    self._previous[0] = controls[0]()
+                    controls[1](1)
+                self._depth[0] += 1
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            openblas_threads()[1](self.previous)
+        controls = openblas_threads()
+        if controls:
+            with self._lock:
+                self._depth[0] -= 1
+                if self._depth[0] == 0:
+                    controls[1](self._previous[0])
 
 
 def split(lane_sum, lanes=LANES):

@@ -224,3 +224,18 @@ def test_im2col_split_policy():
     assert not fg.splits(same((56, 56), (3, 3), 2), (3, 3, 128, 128), np.float32)     # 3.6 MB of windows
     assert not fg.splits(same((56, 56), (1, 1)), (1, 1, 256, 64), np.float32)         # pointwise
     assert not fg.splits(same((7, 7), (3, 3)), (3, 3, 512, 512), np.float32)          # dW of 9.4 MB
+
+
+def test_overlapping_one_blas_thread_blocks_put_back_the_first_count():
+    controls = numba_threads.openblas_threads()
+    if controls is None:
+        pytest.skip("no OpenBLAS thread control: one_blas_thread does nothing")
+    get, _ = controls
+    before = get()
+    outer, inner = numba_threads.one_blas_thread(), numba_threads.one_blas_thread()
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)          # out of order, as two threads' blocks may end
+    assert get() == 1
+    inner.__exit__(None, None, None)
+    assert get() == before

@@ -1,6 +1,7 @@
 """The fast CIFAR model (airbench94's network): shapes layer by layer, the parameter count in
 closed form, BN scales frozen (absent) and the whitening kernel frozen (a buffer), the partial
-identity init, the logit scale and the summed label-smoothed loss."""
+identity init, the logit scale and the summed label-smoothed loss. The network's equality with
+its tf.nn build (one float64 step) is crosscheck/test_tf_fast_model.py."""
 import numpy as np
 import pytest
 
@@ -8,7 +9,6 @@ from tinybn import Tensor
 from tinybn.models.cifar_fast import WIDTHS, fast, partial_identity
 from tinybn.models.whitening import patch_whitening_kernel
 from tinybn.nn.batchnorm import BatchNorm
-from tinybn.ops import activations
 from tinybn.ops.losses import sparse_softmax_cross_entropy_with_label_smoothing
 
 SHAPES = {"whiten": (31, 31, 24), "gelu0": (31, 31, 24), "block1": (15, 15, 64), "block2": (7, 7, 256),
@@ -99,74 +99,3 @@ def test_logits_are_the_dense_output_over_nine_and_the_loss_sums(model):
     loss = model.loss(logits, labels)
     per_example = sparse_softmax_cross_entropy_with_label_smoothing(labels, logits.data, 0.2).data
     assert loss.shape == () and float(loss.data) == pytest.approx(float(per_example.sum()), rel=1e-6)
-
-
-def _torch_airbench(torch, widths, whiten_kernel):
-    """airbench94's make_net in float64 on the CPU (its ConvGroup, BatchNorm with a frozen weight)."""
-    nn = torch.nn
-
-    def norm(c):
-        bn = nn.BatchNorm2d(c, eps=1e-12, momentum=1 - 0.6).double()
-        bn.weight.requires_grad = False
-        return bn
-
-    def group(cin, cout):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding="same", bias=False), nn.MaxPool2d(2), norm(cout),
-                             nn.GELU(), nn.Conv2d(cout, cout, 3, padding="same", bias=False), norm(cout), nn.GELU())
-    whiten = nn.Conv2d(3, whiten_kernel.shape[-1], 2, padding=0, bias=True)
-    net = nn.Sequential(whiten, nn.GELU(), group(24, widths[0]), group(widths[0], widths[1]),
-                        group(widths[1], widths[2]), nn.MaxPool2d(3), nn.Flatten(),
-                        nn.Linear(widths[2], 10, bias=False)).double()
-    net[0].weight.requires_grad = False
-    return net
-
-
-def _copy_into_torch(torch, model, net):
-    """HWIO kernels to OIHW, the dense (in, out) kernel to Linear's (out, in), by layer order."""
-    ours = [t for n, t in list(model.named_parameters()) + list(model.named_buffers())
-            if n.endswith("kernel") and "whiten" not in n]
-    theirs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))][1:]
-    with torch.no_grad():
-        net[0].weight.copy_(torch.from_numpy(model.whitening.kernel.data.transpose(3, 2, 0, 1).copy()))
-        net[0].bias.copy_(torch.from_numpy(model.whitening.bias.data))
-        for t, m in zip(ours, theirs):
-            w = t.data.transpose(3, 2, 0, 1) if t.data.ndim == 4 else t.data.T
-            m.weight.copy_(torch.from_numpy(w.copy()))
-    return ours, theirs
-
-
-def test_equals_airbench_torch_network_float64(monkeypatch):
-    """Logits, the summed label-smoothed loss, every gradient and the BN moving statistics after
-    one training step equal airbench's network in PyTorch (float64, a narrow model, batch 4).
-    PyTorch's GELU uses 1/sqrt(2) itself, TF's (and tinybn's) its float32 rounding, which moves
-    the logits by ~3e-8: for this comparison tinybn's gelu takes PyTorch's constant."""
-    torch = pytest.importorskip("torch")      # not in the test extras
-    monkeypatch.setattr(activations, "_SQRT_HALF", 0.7071067811865476)
-    widths = (8, 16, 16)
-    images = _images(4, seed=5).astype(np.float64)
-    labels = np.array([3, 1, 4, 1])
-    model = fast(rng=np.random.default_rng(0), dtype=np.float64, whitening_images=images, widths=widths)
-    model.whitening.bias.data[...] = np.random.default_rng(4).standard_normal(24) * 0.1
-    net = _torch_airbench(torch, widths, model.whitening.kernel.data)
-    ours, theirs = _copy_into_torch(torch, model, net)
-
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    torch_logits = net(x) / 9
-    torch_loss = torch.nn.CrossEntropyLoss(label_smoothing=0.2, reduction="sum")(torch_logits, torch.from_numpy(labels))
-    torch_loss.backward()
-    logits = model(Tensor(images))
-    loss = model.loss(logits, labels)
-    loss.backward()
-
-    np.testing.assert_allclose(logits.data, torch_logits.detach().numpy(), rtol=1e-10, atol=1e-12)
-    assert float(loss.data) == pytest.approx(torch_loss.item(), rel=1e-12)
-    for t, m in zip(ours, theirs):
-        g = t.grad.transpose(3, 2, 0, 1) if t.grad.ndim == 4 else t.grad.T
-        np.testing.assert_allclose(g, m.weight.grad.numpy(), rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(model.whitening.bias.grad, net[0].bias.grad.numpy(), rtol=1e-8, atol=1e-10)
-    torch_norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    our_norms = [m for _, m in model.named_modules() if isinstance(m, BatchNorm)]
-    for bn, tbn in zip(our_norms, torch_norms):
-        np.testing.assert_allclose(bn.beta.grad, tbn.bias.grad.numpy(), rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(bn.moving_mean.data, tbn.running_mean.numpy(), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(bn.moving_variance.data, tbn.running_var.numpy(), rtol=1e-10, atol=1e-12)

@@ -9,7 +9,7 @@ import pytest
 
 from tinybn import tensor
 from tinybn.bench import main as bench_main
-from tinybn.models.resnet_v2 import UNITS, resnet_v2_50
+from tinybn.models.resnet_v2 import UNITS, Block, Bottleneck, ResNetV2, resnet_v2_50
 from tinybn.profiler import OpProfiler
 from tinybn.tasks.resnet import conv_flops, make_inputs, profile_resnet, resnet_steps
 
@@ -53,16 +53,20 @@ def test_calls_per_op_kind_are_the_networks_closed_form(profiles, mode, bn, extr
     assert {r.layer for r in profile.rows} == STAGES | ({"loss"} if mode == "forward-backward" else set())
 
 
+@pytest.fixture(scope="module")
+def benchmark_flops():
+    return conv_flops(resnet_v2_50(num_classes=CLASSES, rng=np.random.default_rng(0)), N, S, S)
+
+
 @pytest.mark.parametrize("mode", ["forward", "forward-backward"])
-def test_the_shares_add_up_and_the_conv_flops_are_the_benchmarks(profiles, mode):
+def test_the_shares_add_up_and_the_conv_flops_are_the_benchmarks(profiles, benchmark_flops, mode):
     profile = profiles[mode]
     assert profile.parts == {}
     total = sum(profile.share(r.forward_s + r.backward_s) for r in profile.rows) + profile.share(profile.other_s)
     assert total == pytest.approx(100.0, abs=1e-9)
     convs = [r for r in profile.rows if r.op.startswith("Conv2D")]
     counted = sum(r.forward_flops + r.backward_flops for r in convs)
-    model = resnet_v2_50(num_classes=CLASSES, rng=np.random.default_rng(0))
-    assert counted == conv_flops(model, N, S, S)[mode == "forward-backward"]
+    assert counted == benchmark_flops[mode == "forward-backward"]
     # the root conv alone, by hand: 32 -> 16 (pad (2, 3) then VALID), 7x7x3 -> 64, no input gradient
     (root,) = [r for r in convs if r.op == "Conv2D 7x7/2"]
     assert root.forward_flops == 2 * N * 16 * 16 * 7 * 7 * 3 * 64
@@ -72,10 +76,11 @@ def test_the_shares_add_up_and_the_conv_flops_are_the_benchmarks(profiles, mode)
 
 
 def test_a_profiled_step_computes_what_an_unprofiled_one_does_bitwise():
-    images, labels = make_inputs(N, S, CLASSES, seed=1)
+    """On a one-unit network (the stages are the same code at any depth)."""
+    images, labels = make_inputs(2, 16, 5, seed=1)
     runs = []
     for profiled in (False, True):
-        model = resnet_v2_50(num_classes=CLASSES, rng=np.random.default_rng(2))
+        model = ResNetV2([Block("block1", Bottleneck, [(8, 2, 2)])], num_classes=5, rng=np.random.default_rng(2))
         forward, forward_backward = resnet_steps(model, images, labels)
         with OpProfiler() if profiled else nullcontext() as prof:
             logits, loss = forward(prof), forward_backward(prof)

@@ -26,9 +26,11 @@ KNOWN_MISMATCHES: (op, dtype, sample) -> a one-line diagnosis, for the cases whe
 deliberately differs from TF. test_tf_sweep.py checks each of them by a test of its own that
 asserts exactly what differs (and fails when it no longer does).
 """
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 import op_table_samples as smp
@@ -92,6 +94,37 @@ class OpInfo:
 
     def tinybn(self, *arrays, **params):
         return (self.tb_fn or self.op)(*arrays, **params)
+
+
+# ---- samples of the fast CIFAR recipe's ops (tinybn.ops.activations, the label-smoothed loss) --------
+
+def gelu_samples(sample, dtype, rng):
+    """Both forms; 3 x standard normal with exact zeros and the tails (erfc small, tanh at 1)."""
+    for approximate, key in ((False, "gelu"), (True, "gelu (tanh form)")):
+        for i, shape in enumerate([(3, 4), (2, 3, 4), (), (0, 2), (2, 2, 3, 5)]):
+            x = np.asarray(3 * smp.randn(rng, shape, dtype))
+            x.reshape(-1)[:5] = [1.5, 0.0, -9.0, 9.0, -30.0][:x.size]
+            yield sample(f"{shape} approximate={approximate}{' view' if i % 2 else ''}", [smp.as_view(x, i % 2 == 1)],
+                         dict(approximate=approximate), parity_key=key)
+
+
+def tf_label_smoothed_xent(labels, logits, label_smoothing):
+    """Keras's categorical_crossentropy (from_logits, label_smoothing) on tf.one_hot labels, per example
+    (the function Keras's CategoricalCrossentropy calls, without its cast of the inputs to float32)."""
+    onehot = tf.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    with warnings.catch_warnings():       # Keras warns of one class (K = 1), a sample here on purpose
+        warnings.simplefilter("ignore", SyntaxWarning)
+        return tf.keras.losses.categorical_crossentropy(onehot, logits, from_logits=True,
+                                                        label_smoothing=label_smoothing)
+
+
+def label_smoothed_xent_samples(sample, dtype, rng):
+    cases = [((4,), 5, np.int32, 0.2), ((2, 3), 4, np.int64, 0.5), ((3,), 1, np.int32, 0.2), ((6,), 10, np.int64, 0.0),
+             ((5,), 10, np.int32, 1.0), ((0,), 3, np.int64, 0.2)]
+    for i, (lead, k, label_dtype, s) in enumerate(cases):
+        labels = rng.integers(0, k, lead).astype(label_dtype)
+        yield sample(f"labels {lead} {np.dtype(label_dtype).name} K={k} s={s}",
+                     [labels, 3 * smp.randn(rng, lead + (k,), dtype, i == 1)], dict(label_smoothing=s), wrt=[1])
 
 
 # ---- the table ---------------------------------------------------------------------------------
@@ -163,4 +196,14 @@ TABLE = [
            smp.tf_fused, smp.fused_samples, "training, exponential_avg_factor, inference; 2-D and 4-D; "
            "every output's gradient; views", dtypes=("float32",), parity_key="fused_batch_norm (training)",
            tb_fn=smp.tb_fused),
+    # the atols are the tanh form's (its 1 + tanh(u) and 1 - tanh(u)**2 cancel for |x| > 2, TF's
+    # float32 tanh is Eigen's rational one, and TF's chain rule sums in another order); the exact
+    # form keeps parity.ELEMENTWISE's defaults in test_tf_fast_ops.py
+    OpInfo("gelu", "tf.nn.gelu", tf.nn.gelu, gelu_samples,
+           "both forms (TOLERANCES 'gelu', 'gelu (tanh form)'), exact zeros, tails to +-30, rank 0, size 0, views",
+           atol={"float32": 5e-5, "float64": 2e-13}),
+    OpInfo("sparse_softmax_cross_entropy_with_label_smoothing",
+           "Keras categorical_crossentropy(tf.one_hot(labels), from_logits, label_smoothing)",
+           tf_label_smoothed_xent, label_smoothed_xent_samples,
+           "s 0, 0.2, 0.5 and 1, int32 and int64 labels, rank 1 and 2, one class, size 0, views"),
 ]

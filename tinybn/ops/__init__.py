@@ -14,6 +14,8 @@ through backend.dispatch.
     lrn.py         local_response_normalization (alias lrn)
     losses.py      softmax log_softmax softmax_cross_entropy_with_logits
                    sparse_softmax_cross_entropy_with_logits l2_loss
+                   sparse_softmax_cross_entropy_with_label_smoothing
+    activations.py gelu (exact and tanh forms; erfc, a helper)
     padding.py     SAME / VALID / explicit window geometry shared by conv and pool
 
 `__all__` lists the ops: differentiable functions of tensors, each with a tf.nn twin, each
@@ -37,7 +39,9 @@ from .separable import (separable_conv2d, spatially_separable_conv2d, separable_
 from .pool import max_pool2d, avg_pool2d  # noqa: F401
 from .lrn import local_response_normalization, lrn  # noqa: F401
 from .losses import (softmax, log_softmax, softmax_cross_entropy_with_logits,  # noqa: F401
-                     sparse_softmax_cross_entropy_with_logits, l2_loss)
+                     sparse_softmax_cross_entropy_with_logits, l2_loss,
+                     sparse_softmax_cross_entropy_with_label_smoothing)
+from .activations import gelu  # noqa: F401
 from .batchnorm import moments, batch_normalization, renorm_correction  # noqa: F401
 from .fused_batch_norm import fused_batch_norm  # noqa: F401
 
@@ -48,7 +52,7 @@ __all__ = [
     "max_pool2d", "avg_pool2d",
     "local_response_normalization", "lrn",
     "softmax", "log_softmax", "softmax_cross_entropy_with_logits", "sparse_softmax_cross_entropy_with_logits",
-    "l2_loss",
+    "l2_loss", "sparse_softmax_cross_entropy_with_label_smoothing", "gelu",
     "moments", "batch_normalization", "fused_batch_norm",
 ]
 

@@ -1,0 +1,102 @@
+"""gelu's numba twins (kernels/numba_activations.py) against the numpy reference (tinybn/ops/activations.py).
+
+The twins evaluate the reference's formulas element by element with its constants and its
+order of operations; only the elementary functions (exp, tanh, power) are numba's libm
+rather than numpy's. So each result must be within 8 ulps (in its dtype) of a scale no
+smaller than the terms it is made of: |y| for the exact form, 0.5 |x| (1 + |tanh u|) for
+the tanh form (1 + tanh u cancels there), and for the gradients the sum of the sizes of
+their terms times |gy|. Measured: at most 3.9 ulps (float32, exact), 2.2 (tanh form); the
+float64 exact form was bit-identical. Non-finite results (gelu(-inf) = -inf * 0) sit where
+the reference's do. Both dtypes, views, rank 0 and size 0 keep shape and dtype.
+"""
+import numpy as np
+import pytest
+
+from tinybn.kernels import numba_activations as twins
+from tinybn.ops import activations as reference
+
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+DTYPES = (np.float32, np.float64)
+ULPS = 8
+SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 26.543, -26.543, 0.46875, -0.46875, 4.0, -4.0, 30.0, -30.0]
+
+
+def _inputs(dtype):
+    """3 x standard normal, every 1/64 of [-30, 30] (all three of Cody's intervals), and the specials."""
+    x = np.concatenate([np.random.default_rng(0).standard_normal(200_000) * 3,
+                        np.arange(-30 * 64, 30 * 64 + 1) / 64.0, SPECIAL])
+    return x.astype(dtype)
+
+
+def _scales(x, gy, approximate):
+    """Float64 sizes of the forward's and the gradient's terms, which the roundings are relative to."""
+    x = x.astype(np.float64)
+    if approximate:
+        t = np.abs(np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+        forward = 0.5 * np.abs(x) * (1 + t)
+        slope = 0.5 * (1 + t) + 0.5 * np.abs(x) * (1 + t * t) * 0.7978845608028654 * (1 + 0.134145 * x * x)
+    else:
+        cdf = 0.5 * reference.erfc(-x * 0.7071067690849304)
+        forward = np.abs(x) * cdf
+        slope = cdf + np.abs(x) * np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
+    return forward, np.abs(gy.astype(np.float64)) * slope
+
+
+def assert_within_ulps(ours, ref, scale, what):
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape, what
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref), err_msg=what)
+    finite = np.isfinite(ref)
+    np.testing.assert_array_equal(ours[~finite], ref[~finite], err_msg=what)      # NaN == NaN here
+    eps, tiny = np.finfo(ref.dtype).eps, np.finfo(ref.dtype).tiny
+    ulps = np.abs(ours[finite].astype(np.float64) - ref[finite]) / np.maximum(scale[finite] * eps, tiny)
+    if ulps.size:
+        assert ulps.max() <= ULPS, f"{what}: {ulps.max():.2f} ulps at entry {np.flatnonzero(finite)[ulps.argmax()]}"
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_twins_match_the_reference(dtype, approximate):
+    x = _inputs(dtype)
+    gy = np.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    forward, backward = _scales(x, gy, approximate)
+    assert_within_ulps(twins.gelu(x, approximate), reference.gelu_forward(x, approximate), forward, "gelu")
+    assert_within_ulps(twins.gelu_grad(x, gy, approximate), reference.gelu_grad(x, gy, approximate), backward,
+                       "gelu_grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, view", [((3, 4), True), ((2, 5, 5, 3), False), ((), False), ((0, 3), False)])
+def test_shapes_views_and_dtypes(dtype, shape, view):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    if view:
+        x, gy = np.ascontiguousarray(x.T).T, np.ascontiguousarray(gy.T).T
+    for approximate in (False, True):
+        forward, backward = _scales(x, gy, approximate)
+        assert_within_ulps(np.asarray(twins.gelu(x, approximate)), np.asarray(reference.gelu_forward(x, approximate)),
+                           np.asarray(forward), "gelu")
+        assert_within_ulps(np.asarray(twins.gelu_grad(x, gy, approximate)),
+                           np.asarray(reference.gelu_grad(x, gy, approximate)), np.asarray(backward), "gelu_grad")
+
+
+def test_the_check_can_fail():
+    """A twin off by the erfc constant's float64 value (the reference's float32 one is TF's) fails."""
+    x = _inputs(np.float64)[:1000]
+    off = 0.5 * x * reference.erfc(-x * 0.7071067811865476)
+    with pytest.raises(AssertionError, match="ulps"):
+        assert_within_ulps(off, reference.gelu_forward(x, False), _scales(x, x, False)[0], "gelu")
+
+
+def test_other_dtypes_are_refused():
+    with pytest.raises(TypeError, match="gelu: the numba kernels take float32 or float64, got float16"):
+        twins.gelu(np.ones(3, np.float16), False)
+
+
+def test_constants_are_the_reference_ones():
+    """kernels may not import tinybn.ops (tests/test_layering.py): the copies must stay equal."""
+    for name in ("_A", "_B", "_C", "_D", "_P", "_Q", "_SQRT_HALF", "_SQRT_2_OVER_PI", "_TANH_CUBIC", "_XBIG"):
+        ours = getattr(twins, name, None)
+        ours = twins._CONSTANTS[twins._XBIG] if name == "_XBIG" else ours
+        assert ours == getattr(reference, name), name

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 import tinybn.backend as backend
 from tinybn import Tensor
-from tinybn.kernels import (numba_conv, numba_elementwise, numba_kn2row, numba_loss, numba_lrn, numba_norm,
-                            numba_pool, numba_winograd)
+from tinybn.kernels import (numba_conv, numba_elementwise, numba_filter_gradient, numba_kn2row, numba_loss,
+                            numba_lrn, numba_norm, numba_pool, numba_winograd)
 from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
 from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
@@ -34,7 +34,8 @@ _previous = backend.current_backend()
 backend.use_backend("numba")      # loads and registers the kernels; the choice itself is put back
 backend.use_backend(_previous)
 
-MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss, numba_winograd, numba_elementwise)
+MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss, numba_winograd, numba_elementwise,
+           numba_kn2row, numba_filter_gradient)
 WINDOW = ("im2col", "col2im", "max_pool_forward", "max_pool_values", "max_pool_backward", "avg_pool_forward",
           "avg_pool_backward")
 OTHER = ("lrn_forward", "lrn_backward", "batch_norm_train_forward", "batch_norm_train_backward",

@@ -8,6 +8,7 @@ the directories they name.
     training_flags(...)   --max-steps, --train-dir, --seed, the intervals, --max-to-keep (train)
     check_flags(args)     --backend selected, then every int and seconds flag the command has
     check_train_flags     check_flags, and --train-dir not a file
+    refuse_flags(...)     a flag a model does not take, refused in one line
 
 Every error a command line gives is one line on stderr starting "error:", with a
 non-zero exit status: argparse's own errors (exit 2) as much as the ones of the
@@ -113,6 +114,14 @@ def flag_name(attribute):
     return "--" + attribute.replace("_", "-")
 
 
+def refuse_flags(args, who, unsupported):
+    """One-line error for the first flag of `unsupported` ({attribute: why}) that was given, i.e.
+    whose value is not None, False or 0, the "not given" defaults of those flags."""
+    for flag, why in unsupported.items():
+        if getattr(args, flag, None) not in (None, False, 0):
+            raise SystemExit(f"error: {who} does not take {flag_name(flag)}: {why}")
+
+
 def _parent():
     return argparse.ArgumentParser(add_help=False)
 
@@ -156,8 +165,9 @@ def check_flags(args):
     """The checks every command makes before it reads or writes anything: --backend (select_backend),
     then each of POSITIVE_FLAGS, NON_NEGATIVE_FLAGS and SECONDS_FLAGS that `args` has."""
     select_backend(args)
-    check_ints(args, [f for f in POSITIVE_FLAGS if hasattr(args, f)],
-               [f for f in NON_NEGATIVE_FLAGS if hasattr(args, f)])
+    def has(flag):      # a flag the command has, with a value (None: one its model does not use)
+        return getattr(args, flag, None) is not None
+    check_ints(args, [f for f in POSITIVE_FLAGS if has(f)], [f for f in NON_NEGATIVE_FLAGS if has(f)])
     for flag in SECONDS_FLAGS:
         if hasattr(args, flag):
             check_seconds(args, flag)

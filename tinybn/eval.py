@@ -35,7 +35,17 @@ misclassified.png (the first misclassified test images with their true and predi
 classes) and curves.png (loss and precision@1 against the step, from --train-dir's
 train.csv and --eval-dir's eval.csv when there is one). These write nothing into
 --eval-dir. matplotlib comes with pip install -e '.[plot]'.
+
+--model fast evaluates a checkpoint of `python -m tinybn.train cifar --model fast` on the full
+32x32 test images with airbench's test-time augmentation (--tta-level: 0 none, 1 the mean of
+the image's and its mirror's logits, 2, the default, also over 1 px translations). Its weights
+are the Lookahead average already: it takes neither --no-ema nor --report and --plot (yet).
 """
+
+# the flags --model fast does not take, and why
+FAST_REFUSES = {"no_ema": "its checkpoint's weights are the Lookahead average, there is no other",
+                "report": "the report is of the tutorial models only, for now",
+                "plot": "the report is of the tutorial models only, for now"}
 
 
 def cifar_parser(sub):
@@ -53,6 +63,10 @@ def cifar_parser(sub):
     p.add_argument("--plot", metavar="DIR", default=None,
                    help="with the report, write PNGs into DIR (created if need be; plots of the same names "
                         "are replaced): confusion_matrix.png, misclassified.png, curves.png (needs matplotlib)")
+    p.add_argument("--model", default=None, choices=["fast"],
+                   help="fast: a checkpoint of --model fast, on 32x32 images with TTA (default: a tutorial model)")
+    p.add_argument("--tta-level", type=int, default=None, choices=[0, 1, 2],
+                   help="--model fast: test-time augmentation (default 2)")
     return p
 
 
@@ -66,6 +80,10 @@ def mnist_parser(sub):
 
 
 def eval_cifar(args):
+    if args.model == "fast":
+        cli_flags.refuse_flags(args, "--model fast", FAST_REFUSES)
+    elif args.tta_level is not None:      # 0 is a level: refuse_flags would take it for "not given"
+        raise SystemExit("error: --tta-level is --model fast's test-time augmentation; the tutorial models have none")
     cli_flags.check_flags(args)
     if (args.report or args.plot) and args.watch:
         raise SystemExit("error: --report and --plot look at one checkpoint, the newest; drop --watch")
@@ -88,6 +106,8 @@ def eval_cifar(args):
         images, labels = images[:args.num_examples], labels[:args.num_examples]
         examples = f"--num-examples {args.num_examples}"
     cli_flags.check_batch_size(args.batch_size, len(images), examples)
+    if args.model == "fast":
+        return cifar.evaluate_checkpoints(args, cifar.FastEvalSet(images, labels, args.tta_level, args.batch_size))
     batches = cifar.eval_batches(images, labels, args.batch_size)
     if args.report or args.plot:
         return cifar.report_checkpoint(args, images, batches)

@@ -10,6 +10,7 @@ import argparse
 from . import cli_flags
 from .distributed import world as world_lib
 from .models import cifar10 as cifar_models
+from .models import cifar_fast as fast_models
 from .models import mnist as mnist_models
 from .tasks import cifar, mnist
 
@@ -41,7 +42,18 @@ gradients are averaged, the update is the same on every rank, decay_steps is
 divided by K, and only rank 0 writes --train-dir. --sync-bn normalises with
 cross-replica batch statistics; --check-replicas N verifies every N steps that
 the replicas are bitwise equal. See tinybn/distributed/__init__.py.
+
+--model fast is airbench94's recipe on full 32x32 images (tinybn/models/cifar_fast.py and
+tinybn/tasks/fast_recipe.py): a frozen patch-whitening layer, GELU, label smoothing, Nesterov
+SGD on a triangular schedule, a Lookahead average of the weights, alternating flips and 2 px
+translations; --epochs (default 9.9) sets the length, --batch-size defaults to 1024, and
+--max-steps stops it earlier. One process, its augmentation in the training loop: it takes
+neither --num-threads nor the data-parallel flags.
 """
+
+# the flags --model fast does not take, and why
+FAST_REFUSES = {"num_threads": "its augmentation runs in the training loop, without worker threads",
+                "sync_bn": "it trains in one process", "check_replicas": "it trains in one process"}
 
 MNIST_DESCRIPTION = """python -m tinybn.train mnist (and python -m tinybn.eval mnist): the two MNIST BN models.
 
@@ -80,9 +92,27 @@ def cifar_parser(sub):
                                 cli_flags.input_flags("holds cifar-10-batches-bin/ (default: $TINYBN_DATA "
                                                       "or ~/.cache/tinybn); downloaded there when absent",
                                                       "fail instead of downloading missing data")])
-    p.add_argument("--model", default="tutorial", choices=sorted(cifar_models.MODELS))
-    p.add_argument("--num-threads", type=int, default=2, help="preprocessing worker threads")
+    p.add_argument("--model", default="tutorial", choices=sorted(cifar_models.MODELS) + sorted(fast_models.MODELS))
+    p.add_argument("--num-threads", type=int, default=None, help="preprocessing worker threads (default 2)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help=f"--model fast: epochs to train (default {fast_models.HYPERPARAMETERS['train_epochs']})")
+    p.set_defaults(batch_size=None)      # 128, or --model fast's 1024 (cifar_defaults)
     return p
+
+
+def cifar_defaults(args):
+    """The defaults that depend on --model, and the flags a model does not take refused."""
+    if args.model == "fast":
+        cli_flags.refuse_flags(args, "--model fast", FAST_REFUSES)
+        hyp = fast_models.HYPERPARAMETERS
+        args.batch_size = hyp["batch_size"] if args.batch_size is None else args.batch_size
+        args.epochs = hyp["train_epochs"] if args.epochs is None else args.epochs
+        if not 0 < args.epochs < float("inf"):
+            raise SystemExit(f"error: --epochs must be a positive number, got {args.epochs}")
+    else:
+        cli_flags.refuse_flags(args, f"--model {args.model}", {"epochs": "it trains to --max-steps"})
+        args.batch_size = 128 if args.batch_size is None else args.batch_size
+        args.num_threads = 2 if args.num_threads is None else args.num_threads
 
 
 def mnist_parser(sub):
@@ -99,6 +129,7 @@ def mnist_parser(sub):
 
 
 def train_cifar(args):
+    cifar_defaults(args)
     cli_flags.check_train_flags(args)
     # the data before --train-dir: a data error must not leave a new, empty --train-dir behind
     images, labels = cifar.load_split("train", args)

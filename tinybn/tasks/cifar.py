@@ -1,6 +1,9 @@
 """The CIFAR-10 task: the tutorial's models trained with their optimizers and moving averages
 (CifarRun), precision@1 of a run's checkpoints (evaluate_checkpoints, with --watch), and the
 report of one checkpoint by class, with its pictures (report_checkpoint: --report, --plot).
+--model fast (airbench's recipe on 32x32 images) is trained and evaluated by tasks/cifar_fast.py:
+train() hands it args, and evaluate() a FastEvalSet (the test images and the TTA level) in
+place of the tutorial's eval batches.
 
 Schedules: the tutorial models use plain SGD with lr 0.1 x 0.1 every 350 epochs
 (decay_steps = int(50000 / batch_size / K * 350), staircase, K the number of replicas
@@ -14,6 +17,7 @@ Tasks floor: imports training, data, models, optim, backend and core; never the 
 import os
 import sys
 import time
+from collections import namedtuple
 
 import numpy as np
 
@@ -23,7 +27,7 @@ from ..distributed import world as world_lib
 from ..models import cifar10 as cifar_models
 from ..run_dirs import open_csv
 from ..summary import SummaryWriter
-from . import report
+from . import cifar_fast, report
 from ..training import (TRAIN_CSV_FIELDS, TrainingRun, evaluate_batches, latest_checkpoint,
                         load_checkpoint_or_fail)
 
@@ -67,7 +71,10 @@ class CifarRun(TrainingRun):
 
 
 def train(args, images, labels):
-    """Train a CifarRun of --train-dir on the training set (images, labels) to --max-steps."""
+    """Train a CifarRun of --train-dir on the training set (images, labels) to --max-steps
+    (--model fast: a FastRun to the end of --epochs, cifar_fast.train_fast)."""
+    if args.model == "fast":
+        return cifar_fast.train_fast(args, images, labels)
     run = CifarRun(args, num_examples=len(images))
     if run.step >= args.max_steps:
         run.say(f"nothing to do: the checkpoint is at step {run.step} >= --max-steps {args.max_steps}")
@@ -85,6 +92,8 @@ def train(args, images, labels):
 def restore_model(path, use_ema=True):
     """(model in eval mode, meta) from a training checkpoint; shadow weights unless use_ema=False."""
     arrays, meta = load_checkpoint_or_fail(path)
+    if meta.get("task") == "cifar" and meta.get("model") == "fast":
+        raise SystemExit(f"error: {path} is a checkpoint of --model fast: evaluate it with --model fast")
     if meta.get("task") != "cifar" or meta.get("model") not in cifar_models.MODELS:
         raise SystemExit(f"error: {path} is not a CIFAR-10 training checkpoint (meta: {meta})")
     model = cifar_models.MODELS[meta["model"]]()
@@ -103,8 +112,17 @@ def restore_model(path, use_ema=True):
     return model.to_backend().eval(), meta
 
 
+# --model fast's evaluation set: uint8 (N, 32, 32, 3) images, labels, airbench's TTA level (None: 2)
+FastEvalSet = namedtuple("FastEvalSet", "images labels tta_level batch_size")
+
+
 def evaluate(path, batches, use_ema):
-    """(precision@1, examples, step) of the checkpoint at `path` over `batches`."""
+    """(precision@1, examples, step) of the checkpoint at `path` over `batches` (a FastEvalSet:
+    the fast checkpoint's, with test-time augmentation)."""
+    if isinstance(batches, FastEvalSet):
+        precision, step = cifar_fast.evaluate_fast(path, batches.images, batches.labels, batches.tta_level,
+                                                   batch_size=batches.batch_size)
+        return precision, len(batches.labels), step
     model, meta = restore_model(path, use_ema)
     result = evaluate_batches(model, batches, cifar_models.NUM_CLASSES)
     return result.precision, result.total, meta["step"]
@@ -147,7 +165,7 @@ def watch(args, batches, csv):
                 except FileNotFoundError:       # rotated away since latest(): on to the newest one
                     continue
                 print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}: precision @ 1 = {precision:.4f} "
-                      f"({total} examples, {'raw' if args.no_ema else 'moving-average'} weights)", flush=True)
+                      f"({total} examples, {_weights(args, batches)})", flush=True)
                 if writer is None:
                     writer = SummaryWriter(args.eval_dir)
                 writer.scalar("Precision @ 1", precision, step)   # cifar10_eval.py's tag
@@ -160,6 +178,13 @@ def watch(args, batches, csv):
     finally:
         if writer is not None:
             writer.close()
+
+
+def _weights(args, batches):
+    if isinstance(batches, FastEvalSet):
+        level = cifar_fast.HYPERPARAMETERS["tta_level"] if batches.tta_level is None else batches.tta_level
+        return f"Lookahead-averaged weights, TTA level {level}"
+    return f"{'raw' if args.no_ema else 'moving-average'} weights"
 
 
 def report_checkpoint(args, images, batches):

@@ -11,8 +11,8 @@ checkpoint holds the model (its weights are the Lookahead average after every ep
 SGD momentum buffers, the average's shadows once it has started ("lookahead"), and the input
 position (epoch, batch). One process only for now: under mpiexec the run refuses to start.
 
-Not wired into python -m tinybn.train / eval yet: tasks/cifar.py's train() and evaluate() would
-call these for args.model == "fast" (and train.py add --epochs).
+python -m tinybn.train cifar --model fast [--epochs N] and python -m tinybn.eval cifar --model fast
+reach these through tasks/cifar.py's train() and evaluate().
 
 Tasks floor: imports training, data, models, optim, backend and core; never the command lines.
 """
@@ -90,7 +90,7 @@ def train_fast(args, images, labels, model=None):
     return run
 
 
-def evaluate_fast(path, images, labels, tta_level=None, model=None):
+def evaluate_fast(path, images, labels, tta_level=None, model=None, batch_size=500):
     """(precision@1, step) of the fast checkpoint at `path` on uint8 images, with TTA; `model`:
     an untrained model of the checkpoint's shapes (default fast())."""
     arrays, meta = load_checkpoint_or_fail(path)
@@ -101,4 +101,4 @@ def evaluate_fast(path, images, labels, tta_level=None, model=None):
         model.load_state_dict(checkpoint.unflatten(arrays).get("model", {}))
     except ValueError as e:
         raise SystemExit(f"error: {path}: {e}")
-    return evaluate(model.to_backend(), images, labels, tta_level), meta["step"]
+    return evaluate(model.to_backend(), images, labels, tta_level, batch_size), meta["step"]

@@ -17,6 +17,8 @@ reference's signature and return values (tinybn/ops/* hold the references):
     numba_lrn    lrn_forward, lrn_backward                         float32 rounding
     numba_loss   softmax_cross_entropy                             float32 rounding
     numba_elementwise  bias_add, relu, relu_grad (bit-identical), bias_add_grad (float64 block sums)
+    numba_activations  gelu, gelu_grad: the reference's erfc term by term (float64 bit-identical,
+                 float32 within a few ulps: numba's libm exp/tanh)
 
 Each is registered through dtype_guard.float32_or_float64: the kernels are compiled for
 float32 and float64, and any other float dtype (float16) is refused there with a
@@ -42,7 +44,8 @@ Conventions shared by every kernel module:
 """
 from tinybn.backend import primitive
 
-from . import numba_conv, numba_elementwise, numba_loss, numba_lrn, numba_norm, numba_pool, numba_winograd
+from . import (numba_activations, numba_conv, numba_elementwise, numba_loss, numba_lrn, numba_norm, numba_pool,
+               numba_winograd)
 from .dtype_guard import float32_or_float64
 
 TWINS = {
@@ -57,6 +60,7 @@ TWINS = {
     "batch_norm_inference": numba_norm.batch_norm_inference,
     "lrn_forward": numba_lrn.lrn_forward, "lrn_backward": numba_lrn.lrn_backward,
     "softmax_cross_entropy": numba_loss.softmax_cross_entropy,
+    "gelu": numba_activations.gelu, "gelu_grad": numba_activations.gelu_grad,
     "bias_add": numba_elementwise.bias_add, "bias_add_grad": numba_elementwise.bias_add_grad,
     "relu": numba_elementwise.relu, "relu_grad": numba_elementwise.relu_grad,
 }

@@ -100,3 +100,26 @@ def test_constants_are_the_reference_ones():
         ours = getattr(twins, name, None)
         ours = twins._CONSTANTS[twins._XBIG] if name == "_XBIG" else ours
         assert ours == getattr(reference, name), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_numba_backend_dispatches_gelu_to_the_twins(dtype):
+    """Registered in kernels/numba_cpu.py: the op under the numba backend runs them, within their ulps."""
+    import tinybn.backend as backend
+    from tinybn import Tensor
+    from tinybn.ops.activations import gelu
+    backend.use_backend(backend.current_backend())   # settles the choice before the registry is read
+    with backend.backend("numba"):
+        assert {"gelu", "gelu_grad"} <= {n for n, impls in backend._registry.items() if "numba" in impls}
+    x = _inputs(dtype)[:4096].reshape(64, 64)
+    gy = np.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    results = {}
+    for name in ("numba", "numpy"):
+        with backend.backend(name):
+            t = Tensor(x, requires_grad=True)
+            y = gelu(t)
+            y.backward(gy)
+            results[name] = (y.data, t.grad)
+    forward, slope = _scales(x, gy, False)
+    assert_within_ulps(results["numba"][0], results["numpy"][0], forward, "gelu under numba")
+    assert_within_ulps(results["numba"][1], results["numpy"][1], slope, "gelu's gradient under numba")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import tinybn.backend as backend
 from tinybn import Tensor
 from tinybn.kernels import (numba_conv, numba_elementwise, numba_filter_gradient, numba_kn2row, numba_loss,
-                            numba_lrn, numba_norm, numba_pool, numba_winograd)
+                            numba_lrn, numba_norm, numba_pool, numba_winograd, numba_winograd_forward)
 from tinybn.ops.conv import conv2d, depthwise_conv2d
 from tinybn.ops.fused_batch_norm import fused_batch_norm
 from tinybn.ops.losses import softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits
@@ -35,7 +35,7 @@ backend.use_backend("numba")      # loads and registers the kernels; the choice 
 backend.use_backend(_previous)
 
 MODULES = (numba_conv, numba_pool, numba_norm, numba_lrn, numba_loss, numba_winograd, numba_elementwise,
-           numba_kn2row, numba_filter_gradient)
+           numba_kn2row, numba_filter_gradient, numba_winograd_forward)
 WINDOW = ("im2col", "col2im", "max_pool_forward", "max_pool_values", "max_pool_backward", "avg_pool_forward",
           "avg_pool_backward")
 OTHER = ("lrn_forward", "lrn_backward", "batch_norm_train_forward", "batch_norm_train_backward",
@@ -59,7 +59,7 @@ def ulps(name, dtype, args):
 
 def test_every_hot_primitive_has_a_numba_kernel():
     assert sorted(name for name, impls in backend._registry.items() if "numba" in impls) == sorted(
-        WINDOW + OTHER + CONV + ("conv_batch_chunks", "bias_add", "bias_add_grad", "relu", "relu_grad"))
+        WINDOW + OTHER + CONV + ("conv_batch_chunks", "bias_add", "bias_add_grad", "relu", "relu_grad", "gelu", "gelu_grad"))
 
 
 def test_numba_conv_chunks_are_the_cpu_chunks():
@@ -248,7 +248,8 @@ WINOGRAD_CASES = [   # (shape, ksize, strides, dilations, padding, O): the polic
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("name", CONV)
 @pytest.mark.parametrize("case", range(len(WINOGRAD_CASES)))
-def test_conv_twins_by_winograd_within_its_tolerance(name, dtype, case):
+def test_conv_twins_by_winograd_within_its_tolerance(name, dtype, case, monkeypatch):
+    monkeypatch.setattr(numba_winograd, "MIN_BATCH_TILES", 0)      # the forward of these few tiles too
     check_conv(name, dtype, conv_args(name, np.random.default_rng(case), dtype, *WINOGRAD_CASES[case]))
 
 
@@ -401,7 +402,8 @@ def _op_cases(dtype, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("op", list(_op_cases(np.float32, np.random.default_rng(0))))
-def test_ops_forward_backward_under_numba_backend(op, dtype):
+def test_ops_forward_backward_under_numba_backend(op, dtype, monkeypatch):
+    monkeypatch.setattr(numba_winograd, "MIN_BATCH_TILES", 0)      # conv2d_winograd's 8 tiles
     fn, arrays = _op_cases(dtype, np.random.default_rng(11))[op]
     with backend.backend("numpy"):
         reference = _forward_backward(fn, arrays, 5)

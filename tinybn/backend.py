@@ -81,6 +81,7 @@ OPS = {
     "softmax_cross_entropy": "softmax_cross_entropy_with_logits / sparse_softmax_cross_entropy_with_logits",
     "bias_add": "bias_add", "bias_add_grad": "bias_add (backward)",
     "relu": "relu", "relu_grad": "relu (backward)",
+    "gelu": "gelu", "gelu_grad": "gelu (backward)",
 }
 
 

@@ -8,7 +8,8 @@ Floors, lowest first (README "What is where"):
     backend   backend, geometry                which array library computes; window geometry
     ops       tinybn.ops                       the reference ops, named like tf.nn
     nn        tinybn.nn                        Module, layers, BatchNorm
-    optim     optim, moving_averages           TF1 optimizers, schedules, EMA
+    optim     optim, moving_averages, lookahead  TF1 optimizers, PyTorch's SGD, schedules, EMA,
+                                               the fast recipe's Lookahead average
     api       tinybn (the package root)        re-exports core, backend, ops, nn, optim
     models    tinybn.models                    CIFAR-10, MNIST, ResNet-V2 networks
     data      tinybn.data                      readers, download, preprocessing, input queues

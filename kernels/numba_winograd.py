@@ -10,10 +10,12 @@ T = N * TH * TW tiles (TH = ceil(OH / m), TW = ceil(OW / m)).
 d_c is the alpha x alpha window of channel c of the padded input that the tile reads
 (tiles start every m pixels; past the padding, zeros), * the elementwise product.
 Per tile, the alpha^2 products of the transformed filter and input are a GEMM over C
-at each of the alpha^2 positions: V (alpha^2, T, C) @ U (alpha^2, C, O), batched on BLAS
-(np.matmul), m^2 r^2 / alpha^2 fewer multiplies than im2col + GEMM (F(4x4, 5x5): 6.25x,
-F(4x4, 3x3): 4x). The input and output transforms are the numba kernels below; the filter
-transform U = G w G^T is computed in float64 once per call and rounded to x's dtype.
+at each of the alpha^2 positions: V (alpha^2, T, C) @ U (alpha^2, C, O), each position's
+GEMM on one BLAS thread in numba_threads' lanes (numba_winograd_forward.position_gemms),
+m^2 r^2 / alpha^2 fewer multiplies than im2col + GEMM (F(4x4, 5x5): 6.25x, F(4x4, 3x3):
+4x). The input and output transforms are the numba kernels below; the filter transform
+U = G w G^T (numba_winograd_forward.filter_transform) is summed in float64 once per call
+and rounded to x's dtype.
 The input gradient of a stride-1 conv is a stride-1 conv of dy (tinybn.ops.conv), so it
 comes here too, with the flipped, transposed kernel: forward and backward each transform
 their filter once.
@@ -32,12 +34,12 @@ Exactness: max|ours - ref| / max|ref| (crosscheck/parity.py's measure), ref the 
 reference in float64, inputs standard normal, "SAME" padding:
 
     conv (tile)                           dtype     forward   input grad   filter grad
-    CIFAR conv2 5x5x64x64, 12x12, F(4,5)  float32   7.3e-6    7.4e-6       9.7e-6
-                                          float64   1.3e-14   1.5e-14      1.7e-14
-    ResNet 3x3x64x64, 56x56, F(4,3)       float32   2.9e-6    2.7e-6       2.4e-6
-                                          float64   4.8e-15   4.5e-15      4.8e-15
-    ResNet 3x3x256x256, 14x14, F(4,3)     float32   4.3e-6    5.1e-6       3.0e-6
-                                          float64   6.7e-15   8.2e-15      5.9e-15
+    CIFAR conv2 5x5x64x64, 12x12, F(4,5)  float32   6.3e-6    7.4e-6       9.7e-6
+                                          float64   1.4e-14   1.5e-14      1.7e-14
+    ResNet 3x3x64x64, 56x56, F(4,3)       float32   2.6e-6    2.7e-6       2.4e-6
+                                          float64   5.0e-15   4.5e-15      4.8e-15
+    ResNet 3x3x256x256, 14x14, F(4,3)     float32   4.9e-6    5.1e-6       3.0e-6
+                                          float64   8.5e-15   8.2e-15      5.9e-15
     im2col + GEMM in float32, the same convs: 3.5e-7 .. 6.4e-7 (float64: the reference)
 
 The error grows with alpha (the transforms' entries, A^T up to 8 and B^T up to 21/4 for
@@ -48,7 +50,8 @@ never reach this path.
 
 Policy (which convs, which tile): WINOGRAD_TILES by kernel size, for stride 1,
 dilation 1, square 3x3 or 5x5 kernels, float32 or float64, at least MIN_CHANNELS input
-and output channels, outputs at least MIN_TILES tiles across; everything else goes to
+and output channels, outputs at least MIN_TILES tiles across, and for the forward at
+least MIN_BATCH_TILES tiles in the batch (below); everything else goes to kn2row or to
 the reference, im2col + GEMM (itself on the numba im2col; the filter gradient's: split
 over the batch where numba_filter_gradient.splits says so). Measured on this 2-core
 machine under load (other jobs running), numba backend, float32, one process, im2col
@@ -82,6 +85,38 @@ one thread's GEMMs ran fastest at that sum length, 1.24x of 18's speed and 1.6x 
 result does not depend on the core count. dW = G^T dU G is one float64 GEMM with
 kron(G, G) (the two batched ones took twice the whole im2col path at 256 channels).
 
+The forward's alpha^2 GEMMs (T x C) @ (C x O) are split the same way, one position a lane
+(numba_winograd_forward). OpenBLAS's two threads, woken for each call, now and then took
+70-300 ms where the split took 9-72, even at a load of 1 (ResNet's 3x3x128 at 28x28 batch 2,
+98 tiles: 12x-32x in four runs; 3x3x256 at 14x14 batches 8 and 16: 1.6x-8.2x in three; the
+split then had alpha positions a lane). Each GEMM runs on one BLAS thread and no sum is
+split between lanes: the same bits on 1 core or many (BLAS's own threads change float32
+bits). The split against the batched GEMMs on BLAS's threads (with the filter transform's
+float64 GEMMs), forward, float32, interleaved, 7 pairs, median (min..max) of a run at load
+1.6-2 and one at load 1 (the input gradient's convs have these shapes), and im2col + GEMM's
+time over the split's:
+
+    conv (batch, tiles)                   split / before: load 1.6-2, load 1       im2col / split
+    CIFAR conv2 5x5x64x64 12x12 (128)     1.14x (0.87-1.53), 1.32x (0.99-1.82)   2.4x, 2.2x
+    ResNet 3x3x64 56x56 (8, 1568)         0.91x (0.89-0.94), 0.90x (0.86-0.97)   1.8x, 1.8x
+    ResNet 3x3x64 56x56 (32, 6272)        0.99x (0.98-2.00), 1.01x (0.93-2.54)   1.9x, 1.7x
+    ResNet 3x3x128 28x28 (2, 98)          1.23x (1.18-1.58), 1.28x (1.15-1.59)   1.5x, 1.5x
+    ResNet 3x3x128 28x28 (8, 392)         0.93x (0.74-0.99), 0.95x (0.81-1.06)   1.8x, 1.9x
+    ResNet 3x3x128 28x28 (32, 1568)       0.83x (0.76-0.86), 0.91x (0.54-1.11)   2.0x, 1.9x
+    ResNet 3x3x256 14x14 (8, 128)         1.12x (0.79-1.29), 1.14x (1.10-1.36)   1.3x, 1.3x
+    ResNet 3x3x256 14x14 (16, 256)        0.94x (0.90-1.27), 0.99x (0.93-1.27)   1.5x, 1.6x
+    ResNet 3x3x256 14x14 (32, 512)        1.06x (0.81-1.36), 0.82x (0.77-1.17)   2.5x, 1.7x
+
+(a third run, load 2: conv2 1.18x, 3x3x128 at batch 32 1.14x, 3x3x256 at 32 0.82x.) Where
+the GEMMs are long and wide (1568 x 128, 512 x 256) BLAS's two threads ran them up to 1.2x
+faster when both cores were free; the split keeps the bits and avoids the worst cases.
+Few tiles leave little to share: at 9-32 tiles in the batch (CIFAR conv2 at batch 1-2,
+ResNet's 3x3x64 at 8x8 batch 4-8, 3x3x256 at 14x14 batch 1-2) the faster of im2col and
+kn2row ran 0.94x-4x as fast (9-11 pairs each, two or three runs); at 36 (CIFAR conv2 at
+batch 4) the two runs disagreed (Winograd 1.7x as fast, then kn2row 2.1x); from 49
+(3x3x128 at 28x28, batch 1) to 98, Winograd ran 1.3x-1.9x as fast: MIN_BATCH_TILES = 48,
+for the forward only (the filter gradient's small batches were not measured).
+
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 """
@@ -93,11 +128,13 @@ from numba import njit, prange
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 from .numba_filter_gradient import batch_chunks, im2col_backprop_filter, strip_transform
 from .numba_threads import one_blas_thread, split
+from .numba_winograd_forward import filter_transform, position_gemms
 
 POINTS = {6: (0, 1, -1, 2, -0.5), 8: (0, 1, -1, 2, -2, 0.5, -0.5)}    # alpha -> finite points
 WINOGRAD_TILES = {3: 4, 5: 4}             # r -> m: F(4x4, 3x3), F(4x4, 5x5)
 MIN_CHANNELS = 16
 MIN_TILES = 2                             # tiles across each output axis (a 7x7 output: im2col)
+MIN_BATCH_TILES = 48                      # tiles in the whole batch, forward (fewer: kn2row or im2col)
 WINOGRAD_FILTER_GRADIENT = True           # split across the cores by batch (see above)
 FILTER_CHUNK_TILES = 144                  # tiles per chunk of the filter gradient: its GEMMs' sum length
 WINOGRAD_RTOL = {np.dtype(np.float32): 5e-5, np.dtype(np.float64): 1e-12}
@@ -209,29 +246,22 @@ def winograd_tile(x_shape, w_shape, window, dtype, direction="forward"):
             or dtype not in WINOGRAD_RTOL or x_shape[0] == 0):
         return None
     m = WINOGRAD_TILES[KH]
-    return m if min(window.OH, window.OW) >= MIN_TILES * m else None
-
-
-def filter_transform(w, m):
-    """U (alpha^2, C, O) = G w G^T at every (c, o), in float64, rounded to w's dtype."""
-    r, _, C, O = w.shape
-    _, G, _ = transforms(m, r)
-    with one_blas_thread():       # GEMMs of r terms: BLAS's threads only slowed them (1.6x-1.9x)
-        half = (G @ w.astype(np.float64).reshape(r, r * C * O)).reshape(-1, r, C * O)   # (alpha, r, C*O)
-        U = np.matmul(G, half)                                                          # (alpha, alpha, C*O)
-    return U.reshape(-1, C, O).astype(w.dtype)
+    if min(window.OH, window.OW) < MIN_TILES * m:
+        return None
+    tiles = x_shape[0] * -(-window.OH // m) * -(-window.OW // m)
+    return None if direction == "forward" and tiles < MIN_BATCH_TILES else m
 
 
 def winograd_conv2d(x, w, window, m):
     """conv2d_forward by F(m x m, r x r): y (N, OH, OW, O)."""
     N = x.shape[0]
     r, _, C, O = w.shape
-    AT, _, BT = transforms(m, r)
+    AT, G, BT = transforms(m, r)
     alpha = m + r - 1
     TH, TW = -(-window.OH // m), -(-window.OW // m)
     V = np.empty((alpha * alpha, N * TH * TW, C), x.dtype)
     _tile_transform_kernel(np.ascontiguousarray(x), BT.astype(x.dtype), m, window.top, window.left, V, TH, TW)
-    M = np.matmul(V, filter_transform(w, m))                  # alpha^2 GEMMs (T, C) @ (C, O) on BLAS
+    M = position_gemms(V, filter_transform(w, G))      # alpha^2 GEMMs (T, C) @ (C, O), split
     y = np.empty((N, window.OH, window.OW, O), x.dtype)
     _output_transform_kernel(M, AT.astype(x.dtype), y, TH, TW)
     return y

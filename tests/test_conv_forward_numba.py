@@ -52,7 +52,7 @@ CASES = {   # name: (x shape, w shape, strides, dilations, padding)
     "cifar conv1 5x5x3x64": ((2, 24, 24, 3), (5, 5, 3, 64), 1, 1, "SAME"),
     "cifar conv3 5x5x64x10": ((3, 6, 6, 64), (5, 5, 64, 10), 1, 1, "SAME"),
     "cifar conv3 input gradient 5x5x10x64": ((3, 6, 6, 10), (5, 5, 10, 64), 1, 1, "SAME"),
-    "cifar conv2 5x5x64x64 (Winograd)": ((1, 12, 12, 64), (5, 5, 64, 64), 1, 1, "SAME"),
+    "cifar conv2 5x5x64x64 (Winograd)": ((6, 12, 12, 64), (5, 5, 64, 64), 1, 1, "SAME"),     # 54 tiles
     "resnet root 7x7/2": ((1, 37, 38, 3), (7, 7, 3, 64), 2, 1, "SAME"),
     "resnet 3x3/2 128": ((1, 14, 14, 128), (3, 3, 128, 128), 2, 1, "SAME"),
     "resnet 3x3x512 at 7x7": ((1, 7, 7, 512), (3, 3, 512, 512), 1, 1, "SAME"),

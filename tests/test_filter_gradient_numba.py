@@ -136,6 +136,7 @@ def test_op_gradient_under_numba_by_finite_differences(monkeypatch, strides, dil
     monkeypatch.setattr(wg, "FILTER_CHUNK_TILES", 1)
     monkeypatch.setattr(wg, "MIN_CHANNELS", 1)
     monkeypatch.setattr(wg, "MIN_TILES", 0)
+    monkeypatch.setattr(wg, "MIN_BATCH_TILES", 0)
     rng = np.random.default_rng(r)
     x, w = rng.standard_normal((3, 7, 8, 2)), rng.standard_normal((r, r, 2, 3))
     with backend.backend("numba"):

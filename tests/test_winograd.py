@@ -8,6 +8,7 @@ crosscheck measure; the module docstring states the measured errors); the op's g
 under the numba backend by float64 finite differences; the policy (which convs go this
 way); the plain (non-jitted) kernels.
 """
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -16,8 +17,8 @@ import tinybn.backend as backend
 from tinybn import Tensor
 from tinybn.geometry import window
 from tinybn.gradcheck import check_gradients
-from tinybn.kernels import numba_conv, numba_filter_gradient as fg
-from tinybn.kernels import numba_winograd as wg
+from tinybn.kernels import numba_conv, numba_filter_gradient as fg, numba_threads
+from tinybn.kernels import numba_winograd as wg, numba_winograd_forward as wf
 from tinybn.ops.conv import conv2d
 from tinybn.ops.padding import window_geometry
 
@@ -69,6 +70,20 @@ def test_output_and_input_transforms_are_exact_in_binary(m, r):
         assert np.array_equal(matrix.astype(np.float32).astype(np.float64), matrix)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("m, r", TILES)
+def test_filter_transform_is_g_w_g_transposed_rounded_once(m, r, dtype):
+    """U[p*alpha + q, c, o] = (G w[:, :, c, o] G^T)[p, q]: the float64 sum, rounded once to the dtype
+    (within half an ulp of the exact value, up to float64's rounding of the sum)."""
+    _, G, _ = wg.transforms(m, r)
+    w = np.random.default_rng(m + r).standard_normal((r, r, 5, 7)).astype(dtype)
+    U = wf.filter_transform(w, G)
+    exact = np.einsum("pi,qj,ijco->pqco", G, G, w.astype(np.float64)).reshape(-1, 5, 7)
+    assert U.dtype == dtype and U.shape == ((m + r - 1) ** 2, 5, 7)
+    bound = 0.5 * np.spacing(np.abs(exact).astype(dtype)) + 1e-14 * np.abs(exact).max()
+    assert np.all(np.abs(U - exact) <= bound)
+
+
 # ---- the conv and its filter gradient against the im2col reference ----------------------
 
 @st.composite
@@ -81,6 +96,12 @@ def winograd_case(draw):
     n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
     geometry = window_geometry(hw, (r, r), (1, 1), (1, 1), pads if mode == "explicit" else mode)
     return (n, *hw, c), (r, r, c, o), geometry, draw(st.integers(0, 2**32 - 1))
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """The forward goes by Winograd however few tiles the batch has (MIN_BATCH_TILES 0)."""
+    monkeypatch.setattr(wg, "MIN_BATCH_TILES", 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
@@ -104,7 +125,7 @@ def test_conv_and_filter_gradient_equal_im2col(dtype, case):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("shape, r", [((2, 12, 12, 64, 64), 5), ((1, 14, 14, 64, 64), 3)],
                          ids=["cifar conv2", "resnet 3x3"])
-def test_error_on_the_model_convs_is_within_the_documented_bound(shape, r, dtype):
+def test_error_on_the_model_convs_is_within_the_documented_bound(small_batches, shape, r, dtype):
     """The CIFAR models' conv2 (64 channels, 12x12, SAME) and a ResNet 3x3 conv, both directions."""
     n, h, w_, c, o = shape
     rng = np.random.default_rng(r)
@@ -120,6 +141,27 @@ def test_error_on_the_model_convs_is_within_the_documented_bound(shape, r, dtype
     assert relative_error(gw, reference("conv2d_backprop_filter")(x, dy, geometry, w.shape)) <= tolerance
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("shape, r", [((2, 12, 12, 16), 5), ((1, 9, 11, 16), 3)], ids=["5x5", "3x3 odd"])
+def test_forward_does_not_depend_on_the_worker_count(shape, r, dtype):
+    """The positions' GEMMs run in fixed lanes, each on one BLAS thread, and the transforms have no
+    sums across threads: 1 worker (the calling thread, one numba thread) and numba's thread count
+    of workers give the same bits."""
+    rng = np.random.default_rng(r)
+    x, w = rng.standard_normal(shape).astype(dtype), rng.standard_normal((r, r, shape[3], 24)).astype(dtype)
+    geometry = window_geometry(shape[1:3], (r, r), (1, 1), (1, 1), "SAME")
+    many = wg.winograd_conv2d(x, w, geometry, 4)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert numba_threads.workers() == 1
+        one = wg.winograd_conv2d(x, w, geometry, 4)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_array_equal(many, one)
+    assert relative_error(many, reference("conv2d_forward")(x, w, geometry)) <= wg.WINOGRAD_RTOL[np.dtype(dtype)]
+
+
 # ---- through the op: gradients and the policy ---------------------------------------------
 
 @pytest.fixture
@@ -130,6 +172,7 @@ def winograd_calls(monkeypatch):
     conv, filter_gradient = wg.winograd_conv2d, wg.winograd_backprop_filter
     monkeypatch.setattr(wg, "MIN_CHANNELS", 1)
     monkeypatch.setattr(wg, "MIN_TILES", 0)
+    monkeypatch.setattr(wg, "MIN_BATCH_TILES", 0)
     monkeypatch.setattr(wg, "WINOGRAD_FILTER_GRADIENT", True)
     monkeypatch.setattr(wg, "winograd_conv2d", lambda *a: (calls.append(("forward", a[-1])), conv(*a))[1])
     monkeypatch.setattr(wg, "winograd_backprop_filter",
@@ -149,7 +192,7 @@ def test_op_gradients_under_numba_by_finite_differences(winograd_calls, r, paddi
 
 
 @pytest.mark.parametrize("filter_gradient", [False, True])
-def test_op_under_numba_equals_the_numpy_backend_on_a_model_conv(filter_gradient, monkeypatch):
+def test_op_under_numba_equals_the_numpy_backend_on_a_model_conv(small_batches, filter_gradient, monkeypatch):
     """conv2d forward and both gradients under backend("numba") (Winograd, by the policy; the
     filter gradient as WINOGRAD_FILTER_GRADIENT says, else im2col split over the batch) against
     the numpy backend (im2col), float32, on the CIFAR conv2 geometry at batch 2."""
@@ -174,6 +217,9 @@ def test_op_under_numba_equals_the_numpy_backend_on_a_model_conv(filter_gradient
 
 @pytest.mark.parametrize("x_shape, w_shape, strides, dilations, dtype, tile", [
     ((128, 12, 12, 64), (5, 5, 64, 64), 1, 1, np.float32, 4),     # the CIFAR models' conv2
+    ((6, 12, 12, 64), (5, 5, 64, 64), 1, 1, np.float32, 4),       # 54 tiles: MIN_BATCH_TILES or more
+    ((5, 12, 12, 64), (5, 5, 64, 64), 1, 1, np.float32, None),    # 45 tiles: kn2row
+    ((1, 14, 14, 256), (3, 3, 256, 256), 1, 1, np.float32, None), # 16 tiles
     ((8, 56, 56, 64), (3, 3, 64, 64), 1, 1, np.float64, 4),       # a ResNet 3x3
     ((8, 14, 14, 256), (3, 3, 256, 256), 1, 1, np.float32, 4),    # 14x14: 4 tiles across
     ((8, 7, 7, 512), (3, 3, 512, 512), 1, 1, np.float32, None),   # 7x7: 2 tiles, mostly cut off
@@ -190,6 +236,13 @@ def test_op_under_numba_equals_the_numpy_backend_on_a_model_conv(filter_gradient
 def test_policy(x_shape, w_shape, strides, dilations, dtype, tile):
     geometry = window_geometry(x_shape[1:3], w_shape[:2], (strides,) * 2, (dilations,) * 2, "SAME")
     assert wg.winograd_tile(x_shape, w_shape, geometry, np.dtype(dtype)) == tile
+
+
+def test_policy_of_the_filter_gradient_has_no_minimum_batch():
+    """MIN_BATCH_TILES is the forward's: one image of 9 tiles still takes Winograd's filter gradient."""
+    geometry = window_geometry((12, 12), (5, 5), (1, 1), (1, 1), "SAME")
+    assert wg.winograd_tile((1, 12, 12, 64), (5, 5, 64, 64), geometry, np.dtype(np.float32), "filter") == 4
+    assert wg.winograd_tile((1, 12, 12, 64), (5, 5, 64, 64), geometry, np.dtype(np.float32)) is None
 
 
 @pytest.mark.parametrize("enabled", [False, True])
@@ -220,6 +273,7 @@ def test_plain_kernels_equal_the_jitted(monkeypatch):
     jitted = wg.winograd_conv2d(x, w, geometry, 4), wg.winograd_backprop_filter(x, dy, geometry, w.shape, 4)
     for name in ("_tile_transform", "_output_transform"):
         monkeypatch.setattr(wg, name + "_kernel", getattr(wg, name + "_plain"))
+    monkeypatch.setattr(wf, "_filter_transform_kernel", wf._filter_transform_plain)
     monkeypatch.setattr(fg, "_strip_transform_kernel", fg._strip_transform_plain)   # the filter gradient's
     plain = wg.winograd_conv2d(x, w, geometry, 4), wg.winograd_backprop_filter(x, dy, geometry, w.shape, 4)
     for a, b in zip(plain, jitted):

@@ -50,8 +50,8 @@ never reach this path.
 
 Policy (which convs, which tile): WINOGRAD_TILES by kernel size, for stride 1,
 dilation 1, square 3x3 or 5x5 kernels, float32 or float64, at least MIN_CHANNELS input
-and output channels, outputs at least MIN_TILES tiles across, and for the forward at
-least MIN_BATCH_TILES tiles in the batch (below); everything else goes to kn2row or to
+and output channels, outputs at least MIN_TILES tiles across and at least MIN_BATCH_TILES
+tiles in the batch (below); everything else goes to kn2row or to
 the reference, im2col + GEMM (itself on the numba im2col; the filter gradient's: split
 over the batch where numba_filter_gradient.splits says so). Measured on this 2-core
 machine under load (other jobs running), numba backend, float32, one process, im2col
@@ -114,8 +114,10 @@ Few tiles leave little to share: at 9-32 tiles in the batch (CIFAR conv2 at batc
 ResNet's 3x3x64 at 8x8 batch 4-8, 3x3x256 at 14x14 batch 1-2) the faster of im2col and
 kn2row ran 0.94x-4x as fast (9-11 pairs each, two or three runs); at 36 (CIFAR conv2 at
 batch 4) the two runs disagreed (Winograd 1.7x as fast, then kn2row 2.1x); from 49
-(3x3x128 at 28x28, batch 1) to 98, Winograd ran 1.3x-1.9x as fast: MIN_BATCH_TILES = 48,
-for the forward only (the filter gradient's small batches were not measured).
+(3x3x128 at 28x28, batch 1) to 98, Winograd ran 1.3x-1.9x as fast: MIN_BATCH_TILES = 48. The filter gradient against the
+split im2col (9 pairs, two runs at load 0.5): 9-32 tiles 1.1x-2.8x slower, 36 (CIFAR conv2
+at batch 4) 1.2x faster, 49 (3x3x128 at 28x28, batch 1) 1.2x slower, 98 1.23x faster: the
+same minimum, within 1.2x of the best either side of it.
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.
@@ -134,7 +136,7 @@ POINTS = {6: (0, 1, -1, 2, -0.5), 8: (0, 1, -1, 2, -2, 0.5, -0.5)}    # alpha ->
 WINOGRAD_TILES = {3: 4, 5: 4}             # r -> m: F(4x4, 3x3), F(4x4, 5x5)
 MIN_CHANNELS = 16
 MIN_TILES = 2                             # tiles across each output axis (a 7x7 output: im2col)
-MIN_BATCH_TILES = 48                      # tiles in the whole batch, forward (fewer: kn2row or im2col)
+MIN_BATCH_TILES = 48                      # tiles in the whole batch (fewer: kn2row or im2col)
 WINOGRAD_FILTER_GRADIENT = True           # split across the cores by batch (see above)
 FILTER_CHUNK_TILES = 144                  # tiles per chunk of the filter gradient: its GEMMs' sum length
 WINOGRAD_RTOL = {np.dtype(np.float32): 5e-5, np.dtype(np.float64): 1e-12}
@@ -249,7 +251,7 @@ def winograd_tile(x_shape, w_shape, window, dtype, direction="forward"):
     if min(window.OH, window.OW) < MIN_TILES * m:
         return None
     tiles = x_shape[0] * -(-window.OH // m) * -(-window.OW // m)
-    return None if direction == "forward" and tiles < MIN_BATCH_TILES else m
+    return m if tiles >= MIN_BATCH_TILES else None
 
 
 def winograd_conv2d(x, w, window, m):

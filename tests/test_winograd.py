@@ -238,11 +238,11 @@ def test_policy(x_shape, w_shape, strides, dilations, dtype, tile):
     assert wg.winograd_tile(x_shape, w_shape, geometry, np.dtype(dtype)) == tile
 
 
-def test_policy_of_the_filter_gradient_has_no_minimum_batch():
-    """MIN_BATCH_TILES is the forward's: one image of 9 tiles still takes Winograd's filter gradient."""
+@pytest.mark.parametrize("batch, tile", [(5, None), (6, 4)])
+def test_policy_of_the_filter_gradient_has_the_same_minimum_batch(batch, tile):
+    """45 tiles (5 images of 3 x 3): im2col; 54: Winograd, as for the forward."""
     geometry = window_geometry((12, 12), (5, 5), (1, 1), (1, 1), "SAME")
-    assert wg.winograd_tile((1, 12, 12, 64), (5, 5, 64, 64), geometry, np.dtype(np.float32), "filter") == 4
-    assert wg.winograd_tile((1, 12, 12, 64), (5, 5, 64, 64), geometry, np.dtype(np.float32)) is None
+    assert wg.winograd_tile((batch, 12, 12, 64), (5, 5, 64, 64), geometry, np.dtype(np.float32), "filter") == tile
 
 
 @pytest.mark.parametrize("enabled", [False, True])

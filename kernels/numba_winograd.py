@@ -107,7 +107,9 @@ time over the split's:
     ResNet 3x3x256 14x14 (16, 256)        0.94x (0.90-1.27), 0.99x (0.93-1.27)   1.5x, 1.6x
     ResNet 3x3x256 14x14 (32, 512)        1.06x (0.81-1.36), 0.82x (0.77-1.17)   2.5x, 1.7x
 
-(a third run, load 2: conv2 1.18x, 3x3x128 at batch 32 1.14x, 3x3x256 at 32 0.82x.) Where
+(a third run, load 2: conv2 1.18x, 3x3x128 at batch 32 1.14x, 3x3x256 at 32 0.82x; the
+whole training step at batch 128, 7 pairs of 2 steps: bn 1.07x (0.95-1.12) at load 0.5 and
+0.98x (0.97-1.17) at load 2, tutorial 0.99x (0.50-1.14) at load 2.) Where
 the GEMMs are long and wide (1568 x 128, 512 x 256) BLAS's two threads ran them up to 1.2x
 faster when both cores were free; the split keeps the bits and avoids the worst cases.
 Few tiles leave little to share: at 9-32 tiles in the batch (CIFAR conv2 at batch 1-2,

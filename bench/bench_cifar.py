@@ -223,6 +223,11 @@ def thread_env(threads):
     # what tinybn/__init__.py sets when it is imported first; workers import numpy before tinybn.
     # TF and PyTorch do not use numpy's OpenBLAS for their own math, so this touches only tinybn.
     env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    # what the numba backend sets with mallopt when it loads (kernels/numba_setup.py): freed big
+    # arrays stay in glibc's heap. Given to every worker alike, so no framework gets a different
+    # allocator policy (TF's and PyTorch's own caching allocators make it matter less to them).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 

@@ -33,7 +33,9 @@ the same networks rebuilt in bench/_peers.py from the same initial weights):
 The workers start one after the other and get the same thread count: OMP/OPENBLAS/
 MKL/NUMBA_NUM_THREADS in the environment before numpy is imported, tf.config.threading
 intra/inter-op, torch.set_num_threads; and OPENBLAS_THREAD_TIMEOUT=4 as tinybn sets it
-on import (tinybn/__init__.py), so an idle worker's BLAS threads sleep.
+on import (tinybn/__init__.py), so an idle worker's BLAS threads sleep; and glibc's
+MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ at 1 GiB, as the numba backend sets them
+(kernels/numba_setup.py), so that every worker has the same allocator policy.
 
 GFLOP/s counts only the GEMM-shaped work, analytically (pooling, LRN, BN, relu and
 the optimizer are memory-bound and left out):

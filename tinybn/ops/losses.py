@@ -151,14 +151,17 @@ class SparseSoftmaxCrossEntropyWithLogits(Function):
         if bool(bad.any()):
             raise ValueError(f"sparse_softmax_cross_entropy_with_logits: labels must be in [0, {k}) "
                              f"(number of classes), got label value {int(flat[bad][0])}")
-        logits2 = logits.reshape(-1, k)
-        onehot = xp.zeros_like(logits2)
+        onehot = xp.zeros((flat.size, k), logits.dtype)
         onehot[xp.arange(flat.size), flat] = 1
         # the sum over K of onehot * term is exactly the labelled term: zeros add nothing
-        loss, backprop = dispatch("softmax_cross_entropy", onehot, logits2)
+        return self._cross_entropy(onehot, logits, labels.shape)
+
+    def _cross_entropy(self, target, logits, labels_shape):
+        """The loss against dense target rows (N, K) of the logits (..., K), shaped like the labels."""
+        loss, backprop = dispatch("softmax_cross_entropy", target, logits.reshape(target.shape))
         self.save_for_backward(backprop)
         self.shape = logits.shape
-        return loss.reshape(labels.shape)
+        return loss.reshape(labels_shape)
 
     def backward(self, gloss):
         (backprop,) = self.saved
@@ -231,7 +234,7 @@ def _check_sparse(op, labels, logits):
     return k
 
 
-class SparseSoftmaxCrossEntropyWithLabelSmoothing(Function):
+class SparseSoftmaxCrossEntropyWithLabelSmoothing(SparseSoftmaxCrossEntropyWithLogits):
     """Inputs (labels (...), logits (..., K)); output the per-example loss (...).
 
     The target is onehot * (1 - s) + s / K, computed in the logits' dtype (s and K cast to
@@ -250,17 +253,10 @@ class SparseSoftmaxCrossEntropyWithLabelSmoothing(Function):
         xp = array_module(logits)
         t = logits.dtype.type
         s = t(self.label_smoothing)
-        logits2 = logits.reshape(-1, k)
-        target = xp.full_like(logits2, s / t(k))
-        target[xp.arange(logits2.shape[0]), labels.reshape(-1)] = (t(1) - s) + s / t(k)
-        loss, backprop = dispatch("softmax_cross_entropy", target, logits2)
-        self.save_for_backward(backprop)
-        self.shape = logits.shape
-        return loss.reshape(labels.shape)
-
-    def backward(self, gloss):
-        (backprop,) = self.saved
-        return None, (gloss.reshape(-1, 1) * backprop).reshape(self.shape)
+        flat = labels.reshape(-1)
+        target = xp.full((flat.size, k), s / t(k), logits.dtype)
+        target[xp.arange(flat.size), flat] = (t(1) - s) + s / t(k)
+        return self._cross_entropy(target, logits, labels.shape)     # backward: the parent's
 
 
 def sparse_softmax_cross_entropy_with_label_smoothing(labels, logits, label_smoothing=0.0):

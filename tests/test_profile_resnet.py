@@ -101,16 +101,3 @@ def test_the_command_prints_the_mode_asked_for(capsys):
     assert "forward-backward" not in out
     root = next(line for line in out.splitlines() if line.startswith("conv1") and "Conv2D 7x7/2" in line)
     assert root.split()[6] == "1"        # layer, op (2 words), fwd ms, bwd ms, share, calls
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["profile", "resnet", "--depth", "34"], "invalid choice: 34"),
-    (["profile", "resnet", "--mode", "backward"], "invalid choice: 'backward'"),
-    (["profile", "resnet", "--image-size", "0"], "must be >= 1, got 0"),
-])
-def test_bad_flags_give_one_line_errors(argv, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        bench_main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -142,6 +142,9 @@ def test_profile_training_refuses_bad_counts(steps, warmup):
     (["profile", "cifar", "--steps", "0"], "must be >= 1, got 0"),
     (["profile", "cifar", "--warmup", "-1"], "must be >= 0, got -1"),
     (["profile", "cifar", "--backend", "tpu"], "invalid choice: 'tpu'"),
+    (["profile", "resnet", "--depth", "34"], "invalid choice: 34"),
+    (["profile", "resnet", "--mode", "backward"], "invalid choice: 'backward'"),
+    (["profile", "resnet", "--image-size", "0"], "must be >= 1, got 0"),
 ])
 def test_bad_flags_give_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:

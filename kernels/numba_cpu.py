@@ -37,7 +37,7 @@ Conventions shared by every kernel module:
   softmax cross-entropy, a few thousand values, runs serially);
   the channel loop is innermost and contiguous, so it vectorises.
 - Long reductions accumulate in float64; float32 and float64 inputs both work.
-- numba_setup (imported first by each) sets OMP_WAIT_POLICY=passive unless set:
+- tinybn/__init__.py sets OMP_WAIT_POLICY=passive unless set (see numba_setup):
   spinning OpenMP workers starved the BLAS threads between kernels (6x slower steps).
 - Kernel modules import numpy, numba, tinybn.geometry and (this file) the backend's
   registry, nothing else of tinybn: tinybn.backend loads this module on first use.

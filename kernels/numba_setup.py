@@ -1,12 +1,15 @@
 """Process-wide settings of the numba backend, imported first by every numba kernel module.
 
-OMP_WAIT_POLICY=passive (unless the user chose otherwise): numba's default
-OpenMP threading layer keeps its worker threads spinning after each parallel
-loop, and a training step interleaves many short kernels with BLAS calls whose
+OMP_WAIT_POLICY=passive (unless the user chose otherwise; tinybn/__init__.py sets
+it): numba's default OpenMP threading layer keeps its worker threads spinning after
+each parallel loop, and a training step interleaves many short kernels with BLAS calls whose
 own threads then compete with the spinners. Measured on 2 busy cores, a small
 CIFAR-style model at batch 8: 60 steps took 19 s spinning, 3.3 s passive (the
-numpy backend 3.2 s). libgomp reads the variable when numba first loads it, at
-the first parallel kernel call, so setting it at import is early enough.
+numpy backend 3.2 s). libgomp reads the variable once, when it is loaded: by
+numba at its first parallel kernel call, or earlier by another library (torch
+brings its own libgomp, which numba then shares), so tinybn/__init__.py sets it
+on import, and tinybn.backend warns, when it loads these kernels, if a libgomp
+came first.
 
 OpenBLAS's own spinning threads are the same problem from the other side, but
 OpenBLAS reads OPENBLAS_THREAD_TIMEOUT only when numpy loads it: tinybn/__init__.py
@@ -25,8 +28,6 @@ says which way it went in this process.
 """
 import ctypes
 import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 HEAP_THRESHOLD = 1 << 30
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3        # glibc's <malloc.h>

@@ -1,5 +1,6 @@
-"""Process-wide thread settings: tinybn limits OpenBLAS's busy-waiting before numpy loads it,
-keeps a value the user chose, and warns when numpy came first (then it is too late)."""
+"""Process-wide thread settings: tinybn limits OpenBLAS's busy-waiting before numpy loads it, and
+OpenMP's (numba's threads) before libgomp loads, keeps a value the user chose, and warns when
+numpy or libgomp came first (then it is too late)."""
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ pytest.importorskip("numba", reason="the warning comes with the numba backend")
 
 
 def run(code, **env):
-    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    environ = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
     environ.update(env)
     proc = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -36,3 +37,35 @@ def test_numba_backend_warns_when_numpy_was_imported_first():
 def test_no_warning_when_tinybn_came_first():
     out = run("import tinybn, numpy; tinybn.use_backend('numba')")
     assert "OPENBLAS_THREAD_TIMEOUT" not in out.stderr
+
+
+# OMP_WAIT_POLICY: libgomp reads it once, when it is loaded (numba's first parallel kernel, or
+# torch before that); OMP_DISPLAY_ENV makes libgomp print the policy it read, so these tests
+# see what the runtime itself took, not only the variable.
+LOAD_LIBGOMP = "import ctypes, ctypes.util; ctypes.CDLL(ctypes.util.find_library('gomp'))"
+
+
+def _gomp_policy(stderr):
+    line = next(x for x in stderr.splitlines() if "OMP_WAIT_POLICY" in x)
+    return line.split("=")[1].strip().strip("'")
+
+
+def test_import_sets_the_openmp_wait_policy_before_libgomp_loads():
+    out = run(f"import tinybn; {LOAD_LIBGOMP}; print(tinybn.omp_spin_limited)", OMP_DISPLAY_ENV="TRUE")
+    assert out.stdout.split() == ["True"] and _gomp_policy(out.stderr) == "PASSIVE"
+
+
+def test_an_openmp_wait_policy_the_user_set_is_kept():
+    out = run(f"import tinybn; {LOAD_LIBGOMP}", OMP_DISPLAY_ENV="TRUE", OMP_WAIT_POLICY="active")
+    assert _gomp_policy(out.stderr) == "ACTIVE"
+
+
+def test_numba_backend_warns_when_libgomp_was_loaded_first():
+    out = run(f"{LOAD_LIBGOMP}; import tinybn; print(tinybn.omp_spin_limited); tinybn.use_backend('numba')")
+    assert out.stdout.split() == ["False"]
+    assert "RuntimeWarning" in out.stderr and "OMP_WAIT_POLICY=passive" in out.stderr
+
+
+def test_no_openmp_warning_when_tinybn_came_first():
+    out = run(f"import tinybn; {LOAD_LIBGOMP}; tinybn.use_backend('numba')")
+    assert "OMP_WAIT_POLICY" not in out.stderr

@@ -13,8 +13,28 @@ import sys as _sys
 openblas_spin_limited = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+
+def _openmp_loaded():
+    """Whether an OpenMP runtime is already mapped into the process (Linux; False elsewhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any(name in line for line in maps for name in ("libgomp", "libiomp", "libomp"))
+    except OSError:
+        return False
+
+
+# The same for the OpenMP runtime under numba's parallel kernels: libgomp reads
+# OMP_WAIT_POLICY once, when it is loaded, and by default its idle threads spin. Whoever
+# loads it first fixes the policy for the process, and that need not be numba: torch
+# (which tensorboardX imports, and so every training run) brings its own libgomp, which
+# numba's threading layer then shares. Spinning, the numba step of the bn model took
+# 252 ms against 180 ms passive (2 cores, python -m tinybn.bench profile cifar).
+omp_spin_limited = "OMP_WAIT_POLICY" in _os.environ or not _openmp_loaded()
+_os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
 from . import backend as _backend  # noqa: E402  (numpy loads here)
 _backend.openblas_spin_limited = openblas_spin_limited   # the numba kernels' loader warns when False
+_backend.omp_spin_limited = omp_spin_limited
 
 from .tensor import Tensor, as_tensor, no_grad, grad_enabled  # noqa: F401,E402
 from .backend import use_backend, current_backend  # noqa: F401,E402

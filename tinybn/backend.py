@@ -65,6 +65,8 @@ KERNEL_MODULES = {"numba": "tinybn.kernels.numba_cpu", "cupy": "tinybn.kernels.c
 # Set by tinybn/__init__.py, which alone sees whether numpy (and OpenBLAS) loaded before
 # OPENBLAS_THREAD_TIMEOUT was set; the numba kernels' loader warns when it was not.
 openblas_spin_limited = True
+# Likewise whether an OpenMP runtime (libgomp) was loaded before OMP_WAIT_POLICY was set.
+omp_spin_limited = True
 
 # primitive -> the tinybn.ops functions that reach it, as the user knows them
 OPS = {
@@ -271,6 +273,11 @@ def _load_kernels(name):
                       "idle threads busy-wait after each GEMM on the cores the numba kernels need (measured: "
                       "training steps 1.2-1.6x slower on 2 cores). Import tinybn first, or set "
                       "OPENBLAS_THREAD_TIMEOUT=4 in the environment.", RuntimeWarning, stacklevel=3)
+    if name == "numba" and not omp_spin_limited:
+        warnings.warn("an OpenMP runtime (libgomp, which torch brings) was loaded before tinybn without "
+                      "OMP_WAIT_POLICY set, so the idle threads of numba's parallel kernels spin on the cores "
+                      "BLAS needs (measured: the bn model's training step 1.4x slower on 2 cores). Import tinybn "
+                      "first, or set OMP_WAIT_POLICY=passive in the environment.", RuntimeWarning, stacklevel=3)
 
 
 def device_array(x, name=None):

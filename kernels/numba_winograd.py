@@ -10,12 +10,12 @@ T = N * TH * TW tiles (TH = ceil(OH / m), TW = ceil(OW / m)).
 d_c is the alpha x alpha window of channel c of the padded input that the tile reads
 (tiles start every m pixels; past the padding, zeros), * the elementwise product.
 Per tile, the alpha^2 products of the transformed filter and input are a GEMM over C
-at each of the alpha^2 positions: V (alpha^2, T, C) @ U (alpha^2, C, O), each position's
-GEMM on one BLAS thread in numba_threads' lanes (numba_winograd_forward.position_gemms),
-m^2 r^2 / alpha^2 fewer multiplies than im2col + GEMM (F(4x4, 5x5): 6.25x, F(4x4, 3x3):
-4x). The input and output transforms are the numba kernels below; the filter transform
-U = G w G^T (numba_winograd_forward.filter_transform) is summed in float64 once per call
-and rounded to x's dtype.
+at each of the alpha^2 positions: V (alpha^2, T, C) @ U (alpha^2, C, O), m^2 r^2 / alpha^2
+fewer multiplies than im2col + GEMM (F(4x4, 5x5): 6.25x, F(4x4, 3x3): 4x). The forward
+(numba_winograd_forward.fused_conv2d) runs them chunk by chunk of tiles, each chunk's input
+transform, GEMMs and output transform back to back on one core, so that its V and M stay in
+cache; the filter transform U = G w G^T (numba_winograd_forward.filter_transform) is summed
+in float64 once per call and rounded to x's dtype.
 The input gradient of a stride-1 conv is a stride-1 conv of dy (tinybn.ops.conv), so it
 comes here too, with the flipped, transposed kernel: forward and backward each transform
 their filter once.
@@ -50,8 +50,9 @@ never reach this path.
 
 Policy (which convs, which tile): WINOGRAD_TILES by kernel size, for stride 1,
 dilation 1, square 3x3 or 5x5 kernels, float32 or float64, at least MIN_CHANNELS input
-and output channels, outputs at least MIN_TILES tiles across and at least MIN_BATCH_TILES
-tiles in the batch (below); everything else goes to kn2row or to
+and output channels and at least MIN_BATCH_TILES tiles in the batch (below), or
+MIN_SMALL_OUTPUT_TILES where the output has fewer than MIN_TILES whole tiles across (7x7
+and 3x3 outputs, whose tiles the edge cuts off: the last table); everything else goes to kn2row or to
 the reference, im2col + GEMM (itself on the numba im2col; the filter gradient's: split
 over the batch where numba_filter_gradient.splits says so). Measured on this 2-core
 machine under load (other jobs running), numba backend, float32, one process, im2col
@@ -62,7 +63,7 @@ and Winograd alternating, median of 5 ratios (min..max):
     ResNet 3x3x64x64 56x56 (8)         1.77x (1.63-1.97) 1.88x (1.67-2.00)  2.30x (1.19-2.84)
     ResNet 3x3x128x128 28x28 (8)       1.87x             1.70x              1.52x (1.29-1.60)
     ResNet 3x3x256x256 14x14 (8)       1.76x             1.32x              1.79x (1.20-4.95)
-    ResNet 3x3x512x512 7x7 (8)         0.86x             0.67x              -> MIN_TILES
+    ResNet 3x3x512x512 7x7 (8)         0.86x             0.67x              -> MIN_SMALL_OUTPUT_TILES
     CIFAR conv1 5x5x3x64 24x24 (128)   0.57x             (not needed)       -> MIN_CHANNELS
     whole step, bn model (128)         train 1.60x (1.50-1.68), forward 2.02x (1.92-2.32)
     whole step, tutorial model (128)   train 1.26x (1.17-1.31), forward 1.41x (1.32-1.59)
@@ -85,34 +86,8 @@ one thread's GEMMs ran fastest at that sum length, 1.24x of 18's speed and 1.6x 
 result does not depend on the core count. dW = G^T dU G is one float64 GEMM with
 kron(G, G) (the two batched ones took twice the whole im2col path at 256 channels).
 
-The forward's alpha^2 GEMMs (T x C) @ (C x O) are split the same way, one position a lane
-(numba_winograd_forward). OpenBLAS's two threads, woken for each call, now and then took
-70-300 ms where the split took 9-72, even at a load of 1 (ResNet's 3x3x128 at 28x28 batch 2,
-98 tiles: 12x-32x in four runs; 3x3x256 at 14x14 batches 8 and 16: 1.6x-8.2x in three; the
-split then had alpha positions a lane). Each GEMM runs on one BLAS thread and no sum is
-split between lanes: the same bits on 1 core or many (BLAS's own threads change float32
-bits). The split against the batched GEMMs on BLAS's threads (with the filter transform's
-float64 GEMMs), forward, float32, interleaved, 7 pairs, median (min..max) of a run at load
-1.6-2 and one at load 1 (the input gradient's convs have these shapes), and im2col + GEMM's
-time over the split's:
-
-    conv (batch, tiles)                   split / before: load 1.6-2, load 1       im2col / split
-    CIFAR conv2 5x5x64x64 12x12 (128)     1.14x (0.87-1.53), 1.32x (0.99-1.82)   2.4x, 2.2x
-    ResNet 3x3x64 56x56 (8, 1568)         0.91x (0.89-0.94), 0.90x (0.86-0.97)   1.8x, 1.8x
-    ResNet 3x3x64 56x56 (32, 6272)        0.99x (0.98-2.00), 1.01x (0.93-2.54)   1.9x, 1.7x
-    ResNet 3x3x128 28x28 (2, 98)          1.23x (1.18-1.58), 1.28x (1.15-1.59)   1.5x, 1.5x
-    ResNet 3x3x128 28x28 (8, 392)         0.93x (0.74-0.99), 0.95x (0.81-1.06)   1.8x, 1.9x
-    ResNet 3x3x128 28x28 (32, 1568)       0.83x (0.76-0.86), 0.91x (0.54-1.11)   2.0x, 1.9x
-    ResNet 3x3x256 14x14 (8, 128)         1.12x (0.79-1.29), 1.14x (1.10-1.36)   1.3x, 1.3x
-    ResNet 3x3x256 14x14 (16, 256)        0.94x (0.90-1.27), 0.99x (0.93-1.27)   1.5x, 1.6x
-    ResNet 3x3x256 14x14 (32, 512)        1.06x (0.81-1.36), 0.82x (0.77-1.17)   2.5x, 1.7x
-
-(a third run, load 2: conv2 1.18x, 3x3x128 at batch 32 1.14x, 3x3x256 at 32 0.82x; the
-whole training step at batch 128, 7 pairs of 2 steps: bn 1.07x (0.95-1.12) at load 0.5 and
-0.98x (0.97-1.17) at load 2, tutorial 0.99x (0.50-1.14) at load 2.) Where
-the GEMMs are long and wide (1568 x 128, 512 x 256) BLAS's two threads ran them up to 1.2x
-faster when both cores were free; the split keeps the bits and avoids the worst cases.
-Few tiles leave little to share: at 9-32 tiles in the batch (CIFAR conv2 at batch 1-2,
+The forward's GEMMs run on one BLAS thread too, in the chunks' lanes (numba_winograd_forward
+has the measurements). Few tiles leave little to share: at 9-32 tiles in the batch (CIFAR conv2 at batch 1-2,
 ResNet's 3x3x64 at 8x8 batch 4-8, 3x3x256 at 14x14 batch 1-2) the faster of im2col and
 kn2row ran 0.94x-4x as fast (9-11 pairs each, two or three runs); at 36 (CIFAR conv2 at
 batch 4) the two runs disagreed (Winograd 1.7x as fast, then kn2row 2.1x); from 49
@@ -121,24 +96,46 @@ split im2col (9 pairs, two runs at load 0.5): 9-32 tiles 1.1x-2.8x slower, 36 (C
 at batch 4) 1.2x faster, 49 (3x3x128 at 28x28, batch 1) 1.2x slower, 98 1.23x faster: the
 same minimum, within 1.2x of the best either side of it.
 
+Outputs smaller than two tiles across (F(4x4, 3x3) at 7x7: 4 tiles for 49 pixels, 3.1x fewer
+multiplies than im2col; at 3x3: one tile, 2.25x) took kn2row (forward, input gradient) and the
+split im2col (filter gradient) until MIN_TILES barred them; with the fused forward they go by
+Winograd from MIN_SMALL_OUTPUT_TILES (64) tiles in the batch. The Winograd way's speedup over
+those, float32, interleaved, 5-7 pairs, median (min..max), load 3-5 on the 2 cores. F(2x2, 3x3)
+(alpha 4) ran 0.6x-0.75x as fast as F(4x4, 3x3) at 128-1024 tiles, about even at 32-64 and 2.1x
+at 16 (below the minimum): not kept.
+
+    conv (batch, tiles)                   forward           input gradient    filter gradient
+    fast model 3x3x256 7x7 (256, 1024)    1.67x (1.65-1.78) 1.80x (1.67-1.88) 1.80x (1.76-2.14)
+    fast model 3x3x256 3x3 (256, 256)     1.13x (0.89-2.06) 1.06x (0.94-1.45) 1.33x (1.27-1.47)
+    ResNet 3x3x512 7x7 (32, 128)          1.60x (1.51-2.36) 1.60x (1.58-1.69) 1.83x (1.63-2.35)
+    fast model 3x3x256 7x7 (16, 64)       1.32x (1.02-1.56)
+    fast model 3x3x256 3x3 (64, 64)       1.11x (1.07-1.19)
+    ResNet 3x3x512 7x7 (8, 32)            1.00x-1.25x (0.71-1.47), two runs      1.00x (0.97-1.15)
+    fast model 3x3x256 3x3 (16, 16)       0.45x (0.40-0.69)
+
+(a second run: 1.75x, 1.21x and 1.94x forward, 1.83x, 1.28x and 2.08x filter gradient, the
+first three rows). At 32 tiles and fewer they keep the path before.
+
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
 tinybn.geometry, other kernel modules, and numpy, numba or cupy.
 """
 import functools
 
 import numpy as np
-from numba import njit, prange
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 from .numba_filter_gradient import batch_chunks, im2col_backprop_filter, strip_transform
 from .numba_threads import one_blas_thread, split
-from .numba_winograd_forward import filter_transform, position_gemms
+from .numba_winograd_forward import _tile_transform_kernel, _tile_transform_plain  # noqa: F401  (the forward's,
+#   named here as the reference of numba_filter_gradient's strip transform in its tests)
+from .numba_winograd_forward import filter_transform, fused_conv2d
 
 POINTS = {6: (0, 1, -1, 2, -0.5), 8: (0, 1, -1, 2, -2, 0.5, -0.5)}    # alpha -> finite points
 WINOGRAD_TILES = {3: 4, 5: 4}             # r -> m: F(4x4, 3x3), F(4x4, 5x5)
 MIN_CHANNELS = 16
-MIN_TILES = 2                             # tiles across each output axis (a 7x7 output: im2col)
+MIN_TILES = 2                             # whole tiles across each output axis for MIN_BATCH_TILES
 MIN_BATCH_TILES = 48                      # tiles in the whole batch (fewer: kn2row or im2col)
+MIN_SMALL_OUTPUT_TILES = 64               # the same, for outputs of fewer whole tiles (7x7, 3x3)
 WINOGRAD_FILTER_GRADIENT = True           # split across the cores by batch (see above)
 FILTER_CHUNK_TILES = 144                  # tiles per chunk of the filter gradient: its GEMMs' sum length
 WINOGRAD_RTOL = {np.dtype(np.float32): 5e-5, np.dtype(np.float64): 1e-12}
@@ -162,83 +159,6 @@ def transforms(m, r):
     return AT, G, BT
 
 
-def _tile_transform_plain(x, T, stride, top, left, out, TH, TW):
-    """out[p*alpha + q, t, c] = sum_{i,j < s} T[p, i] T[q, j] x[n, th*stride + i - top, tw*stride + j - left, c]
-    for tile t = (n*TH + th)*TW + tw; x is 0 outside. T (alpha, s): B^T for the input tiles."""
-    N, H, W, C = x.shape
-    alpha, s = T.shape
-    for row in prange(N * TH):
-        n, th = row // TH, row % TH
-        d = np.empty((s, s, C), x.dtype)
-        half = np.empty((alpha, s, C), x.dtype)        # T applied along the tile's rows
-        for tw in range(TW):
-            for i in range(s):
-                h = th * stride + i - top
-                for j in range(s):
-                    w = tw * stride + j - left
-                    if 0 <= h < H and 0 <= w < W:
-                        for c in range(C):
-                            d[i, j, c] = x[n, h, w, c]
-                    else:
-                        for c in range(C):
-                            d[i, j, c] = 0
-            for p in range(alpha):
-                for j in range(s):
-                    for c in range(C):
-                        half[p, j, c] = 0
-                    for i in range(s):
-                        coefficient = T[p, i]
-                        if coefficient != 0:          # a third of B^T is zeros
-                            for c in range(C):
-                                half[p, j, c] += coefficient * d[i, j, c]
-            t = row * TW + tw
-            for p in range(alpha):
-                for q in range(alpha):
-                    target = out[p * alpha + q, t]
-                    for c in range(C):
-                        target[c] = 0
-                    for j in range(s):
-                        coefficient = T[q, j]
-                        if coefficient != 0:
-                            for c in range(C):
-                                target[c] += coefficient * half[p, j, c]
-
-
-def _output_transform_plain(M, AT, y, TH, TW):
-    """y[n, th*m + i, tw*m + j, o] = sum_{p,q} A^T[i, p] A^T[j, q] M[p*alpha + q, t, o], cropped to (OH, OW)."""
-    N, OH, OW, O = y.shape
-    m, alpha = AT.shape
-    for row in prange(N * TH):
-        n, th = row // TH, row % TH
-        half = np.empty((m, alpha, O), y.dtype)         # A^T applied along the tile's rows
-        for tw in range(TW):
-            t = row * TW + tw
-            for i in range(m):
-                for q in range(alpha):
-                    for o in range(O):
-                        half[i, q, o] = 0
-                    for p in range(alpha):
-                        coefficient = AT[i, p]
-                        if coefficient != 0:
-                            source = M[p * alpha + q, t]
-                            for o in range(O):
-                                half[i, q, o] += coefficient * source[o]
-            for i in range(min(m, OH - th * m)):
-                for j in range(min(m, OW - tw * m)):
-                    target = y[n, th * m + i, tw * m + j]
-                    for o in range(O):
-                        target[o] = 0
-                    for q in range(alpha):
-                        coefficient = AT[j, q]
-                        if coefficient != 0:
-                            for o in range(O):
-                                target[o] += coefficient * half[i, q, o]
-
-
-_tile_transform_kernel = njit(parallel=True, cache=True)(_tile_transform_plain)
-_output_transform_kernel = njit(parallel=True, cache=True)(_output_transform_plain)
-
-
 def winograd_tile(x_shape, w_shape, window, dtype, direction="forward"):
     """The numba backend's policy: the output tile m of the Winograd conv for these operands, or None
     for im2col + GEMM. direction: "forward" (conv2d_forward, which also serves the input gradient)
@@ -250,25 +170,15 @@ def winograd_tile(x_shape, w_shape, window, dtype, direction="forward"):
             or dtype not in WINOGRAD_RTOL or x_shape[0] == 0):
         return None
     m = WINOGRAD_TILES[KH]
-    if min(window.OH, window.OW) < MIN_TILES * m:
-        return None
     tiles = x_shape[0] * -(-window.OH // m) * -(-window.OW // m)
-    return m if tiles >= MIN_BATCH_TILES else None
+    small = min(window.OH, window.OW) < MIN_TILES * m
+    return m if tiles >= (MIN_SMALL_OUTPUT_TILES if small else MIN_BATCH_TILES) else None
 
 
 def winograd_conv2d(x, w, window, m):
-    """conv2d_forward by F(m x m, r x r): y (N, OH, OW, O)."""
-    N = x.shape[0]
-    r, _, C, O = w.shape
-    AT, G, BT = transforms(m, r)
-    alpha = m + r - 1
-    TH, TW = -(-window.OH // m), -(-window.OW // m)
-    V = np.empty((alpha * alpha, N * TH * TW, C), x.dtype)
-    _tile_transform_kernel(np.ascontiguousarray(x), BT.astype(x.dtype), m, window.top, window.left, V, TH, TW)
-    M = position_gemms(V, filter_transform(w, G))      # alpha^2 GEMMs (T, C) @ (C, O), split
-    y = np.empty((N, window.OH, window.OW, O), x.dtype)
-    _output_transform_kernel(M, AT.astype(x.dtype), y, TH, TW)
-    return y
+    """conv2d_forward by F(m x m, r x r): y (N, OH, OW, O), chunk by chunk (numba_winograd_forward)."""
+    AT, G, BT = transforms(m, w.shape[0])
+    return fused_conv2d(x, filter_transform(w, G), AT, BT, window)
 
 
 def winograd_backprop_filter(x, dy, window, w_shape, m):

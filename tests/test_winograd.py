@@ -222,7 +222,13 @@ def test_op_under_numba_equals_the_numpy_backend_on_a_model_conv(small_batches, 
     ((1, 14, 14, 256), (3, 3, 256, 256), 1, 1, np.float32, None), # 16 tiles
     ((8, 56, 56, 64), (3, 3, 64, 64), 1, 1, np.float64, 4),       # a ResNet 3x3
     ((8, 14, 14, 256), (3, 3, 256, 256), 1, 1, np.float32, 4),    # 14x14: 4 tiles across
-    ((8, 7, 7, 512), (3, 3, 512, 512), 1, 1, np.float32, None),   # 7x7: 2 tiles, mostly cut off
+    ((8, 7, 7, 512), (3, 3, 512, 512), 1, 1, np.float32, None),   # 7x7: 32 tiles, cut off: kn2row
+    ((32, 7, 7, 512), (3, 3, 512, 512), 1, 1, np.float32, 4),     # 128 tiles
+    ((1024, 7, 7, 256), (3, 3, 256, 256), 1, 1, np.float32, 4),   # the fast model's block2 conv2
+    ((1024, 3, 3, 256), (3, 3, 256, 256), 1, 1, np.float32, 4),   # its block3 conv2: one tile an image
+    ((16, 3, 3, 256), (3, 3, 256, 256), 1, 1, np.float32, None),  # 16 tiles
+    ((12, 7, 7, 256), (3, 3, 256, 256), 1, 1, np.float32, None),  # 48: under MIN_SMALL_OUTPUT_TILES
+    ((16, 7, 7, 256), (3, 3, 256, 256), 1, 1, np.float32, 4),     # 64
     ((128, 24, 24, 3), (5, 5, 3, 64), 1, 1, np.float32, None),    # conv1: 3 channels, im2col is faster
     ((8, 56, 56, 64), (3, 3, 64, 64), 2, 1, np.float32, None),    # strided
     ((8, 56, 56, 64), (3, 3, 64, 64), 1, 2, np.float32, None),    # dilated
@@ -271,9 +277,8 @@ def test_plain_kernels_equal_the_jitted(monkeypatch):
     dy = rng.standard_normal((1, 5, 6, 3))
     geometry = window((5, 6), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
     jitted = wg.winograd_conv2d(x, w, geometry, 4), wg.winograd_backprop_filter(x, dy, geometry, w.shape, 4)
-    for name in ("_tile_transform", "_output_transform"):
-        monkeypatch.setattr(wg, name + "_kernel", getattr(wg, name + "_plain"))
-    monkeypatch.setattr(wf, "_filter_transform_kernel", wf._filter_transform_plain)
+    for name in ("_tile_transform", "_output_transform", "_filter_transform"):
+        monkeypatch.setattr(wf, name + "_kernel", getattr(wf, name + "_plain"))
     monkeypatch.setattr(fg, "_strip_transform_kernel", fg._strip_transform_plain)   # the filter gradient's
     plain = wg.winograd_conv2d(x, w, geometry, 4), wg.winograd_backprop_filter(x, dy, geometry, w.shape, 4)
     for a, b in zip(plain, jitted):

@@ -49,6 +49,10 @@ CASES = {   # name: (x shape, (KH, KW, O), strides, dilations, padding)
     "dilated": ((4, 11, 10, 3), (3, 3, 2), 1, 2, "SAME"),
     "strided dilated valid": ((3, 12, 13, 2), (2, 3, 3), (2, 3), 1, "VALID"),
     "N = 1": ((1, 9, 9, 5), (3, 3, 4), 1, 1, "SAME"),
+    "dy windows dilated": ((4, 11, 10, 6), (3, 3, 2), 1, 2, "SAME"),     # O < C: dy's windows gathered
+    "dy windows valid": ((3, 9, 8, 5), (3, 2, 3), 1, 1, "VALID"),
+    "dy windows explicit pads": ((3, 8, 9, 4), (3, 3, 3), 1, 1, ((0, 2), (2, 1))),
+    "dy windows N = 1": ((1, 6, 6, 12), (5, 5, 4), 1, 1, "SAME"),
 }
 
 
@@ -96,7 +100,7 @@ def test_twin_equals_the_float64_reference(small_chunks, few_tiles, case, dtype)
     assert relative_error(ours, reference(x, dy, geometry, w_shape)) <= tolerance
 
 
-@pytest.mark.parametrize("case", ["cifar conv1", "cifar conv2", "resnet 1x1 256->64", "dilated"])
+@pytest.mark.parametrize("case", ["cifar conv1", "cifar conv2", "cifar conv3", "resnet 1x1 256->64", "dilated"])
 def test_result_does_not_depend_on_the_worker_count(small_chunks, case):
     """The lanes are fixed by the batch, not by the cores: 1 worker (the calling thread) and
     numba's thread count of workers give the same bits."""
@@ -113,11 +117,12 @@ def test_result_does_not_depend_on_the_worker_count(small_chunks, case):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-@pytest.mark.parametrize("case", ["odd sizes", "explicit pads", "strided dilated valid", "cifar conv3"])
+@pytest.mark.parametrize("case", ["odd sizes", "explicit pads", "strided dilated valid", "cifar conv1"])
 def test_one_chunk_is_the_reference_bit_for_bit(case, dtype):
-    """A batch of at most FILTER_CHUNK_BYTES of windows is one GEMM, as in the reference (whose
+    """A batch of at most FILTER_CHUNK_BYTES of x's windows is one GEMM, as in the reference (whose
     chunks are larger): the same float operations."""
     x, dy, geometry, (KH, KW, C, O) = operands(case, dtype)
+    assert not fg.gathers_dy(geometry, (KH, KW, C, O))
     per_image = geometry.OH * geometry.OW * KH * KW * C * x.itemsize
     n = min(x.shape[0], fg.FILTER_CHUNK_BYTES // per_image)
     assert n >= 1 and fg.batch_chunks(n, per_image, fg.FILTER_CHUNK_BYTES) == [slice(0, n)]
@@ -231,6 +236,33 @@ def test_im2col_split_policy():
     assert not fg.splits(same((56, 56), (3, 3), 2), (3, 3, 128, 128), np.float32)     # 3.6 MB of windows
     assert not fg.splits(same((56, 56), (1, 1)), (1, 1, 256, 64), np.float32)         # pointwise
     assert not fg.splits(same((7, 7), (3, 3)), (3, 3, 512, 512), np.float32)          # dW of 9.4 MB
+
+
+def test_dy_windows_policy():
+    """dy's windows where there are fewer output than input channels, stride 1 and no more
+    padding than the kernel spans; else x's."""
+    same = lambda hw, k, s=1, d=1: window_geometry(hw, k, (s, s), (d, d), "SAME")
+    assert fg.gathers_dy(same((6, 6), (5, 5)), (5, 5, 64, 10))                           # CIFAR conv3
+    assert not fg.gathers_dy(same((24, 24), (5, 5)), (5, 5, 3, 64))                      # CIFAR conv1: O > C
+    assert not fg.gathers_dy(same((12, 12), (5, 5)), (5, 5, 64, 64))                     # O = C
+    assert not fg.gathers_dy(same((12, 12), (3, 3), s=2), (3, 3, 64, 10))                # stride 2
+    assert fg.gathers_dy(same((12, 12), (3, 3), d=2), (3, 3, 64, 10))                    # dilated
+    too_much = window_geometry((8, 9), (3, 3), (1, 1), (1, 1), ((0, 2), (3, 1)))         # left pad 3 > 2
+    assert not fg.gathers_dy(too_much, (3, 3, 4, 3))
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jitted", "plain"])
+@pytest.mark.parametrize("case", ["cifar conv3", "dy windows dilated", "dy windows valid", "dy windows explicit pads"])
+def test_dy_windows_filter_gradient_in_float64(small_chunks, case, jit, monkeypatch):
+    """x's pixels against dy's windows under the adjoint window: the reference's products in
+    another order, so in float64 within rounding of the float64 reference, jitted and plain."""
+    if not jit:
+        monkeypatch.setattr(fg, "_windows_kernel", fg._windows_plain)
+    x, dy, geometry, w_shape = operands(case, np.float64, seed=2)
+    assert fg.gathers_dy(geometry, w_shape)
+    ours = fg.dy_windows_backprop_filter(x, dy, geometry, w_shape)
+    assert ours.shape == w_shape and ours.flags.c_contiguous
+    assert relative_error(ours, reference(x, dy, geometry, w_shape)) <= 1e-14
 
 
 def test_overlapping_one_blas_thread_blocks_put_back_the_first_count():

@@ -16,7 +16,8 @@ normalisation, so they can run on the uint8 images and each batch be normalised 
     translate(p, s, r)  crop (H, W) of the padded p at offset (r + s_y, r + s_x) per image,
                         shifts s in [-r, r]^2 drawn uniformly per image and epoch (batch_crop)
     epoch_images        an epoch's training set: base flips, pad, translate, then the odd
-                        epochs' flip of everything, in airbench's order
+                        epochs' flip of everything, in airbench's order (alternating=False:
+                        a fresh coin per image and epoch instead, airbench's altflip=False)
     epoch_batches       a permutation of the N indices per epoch, cut into full batches (the
                         last partial batch dropped, as airbench's drop_last)
     FastBatches         the training input as the trainer reads it: next_batch() gives the
@@ -90,13 +91,22 @@ def translate(padded, shifts, pad):
     return out
 
 
-def epoch_images(images, epoch, seed, flip=True, pad=TRANSLATE):
-    """The training images of `epoch` (0-based), augmented as airbench's CifarLoader does."""
+def random_flips(n, epoch, seed):
+    """altflip=False's flips of `epoch`: a fresh fair coin per image (airbench's batch_flip_lr)."""
+    return np.random.default_rng([seed, epoch, 3]).random(n) < 0.5
+
+
+def epoch_images(images, epoch, seed, flip=True, pad=TRANSLATE, alternating=True):
+    """The training images of `epoch` (0-based), augmented as airbench's CifarLoader does;
+    alternating=False: its altflip=False (airbench/utils.py), the random flip of every epoch
+    applied after the base flip and the translation."""
     x = flip_left_right(images, base_flips(len(images), seed)) if flip else images
     if pad:
         shifts = draw_shifts(np.random.default_rng([seed, epoch, 1]), len(images), pad)
         x = translate(reflect_pad(x, pad), shifts, pad)
-    if flip and epoch % 2 == 1:
+    if flip and not alternating:
+        x = flip_left_right(x, random_flips(len(images), epoch, seed))
+    elif flip and epoch % 2 == 1:
         x = x[:, :, ::-1]
     return x
 
@@ -115,7 +125,7 @@ class FastBatches:
     resumed run sees the batches the uninterrupted one would have.
     """
 
-    def __init__(self, images, labels, batch_size, seed=0, flip=True, pad=TRANSLATE, state=None):
+    def __init__(self, images, labels, batch_size, seed=0, flip=True, pad=TRANSLATE, state=None, alternating=True):
         if len(images) != len(labels):
             raise ValueError(f"FastBatches: images and labels differ in length: {len(images)} vs {len(labels)}")
         if not 1 <= batch_size <= len(images):
@@ -123,6 +133,7 @@ class FastBatches:
                              f"got {batch_size}")
         self.images, self.labels = images, np.asarray(labels, np.int32)
         self.batch_size, self.seed, self.flip, self.pad = batch_size, seed, flip, pad
+        self.alternating = alternating
         state = state or {"epoch": 0, "batch": 0}
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self._epoch_loaded = None
@@ -135,7 +146,7 @@ class FastBatches:
         if self.batch == self.batches_per_epoch:
             self.epoch, self.batch = self.epoch + 1, 0
         if self._epoch_loaded != self.epoch:
-            self._images = epoch_images(self.images, self.epoch, self.seed, self.flip, self.pad)
+            self._images = epoch_images(self.images, self.epoch, self.seed, self.flip, self.pad, self.alternating)
             self._order = epoch_batches(len(self.images), self.batch_size, self.epoch, self.seed)
             self._epoch_loaded = self.epoch
         rows = self._order[self.batch]

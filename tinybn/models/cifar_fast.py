@@ -68,6 +68,28 @@ over 3 seeds; filled in by the lead from real runs):
     | translate 2 px             | not yet measured | not yet measured        |
     | flip TTA                   | not yet measured | not yet measured        |
 
+What "removed" means, row by row: `python -m tinybn.train cifar --model fast --without NAME`
+(repeatable; NAME as in ABLATIONS below, recorded in each checkpoint's meta; a resumed run must
+give the same set). airbench94.py has no such switches: where its code or paper shows the plain
+variant, that is what is taken; elsewhere the one-line change named. Nothing else moves.
+    whitening           the first layer is airbench's Conv(3, 24, 2, padding=0, bias=True) as built
+                        before init_whitening_conv: a trainable kernel of the same shape, initialised
+                        like the other convs (identity init: Conv.reset_parameters), in the "other"
+                        group; its bias still freezes after whiten_bias_epochs
+    identity-init       every conv keeps PyTorch's default uniform init (no dirac_ filters)
+    gelu                nn.ReLU in place of every nn.GELU (the four GELU positions)
+    frozen-bn-scale     BN's weight trains (init 1): airbench's BatchNorm(weight=True), which its
+                        'norm' in name rule puts in the BN group with the biases (lr x bias_scaler)
+    bn-bias-lr          bias_scaler 1: the BN group gets the lr and weight decay of the others
+    logit-scale         no final Mul(1/9): the logits are the dense layer's output
+    label-smoothing     label_smoothing 0: the loss is sparse_softmax_cross_entropy_with_logits summed
+    nesterov            SGD(nesterov=False): heavy-ball momentum, the same lr, momentum and decay
+    lookahead           no LookaheadAverage: the weights are the last step's, never averaged
+    alternating-flip    airbench's altflip=False (airbench/utils.py CifarLoader, the paper's random
+                        flip baseline): each epoch flips each image by a fresh fair coin
+    translate           translate 0: no padding and no shifts (flips unchanged)
+flip TTA is an evaluation switch: python -m tinybn.eval cifar --model fast --tta-level 0 (or 1).
+
 Floor: models (tests/test_layering.py): imports from tinybn only core, backend, ops, nn,
 optim, the package root and models.
 """
@@ -76,11 +98,11 @@ import numpy as np
 from ..backend import array_module
 from ..nn import init
 from ..nn.batchnorm import BatchNorm
-from ..nn.layers import GELU, Conv2D, Dense, Flatten, MaxPool2D, Sequential
+from ..nn.layers import GELU, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
 from ..nn.module import Module
 from ..ops.basic import bias_add, mul, reduce_sum
 from ..ops.conv import conv2d
-from ..ops.losses import sparse_softmax_cross_entropy_with_label_smoothing
+from ..ops.losses import sparse_softmax_cross_entropy_with_label_smoothing, sparse_softmax_cross_entropy_with_logits
 from ..tensor import Tensor
 from .classifier import SequentialClassifier
 from .whitening import AIRBENCH_EPS, patch_whitening_kernel
@@ -98,6 +120,21 @@ HYPERPARAMETERS = {
     "whitening_kernel_size": 2, "whitening_eps": AIRBENCH_EPS, "whitening_images": 5000,
     "batchnorm_decay": 0.6, "batchnorm_epsilon": 1e-12, "scaling_factor": 1 / 9, "tta_level": 2,
 }
+
+# the components --without removes (the docstring says what each removal is); the model
+# takes the first six, FastRecipe bn-bias-lr, nesterov and lookahead, FastBatches the flips
+ABLATIONS = ("whitening", "identity-init", "gelu", "frozen-bn-scale", "logit-scale", "label-smoothing",
+             "bn-bias-lr", "nesterov", "lookahead", "alternating-flip", "translate")
+
+
+def check_ablations(without):
+    """`without` as a sorted tuple of ABLATIONS names; ValueError naming an unknown one."""
+    without = tuple(sorted(set(without or ())))
+    unknown = [name for name in without if name not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"fast model: unknown component {unknown[0]!r} to remove (the components: "
+                         f"{', '.join(ABLATIONS)})")
+    return without
 
 
 def torch_default_uniform():
@@ -123,17 +160,25 @@ def partial_identity():
 class PatchWhitening(Module):
     """conv2d(x, kernel, VALID) + bias, the kernel a frozen buffer set by `initialize(images)`
     (whitening.patch_whitening_kernel); zeros until then. Buffer "kernel" (K, K, C, 2 K*K*C),
-    parameter "bias" (2 K*K*C,), zeros."""
+    parameter "bias" (2 K*K*C,), zeros. trainable_init (an initializer, --without whitening):
+    the kernel is a parameter drawn from it instead, and initialize() is refused."""
 
-    def __init__(self, in_channels=3, kernel_size=2, dtype=np.float32):
+    def __init__(self, in_channels=3, kernel_size=2, dtype=np.float32, trainable_init=None, rng=None):
         super().__init__()
         filters = 2 * kernel_size * kernel_size * in_channels
         self.kernel_size, self.in_channels = kernel_size, in_channels
-        self.kernel = self.add_buffer("kernel", np.zeros((kernel_size, kernel_size, in_channels, filters), dtype))
+        shape = (kernel_size, kernel_size, in_channels, filters)
+        self.trainable = trainable_init is not None
+        if self.trainable:
+            self.kernel = self.add_parameter("kernel", trainable_init(shape, rng or np.random.default_rng(), dtype))
+        else:
+            self.kernel = self.add_buffer("kernel", np.zeros(shape, dtype))
         self.bias = self.add_parameter("bias", np.zeros(filters, dtype))
 
     def initialize(self, images, eps=AIRBENCH_EPS):
         """Set the kernel from training images (N, H, W, C), normalised as the model's inputs are."""
+        if self.trainable:
+            raise ValueError("PatchWhitening.initialize: this layer's kernel is trained (--without whitening)")
         kernel = patch_whitening_kernel(images, self.kernel_size, eps)
         xp = array_module(self.kernel.data)
         self.kernel.data = xp.asarray(kernel.astype(self.kernel.dtype))
@@ -143,7 +188,7 @@ class PatchWhitening(Module):
         return bias_add(conv2d(x, self.kernel, 1, "VALID"), self.bias)
 
     def extra_repr(self):
-        return f"kernel={self.kernel.shape} (frozen)"
+        return f"kernel={self.kernel.shape} ({'trained' if self.trainable else 'frozen'})"
 
 
 class Scale(Module):
@@ -161,23 +206,29 @@ class Scale(Module):
         return f"{self.factor:g}"
 
 
-def conv_group(cin, cout, rng, dtype, bn_decay, bn_epsilon):
-    """airbench's ConvGroup: conv -> max pool 2 -> BN -> GELU -> conv -> BN -> GELU."""
+def conv_group(cin, cout, rng, dtype, bn_decay, bn_epsilon, without=()):
+    """airbench's ConvGroup: conv -> max pool 2 -> BN -> GELU -> conv -> BN -> GELU (the
+    ablations of `without`: ReLU, the default init, BN with a trained scale)."""
+    activation = ReLU if "gelu" in without else GELU
+    kernel_init = torch_default_uniform if "identity-init" in without else partial_identity
+
     def conv(a, b):
-        return Conv2D(a, b, 3, padding="SAME", use_bias=False, kernel_initializer=partial_identity(),
-                      rng=rng, dtype=dtype)
+        return Conv2D(a, b, 3, padding="SAME", use_bias=False, kernel_initializer=kernel_init(), rng=rng, dtype=dtype)
 
     def norm():
-        return BatchNorm(cout, decay=bn_decay, epsilon=bn_epsilon, scale=False, moving_variance_rule="bessel",
-                         dtype=dtype)
+        return BatchNorm(cout, decay=bn_decay, epsilon=bn_epsilon, scale="frozen-bn-scale" in without,
+                         moving_variance_rule="bessel", dtype=dtype)
     return Sequential(("conv1", conv(cin, cout)), ("pool", MaxPool2D(2, 2, "VALID")), ("norm1", norm()),
-                      ("gelu1", GELU()), ("conv2", conv(cout, cout)), ("norm2", norm()), ("gelu2", GELU()))
+                      ("gelu1", activation()), ("conv2", conv(cout, cout)), ("norm2", norm()),
+                      ("gelu2", activation()))
 
 
 class FastCifarModel(SequentialClassifier):
-    """The network above; loss = sum over the batch of the label-smoothed cross-entropy."""
+    """The network above; loss = sum over the batch of the label-smoothed cross-entropy.
+    `without`: the ablations it was built with (ABLATIONS names, sorted)."""
 
     label_smoothing = HYPERPARAMETERS["label_smoothing"]
+    without = ()
 
     @property
     def whitening(self):
@@ -190,36 +241,49 @@ class FastCifarModel(SequentialClassifier):
     def loss(self, logits, labels):
         """sum of sparse_softmax_cross_entropy_with_label_smoothing(labels, logits, 0.2), as airbench's
         CrossEntropyLoss(label_smoothing=0.2, reduction='none')(...).sum(); no weight decay term
-        (the optimizer decays the weights)."""
+        (the optimizer decays the weights). --without label-smoothing: the plain sparse cross-entropy."""
+        if "label-smoothing" in self.without:
+            return reduce_sum(sparse_softmax_cross_entropy_with_logits(labels, logits))
         return reduce_sum(sparse_softmax_cross_entropy_with_label_smoothing(labels, logits, self.label_smoothing))
 
     def parameter_groups(self):
         """airbench's two groups of (name, parameter): the BN biases ("norm_biases", trained at
-        bias_scaler times the learning rate) and every other parameter ("other")."""
+        bias_scaler times the learning rate) and every other parameter ("other"). A trained BN
+        scale (--without frozen-bn-scale) joins the biases, as airbench's 'norm' in name rule puts it."""
         groups = {"norm_biases": [], "other": []}
         for name, p in self.named_parameters():
-            groups["norm_biases" if name.rsplit("/", 1)[-1] == "beta" else "other"].append((name, p))
+            groups["norm_biases" if name.rsplit("/", 1)[-1] in ("beta", "gamma") else "other"].append((name, p))
         return groups
 
 
 def fast(rng=None, dtype=np.float32, whitening_images=None, bn_decay=HYPERPARAMETERS["batchnorm_decay"],
-         bn_epsilon=HYPERPARAMETERS["batchnorm_epsilon"], widths=WIDTHS):
+         bn_epsilon=HYPERPARAMETERS["batchnorm_epsilon"], widths=WIDTHS, without=()):
     """The fast model; its whitening kernel is set from `whitening_images` when given, else
     later by `model.initialize_whitening(images)` (airbench: the first 5000 training images).
-    `widths`: the three blocks' channels (airbench's 64, 256, 256; narrower ones for tests)."""
+    `widths`: the three blocks' channels (airbench's 64, 256, 256; narrower ones for tests).
+    `without`: ABLATIONS names to remove (those of the optimizer and input are only recorded)."""
     rng = rng or np.random.default_rng()
+    without = check_ablations(without)
     w1, w2, w3 = widths
-    whiten_width = 2 * 3 * HYPERPARAMETERS["whitening_kernel_size"] ** 2
-    layers = [("whiten", PatchWhitening(3, HYPERPARAMETERS["whitening_kernel_size"], dtype)), ("gelu0", GELU()),
-              ("block1", conv_group(whiten_width, w1, rng, dtype, bn_decay, bn_epsilon)),
-              ("block2", conv_group(w1, w2, rng, dtype, bn_decay, bn_epsilon)),
-              ("block3", conv_group(w2, w3, rng, dtype, bn_decay, bn_epsilon)),
+    k = HYPERPARAMETERS["whitening_kernel_size"]
+    whiten_width = 2 * 3 * k ** 2
+    trained_init = None
+    if "whitening" in without:
+        trained_init = torch_default_uniform() if "identity-init" in without else partial_identity()
+    activation = ReLU if "gelu" in without else GELU
+    blocks = [("block1", conv_group(whiten_width, w1, rng, dtype, bn_decay, bn_epsilon, without)),
+              ("block2", conv_group(w1, w2, rng, dtype, bn_decay, bn_epsilon, without)),
+              ("block3", conv_group(w2, w3, rng, dtype, bn_decay, bn_epsilon, without)),
               ("pool", MaxPool2D(3, 3, "VALID")), ("flatten", Flatten()),
               ("dense", Dense(w3, NUM_CLASSES, use_bias=False, kernel_initializer=torch_default_uniform(),
-                              rng=rng, dtype=dtype)),
-              ("scale", Scale(HYPERPARAMETERS["scaling_factor"]))]
+                              rng=rng, dtype=dtype))]
+    # drawn last: a trained first layer leaves every other layer's initial values as they were
+    layers = [("whiten", PatchWhitening(3, k, dtype, trained_init, rng)), ("gelu0", activation())] + blocks
+    if "logit-scale" not in without:
+        layers.append(("scale", Scale(HYPERPARAMETERS["scaling_factor"])))
     model = FastCifarModel(layers)
-    if whitening_images is not None:
+    model.without = without
+    if whitening_images is not None and "whitening" not in without:
         model.initialize_whitening(whitening_images)
     return model
 

@@ -18,6 +18,8 @@ After each step s (counted from 1) of epoch e (from 0), as airbench's loop:
     the last step of an epoch (or of the run), once an average exists: update(model, 1.0)
     e >= whiten_bias_epochs: the whitening bias's gradient is dropped before the update, so
         SGD leaves it (and its momentum) as they are, as airbench's requires_grad = False does.
+`without` (models/cifar_fast.py ABLATIONS) takes out bn-bias-lr (bias_scaler 1), nesterov
+(plain momentum) and lookahead (no average); the model's and the input's are theirs.
 
 Tasks floor: imports training-floor pieces, data, models, optim, backend and core.
 """
@@ -29,7 +31,7 @@ from .. import optim
 from ..backend import to_numpy
 from ..data.fast_augment import normalize, tta_logits
 from ..lookahead import LookaheadAverage, airbench_decay
-from ..models.cifar_fast import HYPERPARAMETERS
+from ..models.cifar_fast import HYPERPARAMETERS, check_ablations
 from ..tensor import Tensor, no_grad
 
 
@@ -45,8 +47,11 @@ def sgd_settings(batch_size, hyp=HYPERPARAMETERS):
 class FastRecipe:
     """The model's optimizer, schedule, Lookahead average and whitening-bias freeze, step by step."""
 
-    def __init__(self, model, num_examples, batch_size, epochs, hyp=None):
+    def __init__(self, model, num_examples, batch_size, epochs, hyp=None, without=()):
         self.hyp = dict(HYPERPARAMETERS, **(hyp or {}))
+        self.without = check_ablations(without)
+        if "bn-bias-lr" in self.without:
+            self.hyp["bias_scaler"] = 1.0
         self.model, self.batch_size = model, batch_size
         self.steps_per_epoch = num_examples // batch_size
         if self.steps_per_epoch < 1 or epochs <= 0:
@@ -57,7 +62,7 @@ class FastRecipe:
         groups = model.parameter_groups()
         self.optimizer = optim.SGD([{"params": groups["norm_biases"], "lr": lr_b, "weight_decay": wd_b},
                                     {"params": groups["other"], "lr": lr, "weight_decay": wd}],
-                                   lr=lr, momentum=self.hyp["momentum"], nesterov=True,
+                                   lr=lr, momentum=self.hyp["momentum"], nesterov="nesterov" not in self.without,
                                    lr_lambda=optim.Triangle(self.total_steps, 0.2, 0.07, 0.23))
         self.lookahead = None
 
@@ -81,6 +86,8 @@ class FastRecipe:
 
     def _average(self, epoch):
         ema, step = self.hyp["ema"], self.step
+        if "lookahead" in self.without:
+            return
         if epoch >= ema["start_epochs"] and step % ema["every_n_steps"] == 0:
             if self.lookahead is None:
                 self.lookahead = LookaheadAverage(self.model)

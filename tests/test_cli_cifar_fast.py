@@ -1,6 +1,6 @@
 """python -m tinybn.train cifar --model fast and python -m tinybn.eval cifar --model fast on tiny
 generated CIFAR-10 files (the official binary format): one epoch of the full-width model on 40
-images, stopped and resumed, evaluated with TTA; bad flag combinations
+images, stopped and resumed, evaluated with TTA; a --without run evaluated as it was built; bad flag combinations
 refused in one line before anything is written."""
 import os
 import sys
@@ -12,6 +12,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from test_cli_cifar import write_cifar  # noqa: E402  (tests/ is on sys.path)
 
 from tinybn import checkpoint  # noqa: E402
+from tinybn.data import cifar10 as cifar_data  # noqa: E402
+from tinybn.nn.layers import GELU, ReLU  # noqa: E402
+from tinybn.tasks.cifar_fast import restore_fast_model  # noqa: E402
+from tinybn.tasks.fast_recipe import evaluate  # noqa: E402
 from tinybn.eval import main as eval_main  # noqa: E402
 from tinybn.train import main as train_main  # noqa: E402
 
@@ -54,11 +58,29 @@ def test_one_epoch_resumed_and_evaluated_with_tta(data, tmp_path, capsys):
                    "--eval-dir", str(tmp_path / "ev2"), "--batch-size", "10", "--no-download", "--backend", "numpy"])
 
 
+def test_an_ablated_run_is_evaluated_with_its_own_network(data, tmp_path, capsys):
+    """--without gelu: one step, then the evaluation rebuilds ReLUs from the checkpoint's meta."""
+    run = tmp_path / "relu"
+    train(data, run, "--max-steps", "1", "--without", "gelu", "--without", "translate")
+    _, meta = checkpoint.load(run / "model.ckpt-1.npz")
+    assert meta["without"] == ["gelu", "translate"]
+    capsys.readouterr()
+    eval_main(["cifar", "--model", "fast", "--tta-level", "0", "--data-dir", str(data), "--train-dir", str(run),
+               "--eval-dir", str(tmp_path / "ev"), "--batch-size", "10", "--no-download", "--backend", "numpy"])
+    printed = float(capsys.readouterr().out.split("precision @ 1 = ")[1].split()[0])
+    images, labels = cifar_data.load_cifar10("test", str(data), download=False)
+    model, _ = restore_fast_model(str(run / "model.ckpt-1.npz"))
+    assert {type(m) for _, m in model.named_modules()} & {GELU, ReLU} == {ReLU}
+    assert printed == pytest.approx(evaluate(model, images, labels, tta_level=0), abs=5e-5)     # 4 digits printed
+
+
 @pytest.mark.parametrize("main, argv, message", [
     (train_main, ["--model", "fast", "--num-threads", "2"], "--model fast does not take --num-threads"),
     (train_main, ["--model", "fast", "--sync-bn"], "--model fast does not take --sync-bn: it trains in one process"),
     (train_main, ["--model", "fast", "--epochs", "0"], "--epochs must be a positive number, got 0.0"),
     (train_main, ["--model", "bn", "--epochs", "3"], "--model bn does not take --epochs: it trains to --max-steps"),
+    (train_main, ["--model", "bn", "--without", "gelu"], "--model bn does not take --without"),
+    (train_main, ["--checkpoint-every-epoch"], "--model tutorial does not take --checkpoint-every-epoch"),
     (eval_main, ["--model", "fast", "--no-ema"], "--model fast does not take --no-ema"),
     (eval_main, ["--model", "fast", "--report"], "--model fast does not take --report"),
     (eval_main, ["--tta-level", "0"], "--tta-level is --model fast's test-time augmentation"),

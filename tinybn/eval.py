@@ -7,6 +7,7 @@ Evaluation never creates --train-dir.
 Command-line floor: imports tasks, cli_flags and the floors below; nothing imports it.
 """
 import argparse
+import os
 
 from . import cli_flags
 from .run_dirs import check_dir
@@ -35,6 +36,13 @@ misclassified.png (the first misclassified test images with their true and predi
 classes) and curves.png (loss and precision@1 against the step, from --train-dir's
 train.csv and --eval-dir's eval.csv when there is one). These write nothing into
 --eval-dir. matplotlib comes with pip install -e '.[plot]'.
+
+--every-checkpoint evaluates every checkpoint of --train-dir (oldest first; those already in
+curve.csv are skipped) into --eval-dir's curve.csv: step, wall_time_secs (the seconds from the
+training command's start, data loading included, to that step's end), precision_at_1, examples.
+--time-curve PNG plots precision@1 against that time for one or several runs on the same axes,
+each --curve-run [LABEL=]EVAL_DIR a line (default: --eval-dir). For the points of the fast run,
+train it with --checkpoint-every-epoch; for the tutorial's, with a --max-to-keep that keeps them.
 
 --model fast evaluates a checkpoint of `python -m tinybn.train cifar --model fast` on the full
 32x32 test images with airbench's test-time augmentation (--tta-level: 0 none, 1 the mean of
@@ -67,6 +75,14 @@ def cifar_parser(sub):
                    help="fast: a checkpoint of --model fast, on 32x32 images with TTA (default: a tutorial model)")
     p.add_argument("--tta-level", type=int, default=None, choices=[0, 1, 2],
                    help="--model fast: test-time augmentation (default 2)")
+    p.add_argument("--every-checkpoint", action="store_true",
+                   help="evaluate each checkpoint of --train-dir (not yet in curve.csv) into --eval-dir's "
+                        "curve.csv, with its wall time since the run's start")
+    p.add_argument("--time-curve", metavar="PNG", default=None,
+                   help="write the plot of precision@1 against wall time of the --curve-run dirs' curve.csv")
+    p.add_argument("--curve-run", metavar="[LABEL=]EVAL_DIR", action="append", default=None,
+                   help="with --time-curve: a run to plot (repeat for several; default: --eval-dir; "
+                        "label: the folder's name)")
     return p
 
 
@@ -80,6 +96,22 @@ def mnist_parser(sub):
 
 
 def eval_cifar(args):
+    if args.curve_run and not args.time_curve:
+        raise SystemExit("error: --curve-run names a run of --time-curve's plot; give --time-curve PNG")
+    if args.every_checkpoint and (args.watch or args.report or args.plot):
+        raise SystemExit("error: --every-checkpoint evaluates the checkpoints there are, once; drop "
+                         f"{'--watch' if args.watch else '--report' if args.report else '--plot'}")
+    if args.time_curve:
+        if args.watch or args.report or args.plot:
+            raise SystemExit("error: --time-curve plots curve.csv files; it takes neither --watch, --report "
+                             "nor --plot")
+        check_dir(os.path.dirname(args.time_curve) or ".", "--time-curve")
+        try:
+            report.figure_class()
+        except ImportError as e:
+            raise SystemExit(f"error: {e}") from None
+        if not args.every_checkpoint:
+            return cifar.plot_time_curve(args)
     if args.model == "fast":
         cli_flags.refuse_flags(args, "--model fast", FAST_REFUSES)
     elif args.tta_level is not None:      # 0 is a level: refuse_flags would take it for "not given"
@@ -107,8 +139,12 @@ def eval_cifar(args):
         examples = f"--num-examples {args.num_examples}"
     cli_flags.check_batch_size(args.batch_size, len(images), examples)
     if args.model == "fast":
-        return cifar.evaluate_checkpoints(args, cifar.FastEvalSet(images, labels, args.tta_level, args.batch_size))
-    batches = cifar.eval_batches(images, labels, args.batch_size)
+        batches = cifar.FastEvalSet(images, labels, args.tta_level, args.batch_size)
+    else:
+        batches = cifar.eval_batches(images, labels, args.batch_size)
+    if args.every_checkpoint:
+        rows = cifar.evaluate_every_checkpoint(args, batches)
+        return cifar.plot_time_curve(args) if args.time_curve else rows
     if args.report or args.plot:
         return cifar.report_checkpoint(args, images, batches)
     return cifar.evaluate_checkpoints(args, batches)

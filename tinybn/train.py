@@ -6,6 +6,7 @@ tinybn.tasks.cifar and tinybn.tasks.mnist build the run and train it (tinybn.tra
 Command-line floor: imports tasks, cli_flags, distributed and the floors below; nothing imports it.
 """
 import argparse
+import time
 
 from . import cli_flags
 from .distributed import world as world_lib
@@ -47,8 +48,11 @@ the replicas are bitwise equal. See tinybn/distributed/__init__.py.
 tinybn/tasks/fast_recipe.py): a frozen patch-whitening layer, GELU, label smoothing, Nesterov
 SGD on a triangular schedule, a Lookahead average of the weights, alternating flips and 2 px
 translations; --epochs (default 9.9) sets the length, --batch-size defaults to 1024, and
---max-steps stops it earlier. One process, its augmentation in the training loop: it takes
-neither --num-threads nor the data-parallel flags.
+--max-steps stops it earlier. --without COMPONENT (repeatable) trains it with that component
+removed, for the ablation table (what each removal is: the model's docstring);
+--checkpoint-every-epoch keeps a checkpoint of each epoch's end for the curve of precision@1
+against wall time (python -m tinybn.eval cifar --every-checkpoint, --time-curve). One process,
+its augmentation in the training loop: it takes neither --num-threads nor the data-parallel flags.
 """
 
 # the flags --model fast does not take, and why
@@ -96,6 +100,12 @@ def cifar_parser(sub):
     p.add_argument("--num-threads", type=int, default=None, help="preprocessing worker threads (default 2)")
     p.add_argument("--epochs", type=float, default=None,
                    help=f"--model fast: epochs to train (default {fast_models.HYPERPARAMETERS['train_epochs']})")
+    p.add_argument("--without", action="append", default=None, choices=fast_models.ABLATIONS, metavar="COMPONENT",
+                   help="--model fast: train without this component of the recipe (repeatable; the ablation "
+                        f"table of tinybn/models/cifar_fast.py): {', '.join(fast_models.ABLATIONS)}")
+    p.add_argument("--checkpoint-every-epoch", action="store_true",
+                   help="--model fast: also a checkpoint at each epoch's end, all kept (the points of "
+                        "python -m tinybn.eval cifar --every-checkpoint's curve)")
     p.set_defaults(batch_size=None)      # 128, or --model fast's 1024 (cifar_defaults)
     return p
 
@@ -110,7 +120,9 @@ def cifar_defaults(args):
         if not 0 < args.epochs < float("inf"):
             raise SystemExit(f"error: --epochs must be a positive number, got {args.epochs}")
     else:
-        cli_flags.refuse_flags(args, f"--model {args.model}", {"epochs": "it trains to --max-steps"})
+        cli_flags.refuse_flags(args, f"--model {args.model}", {
+            "epochs": "it trains to --max-steps", "without": "the ablations are of --model fast's recipe",
+            "checkpoint_every_epoch": "it has no epochs: use --checkpoint-every and --max-to-keep"})
         args.batch_size = 128 if args.batch_size is None else args.batch_size
         args.num_threads = 2 if args.num_threads is None else args.num_threads
 
@@ -129,6 +141,7 @@ def mnist_parser(sub):
 
 
 def train_cifar(args):
+    args.started = time.time()      # the curve's zero (tasks/curve.py): before the data is read
     cifar_defaults(args)
     cli_flags.check_train_flags(args)
     # the data before --train-dir: a data error must not leave a new, empty --train-dir behind

@@ -1,5 +1,6 @@
 """The CIFAR-10 task: the tutorial's models trained with their optimizers and moving averages
-(CifarRun), precision@1 of a run's checkpoints (evaluate_checkpoints, with --watch), and the
+(CifarRun), precision@1 of a run's checkpoints (evaluate_checkpoints, with --watch; all of them
+with their wall times, evaluate_every_checkpoint, and their curve, plot_time_curve), and the
 report of one checkpoint by class, with its pictures (report_checkpoint: --report, --plot).
 --model fast (airbench's recipe on 32x32 images) is trained and evaluated by tasks/cifar_fast.py:
 train() hands it args, and evaluate() a FastEvalSet (the test images and the TTA level) in
@@ -27,7 +28,7 @@ from ..distributed import world as world_lib
 from ..models import cifar10 as cifar_models
 from ..run_dirs import open_csv
 from ..summary import SummaryWriter
-from . import cifar_fast, report
+from . import cifar_fast, curve, report
 from ..training import (TRAIN_CSV_FIELDS, TrainingRun, evaluate_batches, latest_checkpoint,
                         load_checkpoint_or_fail)
 
@@ -62,12 +63,21 @@ class CifarRun(TrainingRun):
     def __init__(self, args, num_examples=None, world=None):
         model = cifar_models.MODELS[args.model](rng=np.random.default_rng(args.seed))
         world = world or world_lib.world()
+        self.clock = curve.RunClock(args)
         super().__init__(args, model, lambda named: make_optimizer(args.model, named, args.batch_size, world.size),
                          ema_decay=EMA_DECAY, num_examples=num_examples, world=world)
 
     def meta(self):
         a = self.args
         return {"task": "cifar", "model": a.model, "batch_size": a.batch_size, "seed": a.seed}
+
+    def checkpoint_meta(self):
+        """meta() and the times of the curve (tasks/curve.py)."""
+        return dict(super().checkpoint_meta(), **self.clock.meta(self.step))
+
+    def restore(self, path):
+        super().restore(path)
+        self.clock.resumed(path)
 
 
 def train(args, images, labels):
@@ -85,7 +95,7 @@ def train(args, images, labels):
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     with queue, run.open_csv("train.csv", TRAIN_CSV_FIELDS) as csv, run.open_events() as writer:
-        run.fit(queue, csv, writer)
+        run.fit(queue, run.clock.watching(csv), writer)
     return run
 
 
@@ -144,6 +154,33 @@ def evaluate_checkpoints(args, batches):
         if not args.watch:
             raise
         return None     # Ctrl-C is how a watch ends
+
+
+def evaluate_every_checkpoint(args, batches):
+    """--every-checkpoint: precision@1 of each checkpoint of --train-dir over `batches` (as evaluate()),
+    with its wall time since the run's start, into --eval-dir's curve.csv (tasks/curve.py)."""
+    return curve.evaluate_every_checkpoint(args.train_dir, args.eval_dir,
+                                           lambda path: evaluate(path, batches, not args.no_ema))
+
+
+def plot_time_curve(args):
+    """--time-curve PNG: precision@1 against wall time of each --curve-run [LABEL=]EVAL_DIR (default:
+    --eval-dir), from their curve.csv, on one pair of axes."""
+    runs = []
+    for spec in args.curve_run or [args.eval_dir]:
+        label, _, folder = spec.partition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
+        try:
+            points = curve.read_curve(folder)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        if points is None or not len(points["step"]):
+            raise SystemExit(f"error: no points in {os.path.join(folder, curve.CURVE_CSV)}; make them first "
+                             "(python -m tinybn.eval cifar --every-checkpoint --train-dir ... --eval-dir "
+                             f"{folder})")
+        runs.append((label, points))
+    report.plot_time_curves(runs, args.time_curve)
+    print(f"wrote {args.time_curve}", flush=True)
+    return runs
 
 
 def watch(args, batches, csv):

@@ -4,7 +4,9 @@ the house's TrainingRun (checkpoints, train.csv, resuming, Ctrl-C), and its eval
     train_fast(args, images, labels)        train to the end of --epochs (or --max-steps, if fewer)
     evaluate_fast(path, images, labels)     precision@1 of a checkpoint, airbench's tta_level 2
 
-args are the cifar trainer's flags plus `epochs` (airbench: 9.9; the epoch count is a flag). The
+args are the cifar trainer's flags plus `epochs` (airbench: 9.9; the epoch count is a flag),
+`without` (the components removed, models/cifar_fast.py ABLATIONS), `checkpoint_every_epoch`
+(a checkpoint at each epoch's end, all kept: the points of the curve, tasks/curve.py). The
 whitening kernel is computed from the first 5000 training images (airbench's count) when a run
 starts; a resumed run takes it from the checkpoint, where it is a buffer of the model. A
 checkpoint holds the model (its weights are the Lookahead average after every epoch's end), the
@@ -19,35 +21,62 @@ Tasks floor: imports training, data, models, optim, backend and core; never the 
 import numpy as np
 
 from .. import backend, checkpoint
-from ..data.fast_augment import FastBatches, normalize
+from ..data.fast_augment import TRANSLATE, FastBatches, normalize
 from ..distributed import world as world_lib
 from ..lookahead import LookaheadAverage
-from ..models.cifar_fast import HYPERPARAMETERS, fast
+from ..models.cifar_fast import HYPERPARAMETERS, check_ablations, fast
 from ..training import TRAIN_CSV_FIELDS, TrainingRun, load_checkpoint_or_fail
+from .curve import RunClock
 from .fast_recipe import FastRecipe, evaluate
 
 
 class FastRun(TrainingRun):
     """The fast model, FastRecipe's optimizer and schedule, and the Lookahead shadows in checkpoints."""
 
-    resume_keys = ("task", "model", "batch_size", "seed", "epochs")
+    resume_keys = ("task", "model", "batch_size", "seed", "epochs", "without")
 
     def __init__(self, args, images, world=None, model=None):
         world = world or world_lib.world()
         if world.size > 1:
             raise SystemExit("error: --model fast trains in one process for now (run it without mpiexec)")
-        model = model or fast(rng=np.random.default_rng(args.seed))      # tests give a narrow one
-        model.initialize_whitening(normalize(images[:HYPERPARAMETERS["whitening_images"]]))
+        self.without = check_ablations(getattr(args, "without", None))
+        # tests give a narrow model, built with the same `without`
+        model = model or fast(rng=np.random.default_rng(args.seed), without=self.without)
+        if "whitening" not in self.without:
+            model.initialize_whitening(normalize(images[:HYPERPARAMETERS["whitening_images"]]))
         self.recipe = None
+        self.clock = RunClock(args)
 
         def make_optimizer(named):
-            self.recipe = FastRecipe(model, len(images), args.batch_size, args.epochs)
+            self.recipe = FastRecipe(model, len(images), args.batch_size, args.epochs, without=self.without)
             return self.recipe.optimizer
         super().__init__(args, model, make_optimizer, num_examples=len(images), world=world)
+        if getattr(args, "checkpoint_every_epoch", False):
+            self.manager.max_to_keep = None         # the curve needs every epoch's checkpoint
 
     def meta(self):
+        """What a resumed run must match; "without": the components removed, None for the full recipe."""
         a = self.args
-        return {"task": "cifar", "model": "fast", "batch_size": a.batch_size, "seed": a.seed, "epochs": a.epochs}
+        return {"task": "cifar", "model": "fast", "batch_size": a.batch_size, "seed": a.seed, "epochs": a.epochs,
+                "without": list(self.without) or None}
+
+    def checkpoint_meta(self):
+        return dict(super().checkpoint_meta(), **self.clock.meta(self.step))
+
+    def restore(self, path):
+        super().restore(path)
+        self.clock.resumed(path)
+
+    def epoch_checkpoint(self, queue):
+        """fit's after_step with --checkpoint-every-epoch: a checkpoint at each epoch's end (the last
+        step's is fit's own); True when it wrote one, so its time is not the next step's."""
+        def after_step(step):
+            due = step % self.recipe.steps_per_epoch == 0 and step % self.args.checkpoint_every != 0
+            if due and step < self.args.max_steps:
+                self.save(queue)
+                return True
+            return False
+        return after_step if getattr(self.args, "checkpoint_every_epoch", False) else None
 
     def run_state(self, queue_state=None):
         state = super().run_state(queue_state)
@@ -73,6 +102,12 @@ class FastRun(TrainingRun):
         writer.scalar("learning_rate", lr, self.step)
 
 
+def training_batches(images, labels, batch_size, seed, without=(), state=None):
+    """The run's FastBatches: --without translate pads by 0, --without alternating-flip flips at random."""
+    return FastBatches(images, labels, batch_size, seed=seed, state=state,
+                       pad=0 if "translate" in without else TRANSLATE, alternating="alternating-flip" not in without)
+
+
 def train_fast(args, images, labels, model=None):
     """Train a FastRun of --train-dir on (images uint8 (N, 32, 32, 3), labels) to the last step of
     --epochs, or to --max-steps when that comes first."""
@@ -82,23 +117,30 @@ def train_fast(args, images, labels, model=None):
         run.say(f"nothing to do: the checkpoint is at step {run.step} >= {args.max_steps}")
         return run
     try:
-        queue = FastBatches(images, labels, args.batch_size, seed=args.seed, state=run.queue_state)
+        queue = training_batches(images, labels, args.batch_size, args.seed, run.without, run.queue_state)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     with queue, run.open_csv("train.csv", TRAIN_CSV_FIELDS) as csv, run.open_events() as writer:
-        run.fit(queue, csv, writer)
+        run.fit(queue, run.clock.watching(csv), writer, after_step=run.epoch_checkpoint(queue))
     return run
 
 
-def evaluate_fast(path, images, labels, tta_level=None, model=None, batch_size=500):
-    """(precision@1, step) of the fast checkpoint at `path` on uint8 images, with TTA; `model`:
-    an untrained model of the checkpoint's shapes (default fast())."""
+def restore_fast_model(path, model=None):
+    """(model, meta) of the fast checkpoint at `path`; `model`: an untrained model of the checkpoint's
+    shapes (default fast() without the components its meta says were removed: a ReLU run is
+    evaluated with ReLUs)."""
     arrays, meta = load_checkpoint_or_fail(path)
     if meta.get("task") != "cifar" or meta.get("model") != "fast":
         raise SystemExit(f"error: {path} is not a checkpoint of --model fast (meta: {meta})")
-    model = model or fast()
+    model = model or fast(without=meta.get("without") or ())
     try:
         model.load_state_dict(checkpoint.unflatten(arrays).get("model", {}))
     except ValueError as e:
         raise SystemExit(f"error: {path}: {e}")
+    return model, meta
+
+
+def evaluate_fast(path, images, labels, tta_level=None, model=None, batch_size=500):
+    """(precision@1, step) of the fast checkpoint at `path` on uint8 images, with TTA (restore_fast_model)."""
+    model, meta = restore_fast_model(path, model)
     return evaluate(model.to_backend(), images, labels, tta_level, batch_size), meta["step"]

@@ -6,6 +6,7 @@ classes it gets right and which it confuses, as numbers and as pictures.
                                        format() is the printed table
     class_names(folder)                the names of batches.meta.txt, else CIFAR-10's with a note
     plot_confusion / plot_misclassified / plot_curves   the PNGs of --plot (matplotlib)
+    plot_time_curves(curves, path)     --time-curve: precision@1 against wall time, runs side by side
 
 Conventions (C the confusion matrix, K classes):
     C[i, j]      the examples of true class i predicted as class j: rows are the true class,
@@ -209,4 +210,22 @@ def plot_curves(train_csv, eval_csv, path):
     for ax in (loss, precision):
         ax.grid(alpha=0.3)
         ax.legend()
+    return _save(fig, path)
+
+
+def plot_time_curves(curves, path, title="precision @ 1 on the held-out set against wall time"):
+    """Precision@1 against the seconds since each run's start, every run on the same axes:
+    `curves` [(label, {"wall_time_secs": ..., "precision_at_1": ...})], as tasks/curve.py's
+    read_curve gives them; 800 x 500 pixels."""
+    fig = figure_class()(figsize=(8, 5), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    for label, curve in curves:
+        order = np.argsort(curve["wall_time_secs"], kind="stable")
+        ax.plot(curve["wall_time_secs"][order] / 60, curve["precision_at_1"][order], "o-", label=label)
+    ax.set_xlabel("wall time since the run's start (minutes, data loading included)")
+    ax.set_ylabel("precision @ 1")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, path)

@@ -26,7 +26,16 @@ tests/test_conv_forward_numba.py:
        5x5x64x10: 1.8x; ResNet's 3x3x512 at 7x7, forward and input gradient: 1.3x, 7-8x at
        load 5-7: numba_kn2row's table), within
        KN2ROW_RTOL (measured float32 <= 3.6e-7, float64 <= 5.5e-16 of the largest value);
-    3. im2col + GEMM, the reference's on this backend's im2col, on forward_chunks: the
+    3. split_conv2d (splits_forward: windows of at most SPLIT_MAX_TAPS (256) values and an
+       image's windows of at most SPLIT_CHUNK_BYTES): CIFAR conv1 and conv3's input gradient,
+       im2col + GEMM in numba_threads' lanes, chunks of 256 kB of windows gathered by the
+       serial run copy (numba_filter_gradient) and their GEMMs on one BLAS thread, written
+       into y's rows; within IM2COL_RTOL (conv1 measured bit-identical). Measured, float32,
+       batch 128, against the way below, alternating, median of 9 ratios (min..max), one to
+       1.5 of the 2 cores busy with other jobs: conv1 1.26x (0.89-1.56), 1.08x-1.13x at
+       chunks of 1-2 MB; conv3's input gradient 1.12x (0.97-1.27); ResNet's root (7x7/2,
+       batch 8, 7.4 MB of windows an image) 0.88x-0.92x, so it keeps the way below;
+    4. im2col + GEMM, the reference's on this backend's im2col, on forward_chunks: the
        reference's chunks (bit-identical), grown to MIN_GEMM_ROWS output pixels where an
        image has fewer (within IM2COL_RTOL). Measured, batch 8, against 2 MB chunks, at load
        average 5-7 and ~4 (median of 9 ratios, min..max):
@@ -44,7 +53,8 @@ was tried, float32, batch 128 (root: 8), interleaved with it on this 2-core mach
   BLAS's 32, as numba keeps the accumulators in memory, not in a block of registers.
 - Each of two worker threads gathering its own chunks' windows and running their GEMMs on
   one BLAS thread (numba_threads.split): 1.08-1.12x (0.87 at worst) at conv1, 0.67-0.83x at
-  ResNet's strided convs. Chunks of 288 to 4608 rows with BLAS's 2 threads: within the noise.
+  ResNet's strided convs; now split_conv2d for narrow windows only (way 3 above), with
+  chunks of 256 kB. Chunks of 288 to 4608 rows with BLAS's 2 threads: within the noise.
 - Winograd: 0.57x (numba_winograd's table), the transforms outweigh 3 channels' GEMMs.
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
@@ -56,7 +66,7 @@ from numba import njit, prange
 from tinybn import backend
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
-from . import numba_kn2row, numba_winograd
+from . import numba_filter_gradient, numba_kn2row, numba_threads, numba_winograd
 
 
 def _im2col_plain(x, cols, KH, KW, SH, SW, DH, DW, top, left):
@@ -168,10 +178,50 @@ def _im2col_conv2d(x, w, window):
     return y
 
 
+# Narrow windows (few input channels: CIFAR conv1, 75 values a window; conv3's input gradient,
+# 250) go by split_conv2d: lanes of numba_threads.split, each gathering its chunks' windows
+# serially (numba_filter_gradient's run copy) and running their GEMMs on one BLAS thread, chunks
+# of about SPLIT_CHUNK_BYTES of windows (in the core's L2 cache for the GEMM that reads them).
+SPLIT_MAX_TAPS = 256
+SPLIT_CHUNK_BYTES = 256 << 10
+
+
+def splits_forward(w_shape, window, dtype):
+    """The policy: whether conv2d_forward's im2col + GEMM goes by split_conv2d: windows of at
+    most SPLIT_MAX_TAPS values and an image's windows of at most SPLIT_CHUNK_BYTES."""
+    KH, KW, C, _ = w_shape
+    return (not window.is_pointwise and KH * KW * C <= SPLIT_MAX_TAPS
+            and window.OH * window.OW * KH * KW * C * np.dtype(dtype).itemsize <= SPLIT_CHUNK_BYTES)
+
+
+def split_conv2d(x, w, window):
+    """im2col + GEMM in numba_threads' lanes: each lane gathers the windows of its consecutive
+    chunks (numba_filter_gradient.batch_chunks of SPLIT_CHUNK_BYTES) and writes their GEMMs
+    straight into y's rows. Each output row is one GEMM row on one BLAS thread: the result
+    does not depend on the core count; against the reference it is BLAS's rounding of the
+    same sums (within IM2COL_RTOL)."""
+    N, H, W, C = x.shape
+    KH, KW, _, O = w.shape
+    x, w2 = np.ascontiguousarray(x), np.ascontiguousarray(w).reshape(-1, O)
+    y = np.empty((N, window.OH, window.OW, O), x.dtype)
+    flat = x.reshape(N, H, W * C)
+    per_image = window.OH * window.OW * KH * KW * C * x.dtype.itemsize
+    chunks, lanes = numba_filter_gradient.batch_chunks(N, per_image, SPLIT_CHUNK_BYTES), numba_threads.LANES
+
+    def lane(k):
+        for part in chunks[k * len(chunks) // lanes:(k + 1) * len(chunks) // lanes]:
+            cols = np.empty((part.stop - part.start, window.OH, window.OW, KH * KW * C), x.dtype)
+            numba_filter_gradient._windows_kernel(flat[part], cols, *_ints(window))
+            np.matmul(cols.reshape(-1, KH * KW * C), w2, out=y[part].reshape(-1, O))
+    numba_threads.split(lane, lanes)
+    return y
+
+
 def conv2d_forward(x, w, window):
     """As tinybn.ops.conv.conv2d_forward: Winograd where numba_winograd.winograd_tile picks a tile,
-    else kn2row where numba_kn2row.kn2row_picks it, else im2col + GEMM (the reference's, on this
-    backend's im2col and forward_chunks; a pointwise conv: the reference itself)."""
+    else kn2row where numba_kn2row.kn2row_picks it, else im2col + GEMM (a pointwise conv: the
+    reference itself; split in lanes where splits_forward says so; else the reference's, on
+    this backend's im2col and forward_chunks)."""
     m = numba_winograd.winograd_tile(x.shape, w.shape, window, x.dtype)
     if m is not None:
         return numba_winograd.winograd_conv2d(x, w, window, m)
@@ -179,4 +229,6 @@ def conv2d_forward(x, w, window):
         return numba_kn2row.kn2row_conv2d(x, w, window)
     if window.is_pointwise:
         return backend.implementation("conv2d_forward", "numpy")(x, w, window)
+    if splits_forward(w.shape, window, x.dtype) and x.shape[0] > 0:
+        return split_conv2d(x, w, window)
     return _im2col_conv2d(x, w, window)

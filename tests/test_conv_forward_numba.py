@@ -1,7 +1,8 @@
 """The numba backend's conv2d_forward (kernels/numba_conv.py) against the float64 im2col reference.
 
-The twin picks one of three ways by its policy: Winograd (numba_winograd.winograd_tile), kn2row
-(numba_kn2row.kn2row_picks: stride 1, O <= C) or the im2col + GEMM reference. On the CIFAR
+The twin picks one of four ways by its policy: Winograd (numba_winograd.winograd_tile), kn2row
+(numba_kn2row.kn2row_picks: stride 1, O <= C), im2col + GEMM split in lanes across the cores
+(numba_conv.splits_forward: narrow windows) or the im2col + GEMM reference. On the CIFAR
 and ResNet geometries (small batches) and awkward ones (odd sizes, VALID, explicit pads,
 strides 2, dilations, N = 1, C = 1), in float32 and float64, each result is within its way's
 documented tolerance of the float64 reference (max|ours - ref| / max|ref|, the crosscheck
@@ -16,7 +17,9 @@ import pytest
 import tinybn.backend as backend
 from tinybn.geometry import window
 from tinybn.gradcheck import check_gradients
-from tinybn.kernels import numba_conv, numba_kn2row, numba_winograd
+import numba
+
+from tinybn.kernels import numba_conv, numba_filter_gradient, numba_kn2row, numba_threads, numba_winograd
 from tinybn.ops.conv import conv2d
 from tinybn.ops.padding import window_geometry
 
@@ -45,7 +48,9 @@ def batches(x, chunks):
 def way(x_shape, w_shape, geometry, dtype):
     if numba_winograd.winograd_tile(x_shape, w_shape, geometry, np.dtype(dtype)) is not None:
         return "winograd"
-    return "kn2row" if numba_kn2row.kn2row_picks(x_shape, w_shape, geometry, dtype) else "im2col"
+    if numba_kn2row.kn2row_picks(x_shape, w_shape, geometry, dtype):
+        return "kn2row"
+    return "split" if numba_conv.splits_forward(w_shape, geometry, dtype) and not geometry.is_pointwise else "im2col"
 
 
 CASES = {   # name: (x shape, w shape, strides, dilations, padding)
@@ -87,7 +92,7 @@ def test_forward_equals_the_reference_within_its_way_s_tolerance(case, dtype):
         np.testing.assert_array_equal(ours, reference(x.astype(dtype), w.astype(dtype), geometry))
     else:
         rtol = {"winograd": numba_winograd.WINOGRAD_RTOL, "kn2row": numba_kn2row.KN2ROW_RTOL,
-                "im2col": numba_conv.IM2COL_RTOL}[picked][np.dtype(dtype)]
+                "im2col": numba_conv.IM2COL_RTOL, "split": numba_conv.IM2COL_RTOL}[picked][np.dtype(dtype)]
         assert relative_error(ours, reference(x, w, geometry)) <= rtol, picked
 
 
@@ -134,6 +139,46 @@ def test_forward_on_rows_chunks_is_the_reference_within_im2col_rtol(monkeypatch)
             ours = numba_conv.conv2d_forward(x.astype(dtype), w.astype(dtype), geometry)
         assert ours.dtype == dtype
         assert relative_error(ours, reference(x, w, geometry)) <= numba_conv.IM2COL_RTOL[np.dtype(dtype)]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, strides, split", [
+    ((128, 24, 24, 3), (5, 5, 3, 64), 1, True),       # CIFAR conv1: 75 values a window, 173 kB an image
+    ((128, 6, 6, 10), (5, 5, 10, 64), 1, True),       # CIFAR conv3's input gradient: 250 values
+    ((8, 224, 224, 3), (7, 7, 3, 64), 2, False),      # ResNet's root: 7.4 MB of windows an image
+    ((8, 14, 14, 512), (3, 3, 512, 512), 2, False),   # 4608 values a window
+    ((8, 56, 56, 256), (1, 1, 256, 64), 1, False),    # pointwise: no windows
+])
+def test_split_policy(x_shape, w_shape, strides, split):
+    geometry = window_geometry(x_shape[1:3], w_shape[:2], (strides,) * 2, (1, 1), "SAME")
+    assert numba_conv.splits_forward(w_shape, geometry, np.float32) is split
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jitted", "plain"])
+@pytest.mark.parametrize("case", ["cifar conv1 5x5x3x64", "cifar conv3 input gradient 5x5x10x64", "explicit pads, strides 2",
+                                  "dilations (2, 3), VALID"])
+def test_split_forward_in_small_chunks_and_on_one_worker(monkeypatch, case, jit):
+    """Chunks of one image (every batch of 2+ splits), jitted and plain: within IM2COL_RTOL of the
+    float64 reference, and the same bits on one worker (the calling thread) as on all."""
+    if not jit:
+        monkeypatch.setattr(numba_filter_gradient, "_windows_kernel", numba_filter_gradient._windows_plain)
+    monkeypatch.setattr(numba_conv, "SPLIT_CHUNK_BYTES", 1)
+    x_shape, w_shape, strides, dilations, padding = CASES[case]
+    strides, dilations = np.broadcast_to(strides, 2).tolist(), np.broadcast_to(dilations, 2).tolist()
+    geometry = window_geometry(x_shape[1:3], w_shape[:2], strides, dilations, padding)
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((5,) + x_shape[1:]), rng.standard_normal(w_shape)
+    for dtype in DTYPES:
+        many = numba_conv.split_conv2d(x.astype(dtype), w.astype(dtype), geometry)
+        assert many.dtype == dtype
+        assert relative_error(many, reference(x, w, geometry)) <= numba_conv.IM2COL_RTOL[np.dtype(dtype)]
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert numba_threads.workers() == 1
+        one = numba_conv.split_conv2d(x.astype(dtype), w.astype(dtype), geometry)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_array_equal(many, one)
 
 
 @pytest.fixture

@@ -6,25 +6,52 @@
 with c = float32(1/sqrt(2)) and u = sqrt(2/pi) (x + 0.044715 x**3), as tf.nn.gelu writes them
 (the reference's docstring has the closed forms and the constants' float32 rounding).
 
-erfc is the reference's, element by element: W. J. Cody's three rational approximations on
-|x| <= 0.46875, <= 4 and < 26.543 (0 beyond), the same coefficients, the same nested
-(Horner) evaluation in the same order, exp(-x**2) split as exp(-s**2) exp(-(x - s)(x + s))
-at s = floor(16 x) / 16, and 2 - erfc(|x|) for x < -0.46875, every constant rounded to x's
-dtype first as the reference's dtype(...) casts do, so float32 stays float32 throughout.
-What can differ is the elementary functions: numpy's SIMD exp, tanh and power against the
-libm ones numba calls, each within an ulp or so. Measured against the reference over 2
-million normal x 3, every 1/64 of [-30, 30] and the specials: the exact form within 3.9 ulps
-of the result in float32 (its gradient 2.9 ulps of the sum of its terms' sizes times |gy|)
-and bit-identical in float64 on this machine; the tanh form within 2.0 ulps of
-0.5 |x| (1 + |tanh u|) (1 + tanh u cancels, so the result itself is no scale there), its
-gradient 2.2 ulps of its terms' sizes, in both dtypes. NaN and infinite results sit where the
-reference's do. tests/test_activations_numba.py holds the twins to 8 ulps of those scales.
+Float64, and the tanh form in both dtypes: erfc is the reference's, element by element: W. J.
+Cody's three rational approximations on |x| <= 0.46875, <= 4 and < 26.543 (0 beyond), the
+same coefficients and nested (Horner) evaluation in the same order, exp(-x**2) split as
+exp(-s**2) exp(-(x - s)(x + s)) at s = floor(16 x) / 16, and 2 - erfc(|x|) for x < -0.46875,
+every constant rounded to x's dtype as the reference's dtype(...) casts do. What can differ is
+the elementary functions (numba's libm exp, tanh, power against numpy's SIMD ones): float64
+exact form bit-identical on this machine; the tanh form within 2.0 ulps of 0.5 |x| (1 + |tanh u|)
+(1 + tanh u cancels, so the result is no scale there), its gradient 2.2 ulps of its terms' sizes.
+
+Float32, exact form (what the fast recipe trains in): NOT bit-identical to the reference, and
+closer to the exact value. Cody's branches and two libm exps per element do not vectorise, so
+erfc(a), a = |c x|, is erfcx(a) exp(-a**2) with one exp and one division, branch-free (selects
+only), in float32, which LLVM vectorises (8 lanes; no SVML here, so the exp is our own;
+error_model="numpy" drops the zero-division check, a branch, and fastmath={"contract"} allows
+fused multiply-adds, which leave Dekker's exact products exact):
+- c x and (c x)**2 as high + low float32 pairs (Dekker's exact products, 12-bit halves cut by
+  masking the mantissa): exp(-a**2) turns an error d in a**2 into a relative error d, and a**2
+  reaches 110, so the float32 reference, which rounds c x first, is up to 150 ulps off there;
+- exp(-a**2) = 2**k exp(r), k = round(-a**2 / ln 2), r = -a**2 - k ln 2 (ln 2 in two parts),
+  exp(r) by Taylor to r**7 (5e-9 on |r| <= ln2/2), 2**(k + 64) from k's bits: the 2**64 keeps
+  it normal down to a = 10.5, and the result is scaled back by one final multiplication;
+- erfcx(a) = t g(t - 0.58), t = 1 / (1 + a/2), g a degree-9 polynomial (see _G);
+- 0.5 erfc(-c x) = 1 - 0.5 erfc(a) for x > 0, 0.5 erfc(a) otherwise, by select; beyond a = 10.5
+  (|x| > 14.85) erfc and exp(-a**2) are 0 (their float32 products with x are 0 there);
+- the backward shares exp(-a**2) between its terms: that cdf + x c/sqrt(pi) exp(-a**2).
+Measured against the float64 reference at the same float32 inputs (every 7th float32 in
+[1e-6, 16] and its negatives, 57 million values, and the specials): gelu within 6.7 ulps of
+|y| (4.2e-7 relative, largest near |x| = 0.004, where t's rounding is magnified), gelu_grad
+within 6.0 ulps of |gy| (0.5 erfc(-c x) + |x| c/sqrt(pi) exp(-(c x)**2)), below the smallest
+normal float32 within its spacing there; the float32 reference: 150 and 206 ulps. The results
+at inf, -inf (NaN), NaN, +-0 and |x| past 14.85 are the reference's (where the gradient
+underflows just above x = -14.85, its zero has the sign of the float64 value; the reference's
+0 + -0 has none). The plain loops (NUMBA_DISABLE_JIT=1, no fused multiply-adds) keep the bound.
+tests/test_activations_numba.py holds float64 and the tanh form to 8 ulps of the reference, the
+float32 exact form to 8 ulps of the float64 reference.
 
 Each kernel is one pass over 64 blocks of the flattened array (prange), reading x (and gy)
-once and recomputing erfc in the backward, as the reference does, but without its
-temporaries and boolean masks. Interleaved against the reference at the fast model's
-block-1 activations (128, 15, 15, 64) float32, 7 pairs, 2 shared cores: gelu 0.20x its time
-(0.18..0.35; the reference took ~340 ms), gelu_grad 0.32x (0.28..0.41).
+once and recomputing erfc in the backward, without the reference's temporaries and masks.
+Float32 exact form against the Cody twin it replaces, interleaved in one process (5 pairs,
+2 shared cores, median and min..max of the per-pair speed-up; the twin's times in brackets):
+    (1024, 31, 31, 24)   gelu 4.1x (3.7..4.6) [599 ms]   gelu_grad 5.2x (4.7..7.0) [789 ms]
+    (1024, 15, 15, 64)   gelu 4.2x (4.1..5.0) [374 ms]   gelu_grad 4.7x (3.8..7.3) [490 ms]
+    (1024, 15, 15, 256)  gelu 4.3x (4.0..6.1) [2157 ms]  gelu_grad 5.3x (5.2..8.7) [1994 ms]
+    (64, 15, 15, 64)     gelu 3.9x (3.5..4.4) [12 ms]    gelu_grad 4.4x (4.1..4.8) [15 ms]
+Still compute-bound (a loop y = 0.5 x runs ~10x faster). Estrin's scheme for the two
+polynomials gained ~10% but cost accuracy (7.3 ulps, and gelu'(0) = 0.49999997), so they are Horner's.
 
 Floor: kernels (tests/test_layering.py): imports only numpy and numba.
 """
@@ -138,6 +165,92 @@ def _gelu_grad_plain(x, gy, approximate, a, b, c, d, p, q, k, gx):
 _gelu_kernel = njit(parallel=True, cache=True)(_gelu_plain)
 _gelu_grad_kernel = njit(parallel=True, cache=True)(_gelu_grad_plain)
 
+# ---- the exact form in float32: branch-free, so LLVM vectorises the loop (8 lanes) -------------
+
+_F = np.float32
+_C32 = _F(_SQRT_HALF)
+_C32_HIGH = _F(0.70703125)                    # c's top 12 bits: products with 12-bit halves are exact
+_C32_LOW = _F(_C32 - _C32_HIGH)
+_U_MAX = _F(14.849242210388184)               # float32(10.5 / c): erfc(10.5) x 15 is below float32's range
+_LOG2E, _MAGIC = _F(1.4426950408889634), _F(12582912.0)        # 1.5 * 2**23 rounds to an integer
+_LN2_HIGH, _LN2_LOW = _F(0.693145751953125), _F(1.4286068e-06)  # ln 2 = high (16 bits) + low
+_EXP = tuple(_F(1 / f) for f in (1, 1, 2, 6, 24, 120, 720, 5040))  # Taylor's 1 / k!: 5e-9 on |r| <= ln2 / 2
+_T_SLOPE, _T_MID = _F(0.5), _F(0.58)
+# erfcx(a) = exp(a**2) erfc(a) = t g(t - 0.58), t = 1 / (1 + a / 2), a in [0, 10.5]: a degree-9 fit
+# (Chebyshev nodes, weighted to relative error, against mpmath's erfc at 30 digits): 3.1e-8 relative
+# with the coefficients rounded to float32
+_G = tuple(_F(g) for g in (0.5694087147712708, 0.7790186405181885, 0.586851179599762, 0.08516066521406174,
+                           -0.20321409404277802, -0.05190884321928024, 0.11175788193941116, 0.006328773219138384,
+                           -0.05901205912232399, 0.010814814828336239))
+_PDF32 = _F(_SQRT_HALF / np.sqrt(np.pi))
+_SCALE_DOWN = _F(2.0 ** -64)                  # the exp below is 2**64 exp(-a**2): normal down to a = 10.5
+
+
+def _high12_plain(v):
+    """v with its 12 low mantissa bits cleared (v = high + low exactly, each with 12 significant bits)."""
+    return np.int32(np.float32(v).view(np.int32) & np.int32(-4096)).view(np.float32)
+
+
+_high12 = njit(cache=True, inline="always")(_high12_plain)
+
+
+def _erfc_scaled_plain(u):
+    """(2**64 erfc(c u), 2**64 exp(-(c u)**2)) for 0 <= u <= _U_MAX, in float32 throughout.
+
+    c u and its square are carried as high + low pairs (Dekker's exact products): exp(-a**2)
+    magnifies an error d in a**2 to a relative d, and a**2 reaches 110."""
+    uh = _high12(u)
+    ul = u - uh
+    ah = _C32 * u
+    al = (((_C32_HIGH * uh - ah) + _C32_HIGH * ul) + _C32_LOW * uh) + _C32_LOW * ul
+    hh = _high12(ah)
+    hl = ah - hh
+    sh = ah * ah
+    sl = (((hh * hh - sh) + _F(2) * hh * hl) + hl * hl) + _F(2) * ah * al
+    kd = sh * -_LOG2E + _MAGIC                    # round(-a**2 / ln 2) in its low mantissa bits
+    k = kd - _MAGIC
+    r = ((-sh - k * _LN2_HIGH) - k * _LN2_LOW) - sl
+    p = _EXP[7]
+    for j in range(6, -1, -1):
+        p = p * r + _EXP[j]
+    e = p * np.int32((np.float32(kd).view(np.int32) + np.int32(127 + 64)) << 23).view(np.float32)
+    t = _F(1) / (_F(1) + _T_SLOPE * ah)
+    w = t - _T_MID
+    g = _G[9]
+    for j in range(8, -1, -1):
+        g = g * w + _G[j]
+    return e * (t * g), e
+
+
+_erfc_scaled = njit(cache=True, inline="always")(_erfc_scaled_plain)
+
+
+def _gelu32_plain(x, y):
+    n = x.shape[0]
+    for blk in prange(_BLOCKS):
+        for i in range(blk * n // _BLOCKS, (blk + 1) * n // _BLOCKS):
+            v = x[i]
+            m, e = _erfc_scaled(min(abs(v), _U_MAX))      # erfc(|c v|) 2**64 (NaN stays NaN)
+            m = _F(0) if abs(v) > _U_MAX else m
+            y[i] = v * (_F(1) - _F(0.5) * m * _SCALE_DOWN) if v > 0 else (_F(0.5) * v * m) * _SCALE_DOWN
+
+
+def _gelu32_grad_plain(x, gy, gx):
+    n = x.shape[0]
+    for blk in prange(_BLOCKS):
+        for i in range(blk * n // _BLOCKS, (blk + 1) * n // _BLOCKS):
+            v = x[i]
+            m, e = _erfc_scaled(min(abs(v), _U_MAX))
+            far = abs(v) > _U_MAX
+            half_erfc, pdf = _F(0) if far else _F(0.5) * m, v * _PDF32 * (_F(0) if far else e)   # both 2**64 x
+            slope = _F(1) + (pdf - half_erfc) * _SCALE_DOWN if v > 0 else (half_erfc + pdf) * _SCALE_DOWN
+            gx[i] = gy[i] * slope
+
+
+_FLOAT32_KERNEL_OPTIONS = dict(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
+_gelu32_kernel = njit(**_FLOAT32_KERNEL_OPTIONS)(_gelu32_plain)
+_gelu32_grad_kernel = njit(**_FLOAT32_KERNEL_OPTIONS)(_gelu32_grad_plain)
+
 
 def _tables_for(x):
     tables = _TABLES.get(x.dtype)
@@ -150,6 +263,9 @@ def gelu(x, approximate):
     """As tinybn.ops.activations.gelu_forward: gelu(x) in x's dtype, one parallel pass."""
     tables = _tables_for(x)
     y = np.empty(x.shape, x.dtype)
+    if x.dtype == np.float32 and not approximate:
+        _gelu32_kernel(np.ascontiguousarray(x).reshape(-1), y.reshape(-1))
+        return y
     _gelu_kernel(np.ascontiguousarray(x).reshape(-1), bool(approximate), *tables, y.reshape(-1))
     return y
 
@@ -158,6 +274,10 @@ def gelu_grad(x, gy, approximate):
     """As tinybn.ops.activations.gelu_grad: gy * gelu'(x) in x's dtype (gy is taken in x's dtype)."""
     tables = _tables_for(x)
     gx = np.empty(x.shape, x.dtype)
+    if x.dtype == np.float32 and not approximate:
+        _gelu32_grad_kernel(np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(gy, dtype=x.dtype).reshape(-1),
+                            gx.reshape(-1))
+        return gx
     _gelu_grad_kernel(np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(gy, dtype=x.dtype).reshape(-1),
                       bool(approximate), *tables, gx.reshape(-1))
     return gx

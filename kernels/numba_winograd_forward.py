@@ -14,35 +14,55 @@ of the entries at 3x3x256x256). Those GEMMs of r terms, on one BLAS thread, took
 3x3x256x256 (as long as the tile transform), the kernel 7.8 ms; 2.4 and 1.5 ms at 3x3x128,
 1.2 and 0.9 ms at the CIFAR conv2 (float32, median of 7, load ~2).
 
-A chunk is a run of whole tile rows (n, th) of the batch, FORWARD_CHUNK_TILES // TW rows (at
-least one, at most a lane's share of the rows: chunk_rows), and a lane of numba_threads.split:
-its transforms are serial (nogil) numba kernels, its GEMMs one np.matmul over the positions on
-one BLAS thread, on whichever worker is free. Its V and M stay in the caches between the three
-steps, where the whole batch's went to memory and back (19 MB each at the CIFAR conv2, batch
-128; 600 MB of M at the fast model's 64 -> 256 conv at batch 1024). Each output tile is one
-chunk's, no GEMM's sum is split: the same bits on 1 core or many (tests/test_winograd.py).
-Chunk sizes, the forward's time against 128 tiles, float32, interleaved, 5 rounds, median
-(min..max), load 1-3 (conv2 batch 128; the rest 3x3, batch 256; ResNet batch 32):
+A chunk is a run of whole tile rows (n, th) of the batch, of about FORWARD_CHUNK_BYTES of V
+and M together (at least one row, at most a lane's share of the rows: chunk_rows), and a lane
+of numba_threads.split: its transforms are serial (nogil) numba kernels, its GEMMs one np.matmul
+over the positions on one BLAS thread, on whichever worker is free. Its V and M stay in the
+caches between the three steps, where the whole batch's went to memory and back (19 MB each at
+the CIFAR conv2, batch 128; 600 MB of M at the fast model's 64 -> 256 conv at batch 1024). Each
+output tile is one chunk's, no GEMM's sum is split: the same bits on 1 core or many
+(tests/test_winograd.py). Chunk sizes in tiles, the forward's time against 128 tiles, float32,
+interleaved, 5 rounds, median (min..max), load 1-3 (conv2 batch 128; the rest 3x3, batch 256;
+ResNet batch 32), and the tiles of 2 MB:
 
-    conv                       32 tiles           64                 256                512
-    CIFAR conv2 5x5x64 12x12   0.95x (0.89-1.06)  0.95x (0.85-1.06)  0.98x (0.93-1.02)  0.99x (0.90-1.05)
-    fast 3x3x24->64 31x31      1.16x (1.10-1.23)  1.03x (0.99-1.06)  1.02x (1.00-1.06)  1.06x (1.01-1.09)
-    fast 3x3x64 15x15          1.02x (0.97-1.07)  0.99x (0.92-1.00)  1.03x (0.96-1.05)  1.03x (0.99-1.06)
-    fast 3x3x64->256 15x15     0.88x (0.40-0.98)  0.97x (0.93-1.02)  0.95x (0.79-1.23)  0.91x (0.80-0.99)
-    ResNet 3x3x64 56x56        1.05x (1.05-1.06)  1.01x (0.96-1.05)  0.94x (0.93-0.98)  0.94x (0.77-0.96)
-    ResNet 3x3x256 14x14       0.89x (0.85-0.96)  1.03x (0.97-1.08)  0.98x (0.91-1.01)  1.00x (0.92-1.11)
+    conv                       32 tiles           64                 256                512      2 MB
+    CIFAR conv2 5x5x64 12x12   0.95x (0.89-1.06)  0.95x (0.85-1.06)  0.98x (0.93-1.02)  0.99x      64
+    fast 3x3x24->64 31x31      1.16x (1.10-1.23)  1.03x (0.99-1.06)  1.02x (1.00-1.06)  1.06x     165
+    fast 3x3x64 15x15          1.02x (0.97-1.07)  0.99x (0.92-1.00)  1.03x (0.96-1.05)  1.03x     113
+    fast 3x3x64->256 15x15     0.88x (0.40-0.98)  0.97x (0.93-1.02)  0.95x (0.79-1.23)  0.91x      45
+    ResNet 3x3x64 56x56        1.05x (1.05-1.06)  1.01x (0.96-1.05)  0.94x (0.93-0.98)  0.94x     113
+    ResNet 3x3x256 14x14       0.89x (0.85-0.96)  1.03x (0.97-1.08)  0.98x (0.91-1.01)  1.00x      28
 
-(16 tiles: 1.16x-1.41x the time at 31x31, 15x15 and 56x56.) Between 64 and 512 the time is
-flat within the noise: 128. The fused forward against the whole batch's (parallel transforms,
-the GEMMs one position a lane, below) is numba_winograd's before/after table; on one thread at
-the CIFAR conv2 the chunks took the GEMMs from 50-60 ms to 33 ms and the output transform from
-8.5-22 to 9 ms, the tile transform 12 ms either way.
+(16 tiles: 1.16x-1.41x the time at 31x31, 15x15 and 56x56.) Narrow convs ran best at 64-512
+tiles, the 256-channel ones at 32 (ResNet 3x3x256 at 14x14: 32 tiles 1.11x and 1.12x as fast as
+128 at batches 32 and 16 in a second run, 7 rounds): a chunk's bytes, not its tiles, set the
+size. Against 128 tiles, 2 MB ran 1.16x (0.96x against the whole batch's forward, 0.83x for 128
+tiles) at ResNet's 3x3x256, 0.97x-1.05x elsewhere (7 rounds, load 3.5). On one thread at the CIFAR
+conv2 the chunks took the GEMMs from 50-60 ms (the whole batch's V) to 33 ms and the output
+transform from 8.5-22 to 9 ms, the tile transform 12 ms either way.
+The fused forward against the whole batch's (its transforms parallel numba kernels, its GEMMs
+one position a lane, below), float32, interleaved, 7 pairs, median (min..max), load ~3.5 on
+the 2 cores (a second run, 7 rounds, forward only, in brackets); ResNet at batch 32:
+
+    conv (batch)                     forward                     input gradient
+    CIFAR conv2 5x5x64 12x12 (128)   0.96x (0.84-1.01) [0.92x]   1.17x (0.94-1.40)
+    ResNet 3x3x64 56x56              1.46x (0.91-2.14) [0.96x]   1.31x (1.21-2.31)
+    ResNet 3x3x256 14x14             1.03x (0.87-1.43) [0.96x]   0.89x (0.77-1.41)
+    fast 3x3x24->64 31x31 (256)      1.49x (0.98-3.55) [0.99x]   1.59x (1.07-1.93)
+    fast 3x3x64 15x15 (256)          1.39x (0.95-1.46) [1.00x]   1.37x (1.10-1.71)
+    fast 3x3x64->256 15x15 (256)     1.17x (0.37-1.80) [1.02x]   1.79x (1.44-2.08)
+
+(conv2's two directions have the same shapes: their spread is the noise's.) At batch 1024,
+chunks of 128 tiles, 3-5 pairs at load 3-8: 31x31 2.24x forward, 1.23x input gradient; 15x15
+0.94x / 0.92x, then 1.29x / 1.65x at load 3; 64->256 1.20x / 1.03x. The fused forward holds up
+where the cores are busy (a parallel kernel waits for its slowest thread, a lane does not),
+and runs even with the whole batch's when they are not.
 Tried: the strip transform of numba_filter_gradient (B^T along a strip's rows once for its TW
 overlapping tiles) as the chunks' tile transform: 18 ms against the tile-by-tile gather's 12
 (conv2, one thread), 33 ms in its flat (W*C) form.
 
-The forward's alpha^2 GEMMs (T x C) @ (C x O) are split the same way, one position a lane
-(h1old_wgf). OpenBLAS's two threads, woken for each call, now and then took
+Before the chunks, the whole batch's alpha^2 GEMMs (T x C) @ (C x O) ran one position a lane
+of numba_threads.split, on one BLAS thread each, for this reason: OpenBLAS's two threads, woken for each call, now and then took
 70-300 ms where the split took 9-72, even at a load of 1 (ResNet's 3x3x128 at 28x28 batch 2,
 98 tiles: 12x-32x in four runs; 3x3x256 at 14x14 batches 8 and 16: 1.6x-8.2x in three; the
 split then had alpha positions a lane). Each GEMM runs on one BLAS thread and no sum is
@@ -78,7 +98,7 @@ from numba import njit, prange
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 from .numba_threads import LANES, split
 
-FORWARD_CHUNK_TILES = 128                 # tiles per chunk of the forward (measured: above)
+FORWARD_CHUNK_BYTES = 2 << 20             # a chunk's V and M together (measured: above)
 
 
 def _filter_transform_plain(w, G, U):
@@ -206,13 +226,16 @@ def chunk_rows(rows, TW, chunk_tiles):
 
 
 def fused_conv2d(x, U, AT, BT, window, chunk_tiles=None):
-    """y (N, OH, OW, O) = winograd conv of x with the transformed filter U, chunk by chunk: each
+    """y (N, OH, OW, O) = winograd conv of x with the transformed filter U, chunk by chunk of
+    chunk_tiles tiles (by default those whose V and M hold FORWARD_CHUNK_BYTES): each
     chunk's tile transform, its alpha^2 GEMMs (tiles, C) @ (C, O), its output transform, back to
     back on one core of numba_threads.split (its GEMMs on one BLAS thread)."""
     N, _, _, C = x.shape
     m, alpha, O = AT.shape[0], BT.shape[0], U.shape[2]
     TH, TW = -(-window.OH // m), -(-window.OW // m)
-    starts, per = chunk_rows(N * TH, TW, FORWARD_CHUNK_TILES if chunk_tiles is None else chunk_tiles)
+    if chunk_tiles is None:
+        chunk_tiles = FORWARD_CHUNK_BYTES // (alpha * alpha * (C + O) * x.dtype.itemsize)
+    starts, per = chunk_rows(N * TH, TW, chunk_tiles)
     x, BT, AT = np.ascontiguousarray(x), BT.astype(x.dtype), AT.astype(x.dtype)
     y = np.empty((N, window.OH, window.OW, O), x.dtype)
 

@@ -1,11 +1,11 @@
 """The chunks of numba_winograd_forward's fused forward: the partition of the tile rows and
 the conv at chunk boundaries against the float64 im2col reference.
 
-A chunk is a run of whole tile rows (n, th) of the batch; each holds FORWARD_CHUNK_TILES // TW
-rows (at least one), and at most a lane's share of the batch's rows. The conv is checked
-at chunk sizes that cut the batch between images, inside an image, at one row a chunk and at one
-chunk for the whole batch, with N = 1, C = 1 and odd sizes, to WINOGRAD_RTOL of the dtype
-(max|ours - ref| / max|ref|, the crosscheck measure).
+A chunk is a run of whole tile rows (n, th) of the batch; each holds chunk_tiles // TW rows
+(by default the tiles of FORWARD_CHUNK_BYTES; at least one row, at most a lane's share of
+them). The conv is checked at chunk sizes that cut the batch between images, inside an image,
+at one row a chunk and at one chunk a lane, with N = 1, C = 1 and odd sizes, to WINOGRAD_RTOL of
+the dtype (max|ours - ref| / max|ref|, the crosscheck measure).
 """
 import numpy as np
 import pytest

@@ -10,7 +10,7 @@ as the reference (tinybn.ops.conv.conv2d_backprop_filter), but the chunks are su
 numba_threads' lanes: consecutive chunks per lane, each lane summed on one core (the
 serial im2col below, GEMMs on one BLAS thread), then the lanes added in order. Only the
 order of the float additions differs from the reference's one running sum: a batch of
-one chunk (at most FILTER_CHUNK_BYTES of windows) is the reference bit for bit; past that
+at most ONE_CHUNK_BYTES (1 MB) of x's windows is one chunk, the reference bit for bit; past that
 the error against the float64 reference is the reference's own size (SPLIT_RTOL), and it
 does not depend on the core count.
 
@@ -28,10 +28,14 @@ at conv3, batch 128, float32, alternating, median of 9 ratios, one of the 2 core
 other jobs: 1.84x-1.98x (1.25-2.56), 15.1 -> 8.1 ms; chunks of 8, 16 or 32 images alike.
 
 Policy (splits): where the reference makes many small-result GEMMs, a dW of at most
-MAX_SPLIT_RESULT_BYTES and an image's windows of at most FILTER_CHUNK_BYTES: the CIFAR
-models' conv1 and conv3 (conv2 goes by Winograd). Chunks of FILTER_CHUNK_BYTES of windows
-(conv1: 0.5, 1 and 2 MB about even, 1.42x-1.48x the reference's speed in one run,
-4 and 8 MB 1.11x and 1.25x), and at least one per lane. The serial im2col copies each window
+MAX_SPLIT_RESULT_BYTES and an image's windows of at most MAX_SPLIT_IMAGE_BYTES: the CIFAR
+models' conv1 and conv3 (conv2 goes by Winograd). Chunks of FILTER_CHUNK_BYTES (256 kB) of
+windows, and at least one per lane, where the batch holds more than ONE_CHUNK_BYTES: conv1's chunk is then one image, whose windows (173 kB)
+and dy (147 kB) stay in the core's L2 cache (512 kB here) for the GEMM. Measured at conv1,
+batch 128, float32, against 1 MB chunks (6 images), alternating, median of 11 ratios, 1.3 of
+the 2 cores busy with other jobs, two runs: 256 kB 1.32x (1.30-1.48) and 1.34x (1.25-1.48),
+512 kB 1.13x and 1.11x, 2 MB 0.97x and 1.00x (earlier, with 1 MB: 0.5, 1 and 2 MB about
+even, 1.42x-1.48x the reference's speed in one run, 4 and 8 MB 1.11x and 1.25x). The serial im2col copies each window
 row of KW pixels as one run of KW*C values where it lies inside x (conv1's 3 channels:
 runs of 15, not 3). Measured (numba backend, float32, batch 128, against the reference
 on the numba im2col with BLAS's threads, alternating, median of 5-9 ratios, loads 3-7 on
@@ -60,7 +64,15 @@ from . import numba_threads
 # measured in tests/test_filter_gradient_numba.py: 4.8e-7 in float32 (the reference: 6.4e-7), 9e-16
 SPLIT_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 4e-15}
 MAX_SPLIT_RESULT_BYTES = 1 << 20     # splits(): larger dW keep the reference (measured: above)
-FILTER_CHUNK_BYTES = 1 << 20         # windows per chunk of the split filter gradient
+MAX_SPLIT_IMAGE_BYTES = 1 << 20      # splits(): an image's windows, at most
+FILTER_CHUNK_BYTES = 256 << 10       # windows per chunk of the split filter gradient
+ONE_CHUNK_BYTES = 1 << 20            # a batch of at most this many bytes of windows: one chunk
+
+
+def _chunks(N, per_image):
+    """The split's chunks: the whole batch where it holds at most ONE_CHUNK_BYTES of windows
+    (one GEMM, the reference's for x's windows), else batch_chunks of FILTER_CHUNK_BYTES."""
+    return [slice(0, N)] if N * per_image <= ONE_CHUNK_BYTES else batch_chunks(N, per_image, FILTER_CHUNK_BYTES)
 
 
 def batch_chunks(N, per_image, per_chunk, lanes=numba_threads.LANES):
@@ -183,13 +195,12 @@ def strip_transform(x, rows_T, T, stride, top, left, out, TW):
 def splits(window, w_shape, dtype):
     """The policy: whether the im2col filter gradient is split over the batch: where the
     reference makes many small-result GEMMs, i.e. a dW of at most MAX_SPLIT_RESULT_BYTES (each
-    lane sums its own) over an image's windows of at most FILTER_CHUNK_BYTES (a chunk holds
-    several). Not for a pointwise conv (no windows to gather). The rest (ResNet's stride-2
+    lane sums its own) over an image's windows of at most MAX_SPLIT_IMAGE_BYTES. Not for a pointwise conv (no windows to gather). The rest (ResNet's stride-2
     convs and root, its 512-channel 3x3s) have GEMMs that BLAS's threads share well."""
     KH, KW, C, O = w_shape
     itemsize = np.dtype(dtype).itemsize
     return (not window.is_pointwise and KH * KW * C * O * itemsize <= MAX_SPLIT_RESULT_BYTES
-            and window.OH * window.OW * KH * KW * C * itemsize <= FILTER_CHUNK_BYTES)
+            and window.OH * window.OW * KH * KW * C * itemsize <= MAX_SPLIT_IMAGE_BYTES)
 
 
 def gathers_dy(window, w_shape):
@@ -227,7 +238,7 @@ def dy_windows_backprop_filter(x, dy, window, w_shape):
         return x[chunk].reshape(-1, C).T @ windows.reshape(-1, KH * KW * O)
 
     per_image = H * W * KH * KW * O * x.dtype.itemsize
-    G = sum_over_batch(partial, batch_chunks(N, per_image, FILTER_CHUNK_BYTES)).reshape(C, KH, KW, O)
+    G = sum_over_batch(partial, _chunks(N, per_image)).reshape(C, KH, KW, O)
     return np.ascontiguousarray(G[:, ::-1, ::-1].transpose(1, 2, 0, 3))
 
 
@@ -250,4 +261,4 @@ def im2col_backprop_filter(x, dy, window, w_shape):
         return cols.reshape(-1, KH * KW * C).T @ dy[chunk].reshape(-1, O)
 
     per_image = window.OH * window.OW * KH * KW * C * x.dtype.itemsize
-    return sum_over_batch(partial, batch_chunks(N, per_image, FILTER_CHUNK_BYTES)).reshape(w_shape)
+    return sum_over_batch(partial, _chunks(N, per_image)).reshape(w_shape)

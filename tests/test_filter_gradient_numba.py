@@ -79,6 +79,7 @@ def reference(x, dy, geometry, w_shape):
 def small_chunks(monkeypatch):
     """Chunks of one image (im2col) or one tile (Winograd): every batch of 2+ images splits."""
     monkeypatch.setattr(fg, "FILTER_CHUNK_BYTES", 1)
+    monkeypatch.setattr(fg, "ONE_CHUNK_BYTES", 0)
     monkeypatch.setattr(wg, "FILTER_CHUNK_TILES", 1)
 
 
@@ -119,13 +120,13 @@ def test_result_does_not_depend_on_the_worker_count(small_chunks, case):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("case", ["odd sizes", "explicit pads", "strided dilated valid", "cifar conv1"])
 def test_one_chunk_is_the_reference_bit_for_bit(case, dtype):
-    """A batch of at most FILTER_CHUNK_BYTES of x's windows is one GEMM, as in the reference (whose
+    """A batch of at most ONE_CHUNK_BYTES of x's windows is one GEMM, as in the reference (whose
     chunks are larger): the same float operations."""
     x, dy, geometry, (KH, KW, C, O) = operands(case, dtype)
     assert not fg.gathers_dy(geometry, (KH, KW, C, O))
     per_image = geometry.OH * geometry.OW * KH * KW * C * x.itemsize
-    n = min(x.shape[0], fg.FILTER_CHUNK_BYTES // per_image)
-    assert n >= 1 and fg.batch_chunks(n, per_image, fg.FILTER_CHUNK_BYTES) == [slice(0, n)]
+    n = min(x.shape[0], fg.ONE_CHUNK_BYTES // per_image)
+    assert n >= 1 and fg._chunks(n, per_image) == [slice(0, n)]
     ours = wg.conv2d_backprop_filter(x[:n], dy[:n], geometry, (KH, KW, C, O))
     with backend.backend("numba"):
         ref = backend.implementation("conv2d_backprop_filter", "numpy")(x[:n], dy[:n], geometry, (KH, KW, C, O))
@@ -144,6 +145,7 @@ def test_op_gradient_under_numba_by_finite_differences(monkeypatch, strides, dil
     """conv2d's dW (by Winograd or im2col, split into chunks of one image on the workers)
     equals float64 central differences."""
     monkeypatch.setattr(fg, "FILTER_CHUNK_BYTES", 1)
+    monkeypatch.setattr(fg, "ONE_CHUNK_BYTES", 0)
     monkeypatch.setattr(wg, "FILTER_CHUNK_TILES", 1)
     monkeypatch.setattr(wg, "MIN_CHANNELS", 1)
     monkeypatch.setattr(wg, "MIN_TILES", 0)
@@ -229,7 +231,7 @@ def test_strip_transform_is_the_tile_transform(case, jit):
 
 def test_im2col_split_policy():
     """Split: windows to gather, a dW of at most MAX_SPLIT_RESULT_BYTES and an image's windows
-    of at most FILTER_CHUNK_BYTES; else the reference."""
+    of at most MAX_SPLIT_IMAGE_BYTES; else the reference."""
     same = lambda hw, k, s=1: window_geometry(hw, k, (s, s), (1, 1), "SAME")
     assert fg.splits(same((24, 24), (5, 5)), (5, 5, 3, 64), np.float32)               # CIFAR conv1
     assert fg.splits(same((6, 6), (5, 5)), (5, 5, 64, 10), np.float32)                # CIFAR conv3

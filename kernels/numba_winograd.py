@@ -40,7 +40,16 @@ reference in float64, inputs standard normal, "SAME" padding:
                                           float64   5.0e-15   4.5e-15      4.8e-15
     ResNet 3x3x256x256, 14x14, F(4,3)     float32   4.9e-6    5.1e-6       3.0e-6
                                           float64   8.5e-15   8.2e-15      5.9e-15
+    fast 3x3x256x256, 7x7, F(4,3)         float32   3.1e-6    2.4e-6       1.3e-6
+                                          float64   7.5e-15   8.3e-15      2.9e-15
+    fast 3x3x256x256, 3x3, F(4,3)         float32   4.0e-6    4.3e-6       1.2e-6
+                                          float64   6.1e-15   7.7e-15      2.5e-15
+    ResNet 3x3x512x512, 7x7, F(4,3)       float32   3.8e-6    4.1e-6       1.9e-6
+                                          float64   7.6e-15   7.6e-15      3.0e-15
     im2col + GEMM in float32, the same convs: 3.5e-7 .. 6.4e-7 (float64: the reference)
+
+(the 7x7 and 3x3 rows at batch 8, with the chunked forward; the forward's chunks change no
+product or sum of a tile: conv2 measured again at 6.8e-6, 6.0e-6, 7.7e-6 in float32.)
 
 The error grows with alpha (the transforms' entries, A^T up to 8 and B^T up to 21/4 for
 alpha = 8, cancel in the output transform), not with the batch. WINOGRAD_RTOL, the tolerance of
@@ -85,6 +94,11 @@ one thread's GEMMs ran fastest at that sum length, 1.24x of 18's speed and 1.6x 
 1152's) so that V and dM stay in cache. No two lanes add into the same dU, so the
 result does not depend on the core count. dW = G^T dU G is one float64 GEMM with
 kron(G, G) (the two batched ones took twice the whole im2col path at 256 channels).
+At the fast model's convs, batch 256 (interleaved, 5 rounds, load 2.5-4), Winograd's filter
+gradient ran 2.06x (1.64-2.11) as fast as the split im2col at 3x3x24->64 31x31, 1.46x at
+3x3x64 15x15, 4.38x at 3x3x64->256 15x15 (CIFAR conv2 at 128: 2.51x); chunks of 36-576 tiles
+against 144: 31x31 1.07x-1.08x the time at 36-72, 0.98x at 288, 1.18x at 576; 64->256 and
+3x3x256 7x7 1.03x-1.18x at 36-72, 1.7x-2.1x at 288-576: 144 kept.
 
 The forward's GEMMs run on one BLAS thread too, in the chunks' lanes (numba_winograd_forward
 has the measurements). Few tiles leave little to share: at 9-32 tiles in the batch (CIFAR conv2 at batch 1-2,

@@ -1,4 +1,6 @@
 """Batch norm family: float64 gradient checks, closed forms of the statistics, bad input."""
+import math
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
@@ -420,3 +422,40 @@ def test_layer_bad_inputs():
         BatchNorm(3, renorm=True, moving_variance_rule="bessel")
     with pytest.raises(ValueError, match="zero_debias_moving_mean cannot be combined"):
         BatchNorm(3, renorm=True, zero_debias_moving_mean=True)
+
+
+# ---- the numba backend's training statistics (kernels/numba_norm.py: one shifted pass) ----
+
+def _hard_channels(rows, dtype, seed):
+    """(rows, 4) channels that a one-pass E[x^2] - E[x]^2 would ruin: a large mean over a unit
+    spread, an outlier in the first row (the shift), a constant, a tiny spread around 1e3."""
+    rng = np.random.default_rng(seed)
+    x = np.stack([1e4 + rng.standard_normal(rows), rng.standard_normal(rows), np.full(rows, 3.25),
+                  1e3 + 1e-2 * rng.standard_normal(rows)], axis=1)
+    x[0, 1] = 1e3
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("rows", [1, 7, 5000])
+def test_numba_batch_statistics_near_the_exact_ones(rows, dtype):
+    """The numba twin's mean and (population) variance against the statistics of the same data
+    by exactly rounded float64 sums (math.fsum): within a float32 ulp in float32; in float64 within M ulps of the spread (the
+    shift is a data point at most sqrt(M - 1) standard deviations from the mean); a constant
+    channel's variance exactly 0."""
+    from tinybn.kernels import numba_norm
+    x = _hard_channels(rows, dtype, seed=rows)
+    _, mean, variance, _ = numba_norm.batch_norm_train_forward(x, np.ones(4, dtype), np.zeros(4, dtype), 1e-3)
+    exact = x.astype(np.float64)
+    exact_mean = np.array([math.fsum(column) for column in exact.T]) / rows          # correctly rounded sums
+    exact_variance = np.array([math.fsum(column) for column in ((exact - exact_mean) ** 2).T]) / rows
+    assert mean.dtype == variance.dtype == dtype
+    if dtype == np.float32:
+        assert np.all(np.abs(mean - exact_mean) <= np.spacing(np.abs(exact_mean).astype(dtype)))
+        assert np.all(np.abs(variance - exact_variance) <= np.spacing(exact_variance.astype(dtype)))
+    else:
+        eps = np.finfo(np.float64).eps
+        spread = np.abs(exact_mean) + np.sqrt(rows * exact_variance)
+        assert np.all(np.abs(mean - exact_mean) <= 4 * eps * spread)
+        assert np.all(np.abs(variance - exact_variance) <= 4 * rows * eps * exact_variance)
+    assert variance[2] == 0

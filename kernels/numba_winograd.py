@@ -109,6 +109,12 @@ batch 4) the two runs disagreed (Winograd 1.7x as fast, then kn2row 2.1x); from 
 split im2col (9 pairs, two runs at load 0.5): 9-32 tiles 1.1x-2.8x slower, 36 (CIFAR conv2
 at batch 4) 1.2x faster, 49 (3x3x128 at 28x28, batch 1) 1.2x slower, 98 1.23x faster: the
 same minimum, within 1.2x of the best either side of it.
+With the fused forward, at load 4-6 (9 pairs): conv2 at batches 1-6 (9-54 tiles) 2.5x-4.3x as
+fast as kn2row, 3x3x64 at 8x8 batch 4 (16 tiles) 7.9x, 3x3x256 at 14x14 batches 1-3 (16-48)
+1.05x-1.48x, 3x3x128 at 28x28 batch 1 (49) 1.68x; the filter gradient against the split im2col:
+18 and 32 tiles 0.80x and 0.86x, 36-54 1.33x-2.03x. MIN_BATCH_TILES stays 48 until a quiet
+machine says otherwise: the runs that set it were at load 0.5, where kn2row's GEMM has BLAS's
+two threads on free cores.
 
 Outputs smaller than two tiles across (F(4x4, 3x3) at 7x7: 4 tiles for 49 pixels, 3.1x fewer
 multiplies than im2col; at 3x3: one tile, 2.25x) took kn2row (forward, input gradient) and the

@@ -29,13 +29,15 @@ other jobs: 1.84x-1.98x (1.25-2.56), 15.1 -> 8.1 ms; chunks of 8, 16 or 32 image
 
 Policy (splits): where the reference makes many small-result GEMMs, a dW of at most
 MAX_SPLIT_RESULT_BYTES and an image's windows of at most MAX_SPLIT_IMAGE_BYTES: the CIFAR
-models' conv1 and conv3 (conv2 goes by Winograd). Chunks of FILTER_CHUNK_BYTES (256 kB) of
-windows, and at least one per lane, where the batch holds more than ONE_CHUNK_BYTES: conv1's chunk is then one image, whose windows (173 kB)
-and dy (147 kB) stay in the core's L2 cache (512 kB here) for the GEMM. Measured at conv1,
-batch 128, float32, against 1 MB chunks (6 images), alternating, median of 11 ratios, 1.3 of
-the 2 cores busy with other jobs, two runs: 256 kB 1.32x (1.30-1.48) and 1.34x (1.25-1.48),
-512 kB 1.13x and 1.11x, 2 MB 0.97x and 1.00x (earlier, with 1 MB: 0.5, 1 and 2 MB about
-even, 1.42x-1.48x the reference's speed in one run, 4 and 8 MB 1.11x and 1.25x). The serial im2col copies each window
+models' conv1 and conv3 (conv2 goes by Winograd). Where the batch holds more than
+ONE_CHUNK_BYTES: chunks of FILTER_CHUNK_BYTES (256 kB) of windows, and at least one per
+lane; conv1's chunk is then one image, whose windows (173 kB) and dy (147 kB) stay in the
+core's L2 cache (512 kB here) for the GEMM. Measured at conv1, batch 128, float32, against
+1 MB chunks (6 images), alternating, median of 11 ratios, 1.3 of the 2 cores busy with
+other jobs, two runs: 256 kB 1.32x (1.30-1.48) and 1.34x (1.25-1.48), 512 kB 1.13x and
+1.11x, 2 MB 0.97x and 1.00x (earlier, with 1 MB: 0.5, 1 and 2 MB about even, 1.42x-1.48x
+the reference's speed in one run, 4 and 8 MB 1.11x and 1.25x); dy^T @ cols instead of
+cols^T @ dy: 0.97x (0.83-1.26). The serial im2col copies each window
 row of KW pixels as one run of KW*C values where it lies inside x (conv1's 3 channels:
 runs of 15, not 3). Measured (numba backend, float32, batch 128, against the reference
 on the numba im2col with BLAS's threads, alternating, median of 5-9 ratios, loads 3-7 on
@@ -225,8 +227,7 @@ def dy_windows_backprop_filter(x, dy, window, w_shape):
     as the reference, added in another order (within SPLIT_RTOL)."""
     KH, KW, C, O = w_shape
     N, H, W, _ = x.shape
-    (top, bottom), (left, right) = window.pads
-    DH, DW = window.DH, window.DW
+    top, left, DH, DW = window.top, window.left, window.DH, window.DW
     top_adj, left_adj = (KH - 1) * DH - top, (KW - 1) * DW - left
     x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     OH, OW = dy.shape[1:3]

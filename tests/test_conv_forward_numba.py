@@ -11,14 +11,13 @@ reference's (else within IM2COL_RTOL). Then the policy and the chunks, conv2d's
 gradients under the numba backend by float64 finite differences (forward and input gradient
 by kn2row), and the plain (non-jitted) kernel.
 """
+import numba
 import numpy as np
 import pytest
 
 import tinybn.backend as backend
 from tinybn.geometry import window
 from tinybn.gradcheck import check_gradients
-import numba
-
 from tinybn.kernels import numba_conv, numba_filter_gradient, numba_kn2row, numba_threads, numba_winograd
 from tinybn.ops.conv import conv2d
 from tinybn.ops.padding import window_geometry

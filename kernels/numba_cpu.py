@@ -9,7 +9,7 @@ reference's signature and return values (tinybn/ops/* hold the references):
                  kn2row (numba_kn2row: stride 1, O <= C), else im2col + GEMM on forward_chunks
     numba_winograd  conv2d_backprop_filter, and the Winograd F(4x4, 3x3) / F(4x4, 5x5) conv
                  for stride-1 convs of 16+ channels (its policy; numba_winograd_forward: the
-                 forward's filter transform and its GEMMs split across the cores); other
+                 forward's filter transform, then its fused chunks across the cores); other
                  filter gradients by numba_filter_gradient (im2col summed in lanes across the
                  cores, numba_threads) where it splits, else the im2col reference (each
                  module's docstring: its error)

@@ -9,6 +9,7 @@ import pytest
 from tinybn.data.fast_augment import FastBatches, normalize
 from tinybn.models.cifar_fast import HYPERPARAMETERS, fast
 from tinybn.tasks.fast_recipe import FastRecipe, evaluate, sgd_settings
+from tinybn.tensor import Tensor
 
 HYP = {"whiten_bias_epochs": 1, "ema": {"start_epochs": 1, "decay_base": 0.95, "decay_pow": 3.0, "every_n_steps": 3}}
 
@@ -50,6 +51,37 @@ def test_lookahead_schedule_and_whitening_bias_freeze():
     assert started == [False] * 5 + [True] * 5
     assert bias_after_epoch0 is not None and np.abs(bias_after_epoch0).max() > 0
     np.testing.assert_array_equal(recipe.model.whitening.bias.data, bias_after_epoch0)
+
+
+def test_frozen_whitening_bias_stops_the_backward_at_block1(monkeypatch):
+    """After whiten_bias_epochs the step equals the full backward with the bias's gradient
+    dropped (parameters bit for bit), and block1's first conv computes no input gradient."""
+    from tinybn.ops import conv as conv_ops
+    images, labels = _data()
+    frozen, dropped = _recipe(images), _recipe(images)
+    batches = [FastBatches(images, labels, 16, seed=0) for _ in range(2)]
+    for _ in range(frozen.steps_per_epoch):               # epoch 0: the bias trains in both
+        frozen.train_step(*batches[0].next_batch())
+        dropped.train_step(*batches[1].next_batch())
+    calls = []
+    original = conv_ops.Conv2D._input_gradient
+    monkeypatch.setattr(conv_ops.Conv2D, "_input_gradient",
+                        lambda self, gy, w: calls.append(self.x_shape) or original(self, gy, w))
+    frozen.train_step(*batches[0].next_batch())
+    assert frozen.model.whitening.bias.grad is None
+    assert len(calls) == 5 and (16, 31, 31, 24) not in calls     # 6 convs after the whitening, less block1's first
+
+    dropped.model.whitening.bias.requires_grad = True          # the old way: full backward, gradient dropped
+    x, y = batches[1].next_batch()
+    logits = dropped.model(Tensor(x))
+    loss = dropped.model.loss(logits, y)
+    dropped.model.zero_grad()
+    loss.backward()
+    assert dropped.model.whitening.bias.grad is not None and len(calls) == 11
+    dropped.model.whitening.bias.grad = None
+    dropped.optimizer.step()
+    for (name, a), (_, b) in zip(frozen.model.named_parameters(), dropped.model.named_parameters()):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
 
 
 def test_resume_gives_the_same_weights():

@@ -16,8 +16,9 @@ After each step s (counted from 1) of epoch e (from 0), as airbench's loop:
     e >= ema start_epochs and s % every_n_steps == 0: the first such step starts a
         LookaheadAverage of the model, each later one updates it with airbench_decay(s, total)
     the last step of an epoch (or of the run), once an average exists: update(model, 1.0)
-    e >= whiten_bias_epochs: the whitening bias's gradient is dropped before the update, so
-        SGD leaves it (and its momentum) as they are, as airbench's requires_grad = False does.
+    e >= whiten_bias_epochs: the whitening bias stops requiring a gradient (airbench's
+        requires_grad = False), so SGD leaves it (and its momentum) as they are, and the
+        backward stops at block1's first conv.
 `without` (models/cifar_fast.py ABLATIONS) takes out bn-bias-lr (bias_scaler 1), nesterov
 (plain momentum) and lookahead (no average); the model's and the input's are theirs.
 
@@ -73,12 +74,14 @@ class FastRecipe:
     def train_step(self, images, labels):
         """One airbench step on a normalised batch: (summed loss / batch size, accuracy)."""
         epoch = self.step // self.steps_per_epoch
+        # airbench's requires_grad = False: no gradient, so SGD leaves the bias and its momentum,
+        # and the frozen whitening layer below it records no graph (block1's first conv then
+        # computes no input gradient: about a sixth of that block's backward)
+        self.model.whitening.bias.requires_grad = epoch < self.hyp["whiten_bias_epochs"]
         logits = self.model(Tensor(images))
         loss = self.model.loss(logits, labels)
         self.model.zero_grad()
         loss.backward()
-        if epoch >= self.hyp["whiten_bias_epochs"]:
-            self.model.whitening.bias.grad = None
         self.optimizer.step()
         self._average(epoch)
         accuracy = float(np.mean(np.argmax(logits.numpy(), axis=1) == to_numpy(labels)))

@@ -20,11 +20,12 @@ way its policy allows, each tested against the float64 im2col reference by
 tests/test_conv_forward_numba.py:
 
     1. Winograd (numba_winograd.winograd_tile): stride-1 3x3 and 5x5 convs of 16+ channels
-       and at least MIN_BATCH_TILES (48) tiles in the batch (CIFAR conv2, most of ResNet's
-       3x3s), within WINOGRAD_RTOL;
+       and at least MIN_BATCH_TILES (48) tiles in the batch, or MIN_SMALL_OUTPUT_TILES (64)
+       for outputs of fewer than two tiles across (7x7, 3x3) (CIFAR conv2, most of ResNet's
+       3x3s, every 3x3 of the fast model at its batch), within WINOGRAD_RTOL;
     2. kn2row (numba_kn2row.kn2row_picks): the other stride-1 convs with O <= C (CIFAR conv3
-       5x5x64x10: 1.8x; ResNet's 3x3x512 at 7x7, forward and input gradient: 1.3x, 7-8x at
-       load 5-7: numba_kn2row's table), within
+       5x5x64x10: 1.8x; ResNet's 3x3x512 at 7x7 below 64 tiles (batch <= 15), forward and
+       input gradient: 1.3x, 7-8x at load 5-7: numba_kn2row's table), within
        KN2ROW_RTOL (measured float32 <= 3.6e-7, float64 <= 5.5e-16 of the largest value);
     3. split_conv2d (splits_forward: windows of at most SPLIT_MAX_TAPS (256) values and an
        image's windows of at most SPLIT_CHUNK_BYTES): CIFAR conv1 and conv3's input gradient,

@@ -6,12 +6,15 @@ reference's signature and return values (tinybn/ops/* hold the references):
     numba_conv   im2col, col2im                                   bit-identical
                  conv_batch_chunks: this backend's conv chunking (2 MB of windows)
                  conv2d_forward: by numba_winograd where its policy picks a tile, else by
-                 kn2row (numba_kn2row: stride 1, O <= C), else im2col + GEMM on forward_chunks
+                 kn2row (numba_kn2row: stride 1, O <= C), else, for narrow windows
+                 (splits_forward), im2col + GEMM split across the cores (split_conv2d),
+                 else im2col + GEMM on forward_chunks
     numba_winograd  conv2d_backprop_filter, and the Winograd F(4x4, 3x3) / F(4x4, 5x5) conv
                  for stride-1 convs of 16+ channels (its policy; numba_winograd_forward: the
                  forward's filter transform, then its fused chunks across the cores); other
                  filter gradients by numba_filter_gradient (im2col summed in lanes across the
-                 cores, numba_threads) where it splits, else the im2col reference (each
+                 cores, numba_threads, with dy's windows gathered where O < C) where it
+                 splits, else the im2col reference (each
                  module's docstring: its error)
     numba_pool   max_pool_forward/values/backward, avg_pool_forward/backward   bit-identical
     numba_norm   batch_norm_train_forward/backward, batch_norm_inference

@@ -146,8 +146,6 @@ import numpy as np
 from . import numba_setup  # noqa: F401  (before the first parallel call)
 from .numba_filter_gradient import batch_chunks, im2col_backprop_filter, strip_transform
 from .numba_threads import one_blas_thread, split
-from .numba_winograd_forward import _tile_transform_kernel, _tile_transform_plain  # noqa: F401  (the forward's,
-#   named here as the reference of numba_filter_gradient's strip transform in its tests)
 from .numba_winograd_forward import filter_transform, fused_conv2d
 
 POINTS = {6: (0, 1, -1, 2, -0.5), 8: (0, 1, -1, 2, -2, 0.5, -0.5)}    # alpha -> finite points

@@ -5,7 +5,6 @@ refused in one line before anything is written."""
 import os
 import sys
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -19,8 +19,8 @@ import pytest
 
 import tinybn.backend as backend
 from tinybn.gradcheck import check_gradients
-from tinybn.kernels import numba_conv, numba_filter_gradient as fg, numba_threads
-from tinybn.kernels import numba_winograd as wg
+from tinybn.kernels import numba_filter_gradient as fg, numba_threads
+from tinybn.kernels import numba_winograd as wg, numba_winograd_forward as wf
 from tinybn.ops.conv import conv2d
 from tinybn.ops.padding import window_geometry
 
@@ -210,8 +210,8 @@ def test_serial_windows_are_the_reference_im2col(case, jit):
 @pytest.mark.parametrize("jit", [True, False], ids=["jitted", "plain"])
 @pytest.mark.parametrize("case", ["cifar conv2", "winograd explicit", "winograd odd valid"])
 def test_strip_transform_is_the_tile_transform(case, jit):
-    """The serial strip transform equals numba_winograd's parallel tile
-    transform (the forward's), for x (B^T on alpha x alpha tiles) and dy (A on m x m tiles),
+    """The serial strip transform equals numba_winograd_forward's serial tile
+    transform (the forward's, one chunk), for x (B^T on alpha x alpha tiles) and dy (A on m x m tiles),
     all positions at once and those of a slice of rows p (a lane's)."""
     x, dy, geometry, (r, _, C, O) = operands(case, np.float64)
     m = wg.WINOGRAD_TILES[r]
@@ -220,7 +220,7 @@ def test_strip_transform_is_the_tile_transform(case, jit):
     kernel = fg._strip_transform_kernel if jit else fg._strip_transform_plain
     for data, T, top, left in [(x, BT, geometry.top, geometry.left), (dy, AT.T.copy(), 0, 0)]:
         tiles = np.empty((alpha * alpha, x.shape[0] * TH * TW, data.shape[3]))
-        wg._tile_transform_kernel(data, T, m, top, left, tiles, TH, TW)
+        wf._tile_transform_kernel(data, T, m, top, left, tiles, TH, TW)
         for rows in (slice(0, alpha), slice(2, 5)):
             strips = np.empty((rows.stop - rows.start, alpha) + tiles.shape[1:])
             kernel(data.reshape(data.shape[0], data.shape[1], -1), T[rows].copy(), T, m, top, left,

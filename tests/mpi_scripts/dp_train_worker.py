@@ -15,7 +15,6 @@ import types
 
 import numpy as np
 
-from tinybn import checkpoint
 from tinybn.distributed import world as world_lib
 from tinybn.distributed.data_parallel import DataParallel
 from tinybn.models import cifar10 as cifar_models

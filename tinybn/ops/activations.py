@@ -139,7 +139,8 @@ def gelu_grad(x, gy, approximate):
         return gy * slope
     z = -x * t(_SQRT_HALF)
     cdf = t(0.5) * erfc(z)
-    pdf = xp.exp(-z * z) * t(_SQRT_HALF / np.sqrt(np.pi))     # 1/sqrt(2 pi) exp(-x**2/2) for c = 1/sqrt(2)
+    with np.errstate(over="ignore"):      # z * z overflows to inf past |x| ~ 1e19 (float32), and exp(-inf) = 0
+        pdf = xp.exp(-z * z) * t(_SQRT_HALF / np.sqrt(np.pi))     # 1/sqrt(2 pi) exp(-x**2/2) for c = 1/sqrt(2)
     return gy * (cdf + x * pdf)
 
 

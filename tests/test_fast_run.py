@@ -75,3 +75,34 @@ def test_refuses_other_checkpoints(tmp_path):
     with pytest.raises(SystemExit, match="epochs=4, this run has epochs=5"):
         train_fast(_args(tmp_path, 1000, epochs=5), images, labels, model=_model())
     assert os.path.exists(latest_checkpoint(str(tmp_path)))
+
+
+def test_sec_per_batch_is_the_steps_own_time_without_the_checkpoints(tmp_path, monkeypatch):
+    """A fake clock: each step takes 1 s, each checkpoint 100 s. With a checkpoint every 3 steps
+    and one at each epoch's end (2 steps an epoch), every train.csv row must read 1 s a step,
+    while its wall time counts the checkpoints."""
+    import types
+
+    from tinybn import training
+    from tinybn.tasks import cifar_fast
+    now = [1000.0]
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: now[0]))
+
+    def advancing(method, seconds):
+        def wrapped(*a, **k):
+            now[0] += seconds
+            return method(*a, **k)
+        return wrapped
+    monkeypatch.setattr(cifar_fast.FastRun, "train_step", advancing(cifar_fast.FastRun.train_step, 1.0))
+    monkeypatch.setattr(cifar_fast.FastRun, "save", advancing(cifar_fast.FastRun.save, 100.0))
+    images, labels = _data()
+    args = _args(tmp_path, 8)
+    args.checkpoint_every_epoch = True
+    train_fast(args, images, labels, model=_model())
+    with open(tmp_path / "train.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert [float(r["sec_per_batch"]) for r in rows] == [1.0] * 8
+    # saves after steps 2 (epoch), 3 (every 3), 4 (epoch), 6 (both: fit's only), before the next step
+    walls = [float(r["wall_time"]) - 1000.0 for r in rows]
+    assert walls == [1, 2, 103, 204, 305, 306, 407, 408]

@@ -275,12 +275,13 @@ class TrainingRun:
         (open_csv("train.csv", TRAIN_CSV_FIELDS)), write summaries and checkpoints at their
         intervals, stop cleanly on Ctrl-C or SIGTERM (StopFlag), save at the end.
         after_step(step), if given, runs after each step; returning True says it took time
-        that must not count in the next sec/batch."""
+        that must not count in sec/batch. sec/batch is the steps' own time: the time of the
+        checkpoints written inside a logging window (by fit or after_step) is taken out of it."""
         args = self.args
         progress = Progress(args.max_steps, start=self.step) if self.is_root else NullLog()
         last_saved = self.step
         with StopFlag(quiet=not self.is_root) as stop:
-            tick = time.time()
+            tick, saving = time.time(), 0.0     # saving: checkpoint seconds inside this window
             stopping = False
             while self.step < args.max_steps and not stopping:
                 loss, accuracy, lr = self.train_step(*queue.next_batch())
@@ -293,8 +294,8 @@ class TrainingRun:
                                                         f"{self.step}; the last good checkpoint is {latest}")
                 step = self.step
                 if step % args.log_every == 0:
-                    duration = (time.time() - tick) / args.log_every
-                    tick = time.time()
+                    duration = (time.time() - tick - saving) / args.log_every
+                    tick, saving = time.time(), 0.0
                     csv.log(step=step, loss=loss, train_accuracy=accuracy, learning_rate=lr,
                             examples_per_sec=self.global_batch_size / duration, sec_per_batch=duration,
                             wall_time=tick)
@@ -302,10 +303,13 @@ class TrainingRun:
                 if step % args.summary_every == 0:
                     self.write_summaries(writer, loss, accuracy, lr)
                 if step % args.checkpoint_every == 0:
+                    started = time.time()
                     self.save(queue)
                     last_saved = step
+                    saving += time.time() - started
+                started = time.time()
                 if after_step is not None and after_step(step):
-                    tick = time.time()
+                    saving += time.time() - started
             if self.step != last_saved:
                 saved = self.save(queue)
                 self.say(f"saved {saved}")

@@ -34,8 +34,7 @@ import tensorflow as tf
 
 import parity
 from test_tf_fast_model import DECAY, WIDTHS, tf_fast
-from tinybn.data.fast_augment import FastBatches
-from tinybn.data.fast_augment import normalize
+from tinybn.data.fast_augment import FastBatches, normalize
 from tinybn.models.cifar_fast import HYPERPARAMETERS, fast
 from tinybn.tasks.fast_recipe import FastRecipe
 
@@ -65,6 +64,16 @@ def tf_airbench_run(params, buffers, batches, total, steps_per_epoch):
     (lr_b, wd_b), (lr, wd) = airbench_groups(BATCH)
     schedule = triangle(total)
     shadow, losses = None, []
+    averaged = [n for n in list(weights) + list(consts) if n != "net/whiten/kernel"]   # every float tensor
+
+    def value(n):
+        return weights[n].numpy() if n in weights else consts[n]
+
+    def set_value(n, v):
+        if n in weights:
+            weights[n].assign(v)
+        else:
+            consts[n] = v.copy()
     for step in range(1, total + 1):
         epoch = (step - 1) // steps_per_epoch
         x, labels = batches[step - 1]
@@ -84,16 +93,6 @@ def tf_airbench_run(params, buffers, batches, total, steps_per_epoch):
             consts[prefix + "/moving_mean"] = DECAY * consts[prefix + "/moving_mean"] + (1 - DECAY) * mean.numpy()
             consts[prefix + "/moving_variance"] = (DECAY * consts[prefix + "/moving_variance"]
                                                    + (1 - DECAY) * var.numpy() * n / (n - 1))
-        averaged = [n for n in list(weights) + list(consts) if n != "net/whiten/kernel"]
-
-        def value(n):
-            return weights[n].numpy() if n in weights else consts[n]
-
-        def set_value(n, v):
-            if n in weights:
-                weights[n].assign(v)
-            else:
-                consts[n] = v.copy()
         if epoch >= 3 and step % 5 == 0:
             if shadow is None:
                 shadow = {n: value(n).copy() for n in averaged}

@@ -21,7 +21,8 @@ lanes one after another on the calling thread, with BLAS's own threads: the same
 up to the rounding of BLAS's own partition.
 
 Floor: kernels (tests/test_layering.py): imports only tinybn.backend's registry,
-tinybn.geometry, other kernel modules, and numpy, numba or cupy (and the standard library).
+tinybn.geometry, tinybn.mapped_files, other kernel modules, and numpy, numba or cupy (and
+the standard library).
 """
 import ctypes
 import functools
@@ -31,6 +32,8 @@ from collections import deque
 
 import numba
 
+from tinybn.mapped_files import mapped_libraries
+
 LANES = 4                     # lanes per reduction: up to 4 cores, and room to balance 2 busy ones
 _AFFIXES = [(p, s) for p in ("", "scipy_") for s in ("", "64_", "_64")]   # OpenBLAS's symbol variants
 
@@ -38,11 +41,7 @@ _AFFIXES = [(p, s) for p in ("", "scipy_") for s in ("", "64_", "_64")]   # Open
 @functools.cache
 def openblas_threads():
     """(get, set) of the thread count of the OpenBLAS numpy uses, or None where none is found."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1]}
-    except OSError:
-        return None
+    paths = mapped_libraries("openblas") or ()
     for path in sorted((p for p in paths if os.path.isfile(p)), key=lambda p: ("numpy" not in p, p)):  # numpy's first
         library = ctypes.CDLL(path)
         for prefix, suffix in _AFFIXES:

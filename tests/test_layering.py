@@ -5,7 +5,8 @@ Floors, lowest first (README "What is where"):
 
     core      arrays, tensor, function, state  which library holds an array; the autograd
                                                engine; the strict-load check
-    backend   backend, geometry                which array library computes; window geometry
+    backend   backend, geometry, mapped_files  which array library computes; window geometry;
+                                               the native libraries the process has loaded
     ops       tinybn.ops                       the reference ops, named like tf.nn
     nn        tinybn.nn                        Module, layers, BatchNorm
     optim     optim, moving_averages, lookahead  TF1 optimizers, PyTorch's SGD, schedules, EMA,
@@ -19,8 +20,8 @@ Floors, lowest first (README "What is where"):
     cli       train, eval, bench, export, cli_flags   the commands under python -m
 
 The kernels (kernels/, installed as tinybn.kernels) stand beside the floors: they import
-only the backend's registry, the geometry module, each other, and numpy, numba or cupy,
-so that a kernel module loads without the rest of the package.
+only the backend's registry, the geometry module, mapped_files, each other, and numpy,
+numba or cupy, so that a kernel module loads without the rest of the package.
 
 Imports are read with `ast` from the source, top-level and function-level alike (a late
 import inside a function is still an edge of the graph), and `from . import x` is resolved
@@ -35,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOORS = [
     ("core", ["tinybn.arrays", "tinybn.tensor", "tinybn.function", "tinybn.state"]),
-    ("backend", ["tinybn.backend", "tinybn.geometry"]),
+    ("backend", ["tinybn.backend", "tinybn.geometry", "tinybn.mapped_files"]),
     ("ops", ["tinybn.ops"]),
     ("nn", ["tinybn.nn"]),
     ("optim", ["tinybn.optim", "tinybn.moving_averages", "tinybn.lookahead"]),
@@ -51,7 +52,7 @@ FLOORS = [
              "tinybn.__main__"]),
 ]
 KERNELS = "tinybn.kernels"
-KERNEL_MAY_IMPORT = ("tinybn.backend", "tinybn.geometry", KERNELS)
+KERNEL_MAY_IMPORT = ("tinybn.backend", "tinybn.geometry", "tinybn.mapped_files", KERNELS)
 KERNEL_LIBRARIES = {"numpy", "numba", "cupy"}
 
 
@@ -218,7 +219,7 @@ def test_the_checks_find_what_they_look_for():
     }
     assert upward_imports(graph) == [
         "tinybn.kernels.numba_pool -> tinybn.ops.pool (kernels import only tinybn.backend, tinybn.geometry, "
-        "tinybn.kernels)",
+        "tinybn.mapped_files, tinybn.kernels)",
         "tinybn.ops.basic (ops) -> tinybn.nn.module (nn)"]
     assert circles(graph) == [["tinybn.nn.module", "tinybn.ops.basic"]]
 

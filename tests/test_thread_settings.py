@@ -1,6 +1,7 @@
 """Process-wide thread settings: tinybn limits OpenBLAS's busy-waiting before numpy loads it, and
 OpenMP's (numba's threads) before libgomp loads, keeps a value the user chose, and warns when
-numpy or libgomp came first (then it is too late)."""
+numpy or libgomp came first (then it is too late); which libraries are loaded is read from
+/proc/self/maps (tinybn.mapped_files)."""
 import os
 import subprocess
 import sys
@@ -69,3 +70,27 @@ def test_numba_backend_warns_when_libgomp_was_loaded_first():
 def test_no_openmp_warning_when_tinybn_came_first():
     out = run(f"import tinybn; {LOAD_LIBGOMP}; tinybn.use_backend('numba')")
     assert "OMP_WAIT_POLICY" not in out.stderr
+
+
+def test_mapped_libraries_reads_the_maps_paths(monkeypatch, tmp_path):
+    """The sixth field of each line, spaces kept; lines without a path skipped; names matched
+    in the file name only; None where the map cannot be read."""
+    import builtins
+    import io
+
+    from tinybn import mapped_files
+    maps = ("7f00-7f10 r-xp 00000000 08:01 12 /opt/my libs/libopenblas64_p-r0.3.so\n"
+            "7f10-7f20 rw-p 00000000 00:00 0 \n"
+            "7f20-7f30 r-xp 00000000 08:01 13 /opt/libgomp-a34b/libz.so.1\n"
+            "7f30-7f40 r-xp 00000000 08:01 14 /usr/lib/libgomp.so.1 (deleted)\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(maps) if path == "/proc/self/maps"
+                        else real_open(path, *a, **k))
+    assert mapped_files.mapped_libraries("openblas") == {"/opt/my libs/libopenblas64_p-r0.3.so"}
+    assert mapped_files.mapped_libraries("libgomp", "libomp") == {"/usr/lib/libgomp.so.1 (deleted)"}
+    assert mapped_files.mapped_libraries("libiomp") == set()
+
+    def unreadable(path, *a, **k):
+        raise PermissionError(path)
+    monkeypatch.setattr(builtins, "open", unreadable)
+    assert mapped_files.mapped_libraries("openblas") is None

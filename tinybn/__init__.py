@@ -13,14 +13,7 @@ import sys as _sys
 openblas_spin_limited = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-
-def _openmp_loaded():
-    """Whether an OpenMP runtime is already mapped into the process (Linux; False elsewhere)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return any(name in line for line in maps for name in ("libgomp", "libiomp", "libomp"))
-    except OSError:
-        return False
+from .mapped_files import mapped_libraries as _mapped_libraries  # noqa: E402  (the standard library only)
 
 
 # The same for the OpenMP runtime under numba's parallel kernels: libgomp reads
@@ -29,7 +22,7 @@ def _openmp_loaded():
 # (which tensorboardX imports, and so every training run) brings its own libgomp, which
 # numba's threading layer then shares. Spinning, the numba step of the bn model took
 # 252 ms against 180 ms passive (2 cores, python -m tinybn.bench profile cifar).
-omp_spin_limited = "OMP_WAIT_POLICY" in _os.environ or not _openmp_loaded()
+omp_spin_limited = "OMP_WAIT_POLICY" in _os.environ or not _mapped_libraries("libgomp", "libiomp", "libomp")
 _os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 from . import backend as _backend  # noqa: E402  (numpy loads here)

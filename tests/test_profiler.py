@@ -1,5 +1,8 @@
 """tinybn.profiler and `python -m tinybn.bench profile`: calls and FLOPs against the models'
-closed forms, shares that add up, no trace of an inactive profiler, one-line errors."""
+closed forms (the fast recipe's step in both whitening-bias phases too), shares that add up, no
+trace of an inactive profiler, one-line errors."""
+import argparse
+
 import numpy as np
 import pytest
 
@@ -8,6 +11,7 @@ from tinybn.bench import main as bench_main
 from tinybn.models import cifar10
 from tinybn.moving_averages import ExponentialMovingAverage
 from tinybn.profiler import OpProfiler, profile_training, training_step
+from tinybn.tasks.cifar_fast import profile_fast
 
 N = 2       # images per batch: the counts scale with it, the time does not matter here
 
@@ -145,6 +149,8 @@ def test_profile_training_refuses_bad_counts(steps, warmup):
     (["profile", "resnet", "--depth", "34"], "invalid choice: 34"),
     (["profile", "resnet", "--mode", "backward"], "invalid choice: 'backward'"),
     (["profile", "resnet", "--image-size", "0"], "must be >= 1, got 0"),
+    (["profile", "cifar", "--model", "bn", "--whitening-bias", "frozen"], "a flag of profile cifar --model fast"),
+    (["profile", "cifar", "--model", "fast", "--whitening-bias", "thawed"], "invalid choice: 'thawed'"),
 ])
 def test_bad_flags_give_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -163,3 +169,44 @@ def test_the_command_prints_the_tables(capsys):
         assert line in out
     conv2 = next(line for line in out.splitlines() if line.startswith("conv2") and "Conv2D" in line)
     assert conv2.split()[5] == "1/1"       # layer, op, fwd ms, bwd ms, share, calls, GFLOP/s ...
+
+
+# the fast model's convs per layer (tinybn/models/cifar_fast.py, 32x32 images): (OH, OW, KH*KW, C, O);
+# the whitening conv is 2x2 VALID (31x31), each block's first conv runs before its 2x2 max pool
+FAST_CONVS = {"whiten": [(31, 31, 4, 3, 24)],
+              "block1": [(31, 31, 9, 24, 64), (15, 15, 9, 64, 64)],
+              "block2": [(15, 15, 9, 64, 256), (7, 7, 9, 256, 256)],
+              "block3": [(7, 7, 9, 256, 256), (3, 3, 9, 256, 256)]}
+
+
+@pytest.mark.parametrize("whitening_bias", ["frozen", "trains"])
+def test_the_fast_step_profile_follows_the_whitening_bias_phase(whitening_bias, capsys):
+    """The whitening conv never has a backward (a frozen kernel on the images); its bias's BiasAdd
+    has one while the bias trains, and only then does block1's first conv compute its input gradient."""
+    args = argparse.Namespace(seed=0, batch_size=N, backend="numpy", whitening_bias=whitening_bias, steps=1, warmup=0)
+    profile, update_s = profile_fast(args)
+    rows = {(r.layer, r.op): r for r in profile.rows}
+    trains = whitening_bias == "trains"
+    for layer, convs in FAST_CONVS.items():
+        row = rows[layer, "Conv2D"]
+        flops = [2 * N * oh * ow * taps * c * o for oh, ow, taps, c, o in convs]
+        assert (row.forward_calls, row.forward_flops) == (len(convs), sum(flops))
+        if layer == "whiten":
+            assert (row.backward_calls, row.backward_flops) == (0, 0)
+        elif layer == "block1":
+            assert row.backward_flops == (2 if trains else 1) * flops[0] + 2 * flops[1]
+        else:
+            assert row.backward_flops == 2 * sum(flops)
+    assert rows["whiten", "BiasAdd"].backward_calls == (1 if trains else 0)
+    assert rows["dense", "MatMul"].backward_flops == 2 * 2 * N * 256 * 10
+    assert set(profile.parts) == {"optimizer"} and update_s > 0
+    out = capsys.readouterr().out
+    assert f"cifar fast: batch {N}, backend numpy, whitening bias {whitening_bias}" in out
+    assert "Lookahead update: " in out and "every 5th step of a run" in out
+
+
+def test_the_fast_command_defaults_to_the_frozen_bias(capsys):
+    assert bench_main(["profile", "cifar", "--model", "fast", "--backend", "numpy", "--batch-size", "2",
+                       "--steps", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "cifar fast: batch 2, backend numpy, whitening bias frozen" in out and "per layer:" in out

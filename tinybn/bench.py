@@ -41,12 +41,14 @@ from .models import cifar10 as cifar_models
 from .moving_averages import ExponentialMovingAverage
 from .profiler import profile_training
 from .tasks.cifar import EMA_DECAY, make_optimizer
+from .tasks.cifar_fast import profile_fast
 from .tasks.resnet import profile_resnet, run_resnet
 
 PROFILE_DOC = """python -m tinybn.bench profile: where the time of a step goes, op by op.
 
-    python -m tinybn.bench profile cifar [--model {tutorial,tutorial_bn,bn}] [--backend {numpy,numba,cupy}]
-        [--batch-size 128] [--steps 10] [--warmup 3] [--seed 0]
+    python -m tinybn.bench profile cifar [--model {tutorial,tutorial_bn,bn,fast}] [--backend {numpy,numba,cupy}]
+        [--batch-size 128 (fast: 1024)] [--steps 10] [--warmup 3] [--seed 0]
+        [--whitening-bias {frozen,trains}] (fast only)
     python -m tinybn.bench profile resnet [--depth {50,101,152,200}] [--image-size 224]
         [--mode {forward,forward-backward,both}] [--num-classes 1000] [--backend ...]
         [--batch-size 8] [--steps 10] [--warmup 3] [--seed 0]
@@ -59,6 +61,12 @@ softmax cross-entropy plus the tutorial's weight decay), backward, the model's o
 the weights (decay 0.9999), on one fixed batch of N(0, 1) images (N, 24, 24, 3) float32 and
 uniform labels (seed --seed). After --warmup untimed steps, --steps steps run with the
 profiler on (tinybn.profiler), then as many with it off, whose mean is printed too.
+
+--model fast (tinybn.tasks.cifar_fast.profile_fast): the fast recipe's step instead, on
+(N, 32, 32, 3) images: the label-smoothed summed loss and Nesterov SGD in airbench's two
+groups, no EMA. --whitening-bias frozen (default) is the step of epochs 3 on, whose backward
+stops at block1's first conv; trains is that of epochs 0-2. The Lookahead update, made every
+5th step of a run, is timed alone after the tables and printed with its share of a step.
 
 Printed per op (Function class), then per layer and op: the forward and backward time per
 step in ms, their share of the profiled step, the calls per step (forward/backward) and, for
@@ -111,12 +119,15 @@ def build_parser():
                        "(forward, backward, share, GFLOP/s)",
                        description=PROFILE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=("cifar", "resnet"), help="what to profile")
-    p.add_argument("--model", default="bn", choices=tuple(cifar_models.MODELS), help="cifar: the model")
+    p.add_argument("--model", default="bn", choices=tuple(cifar_models.MODELS) + ("fast",), help="cifar: the model")
+    p.add_argument("--whitening-bias", default=None, choices=("frozen", "trains"),
+                   help="cifar --model fast: the step of epochs 3 on (frozen, default) or 0-2 (trains)")
     p.add_argument("--depth", type=int, default=50, choices=(50, 101, 152, 200), help="resnet: the depth")
     p.add_argument("--image-size", type=_positive, default=224, help="resnet: S of the S x S images")
     p.add_argument("--mode", default="both", choices=MODES, help="resnet: which steps (default both)")
     p.add_argument("--num-classes", type=_positive, default=1000, help="resnet: the logits")
-    p.add_argument("--batch-size", type=_positive, default=None, help="default 128 (cifar), 8 (resnet)")
+    p.add_argument("--batch-size", type=_positive, default=None,
+                   help="default 128 (cifar), 1024 (cifar --model fast), 8 (resnet)")
     p.add_argument("--steps", type=_positive, default=10, help="profiled steps (default 10)")
     p.add_argument("--warmup", type=_non_negative, default=3, help="untimed steps first (default 3)")
     p.add_argument("--seed", type=_non_negative, default=0)
@@ -143,13 +154,20 @@ def profile_cifar(args, log=print):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "whitening_bias", None) is not None and (args.task, args.model) != ("cifar", "fast"):
+        parser.error("--whitening-bias is a flag of profile cifar --model fast")
     cli_flags.select_backend(args)
     if args.command == "resnet":
         run_resnet(args)
     elif args.command == "profile" and args.task == "resnet":
         args.batch_size = args.batch_size or 8
         profile_resnet(args)
+    elif args.command == "profile" and args.model == "fast":
+        args.batch_size = args.batch_size or 1024
+        args.whitening_bias = args.whitening_bias or "frozen"
+        profile_fast(args)
     elif args.command == "profile":
         args.batch_size = args.batch_size or 128
         profile_cifar(args)

@@ -3,6 +3,8 @@ the house's TrainingRun (checkpoints, train.csv, resuming, Ctrl-C), and its eval
 
     train_fast(args, images, labels)        train to the end of --epochs (or --max-steps, if fewer)
     evaluate_fast(path, images, labels)     precision@1 of a checkpoint, airbench's tta_level 2
+    profile_fast(args)                      the recipe's step op by op (python -m tinybn.bench
+                                            profile cifar --model fast)
 
 args are the cifar trainer's flags plus `epochs` (airbench: 9.9; the epoch count is a flag),
 `without` (the components removed, models/cifar_fast.py ABLATIONS), `checkpoint_every_epoch`
@@ -18,6 +20,8 @@ reach these through tasks/cifar.py's train() and evaluate().
 
 Tasks floor: imports training, data, models, optim, backend and core; never the command lines.
 """
+import time
+
 import numpy as np
 
 from .. import backend, checkpoint
@@ -25,6 +29,7 @@ from ..data.fast_augment import TRANSLATE, FastBatches, normalize
 from ..distributed import world as world_lib
 from ..lookahead import LookaheadAverage
 from ..models.cifar_fast import HYPERPARAMETERS, check_ablations, fast
+from ..profiler import profile_training
 from ..training import TRAIN_CSV_FIELDS, TrainingRun, load_checkpoint_or_fail
 from .curve import RunClock
 from .fast_recipe import FastRecipe, evaluate
@@ -144,3 +149,33 @@ def evaluate_fast(path, images, labels, tta_level=None, model=None, batch_size=5
     """(precision@1, step) of the fast checkpoint at `path` on uint8 images, with TTA (restore_fast_model)."""
     model, meta = restore_fast_model(path, model)
     return evaluate(model.to_backend(), images, labels, tta_level, batch_size), meta["step"]
+
+
+def profile_fast(args, log=print):
+    """Profile args.steps steps of the fast recipe's training step: the fast model (seed --seed, its
+    whitening kernel from the batch), FastRecipe's optimizer (Nesterov SGD, airbench's two groups,
+    40,000 examples' schedule), one batch of N(0, 1) images (N, 32, 32, 3) float32 and uniform
+    labels. args.whitening_bias: "frozen" (the step of epochs 3 on, 7 in 10: the backward stops at
+    block1's first conv) or "trains" (epochs 0-2). The Lookahead update, which a run makes every
+    5th step, is timed alone after the profile (the mean of 5). Returns (Profile, seconds per update)."""
+    rng = np.random.default_rng(args.seed)
+    images = rng.standard_normal((args.batch_size, 32, 32, 3), dtype=np.float32)
+    labels = rng.integers(0, 10, args.batch_size).astype(np.int32)
+    model = fast(rng=np.random.default_rng(args.seed), whitening_images=images).to_backend(args.backend)
+    recipe = FastRecipe(model, 40_000, args.batch_size, HYPERPARAMETERS["train_epochs"])
+    model.whitening.bias.requires_grad = args.whitening_bias == "trains"
+    log(f"cifar fast: batch {args.batch_size}, backend {args.backend}, whitening bias {args.whitening_bias}, "
+        f"{args.warmup} warm-up steps, {args.steps} profiled")
+    profile = profile_training(model, recipe.optimizer, None, images, labels, steps=args.steps, warmup=args.warmup)
+    log(profile.format())
+    average = LookaheadAverage(model)
+    start = time.perf_counter()
+    for _ in range(5):
+        average.update(model, HYPERPARAMETERS["ema"]["decay_base"])
+    backend.to_numpy(average.shadow[average.names[-1]])     # a GPU's queue has run the last update
+    update_s = (time.perf_counter() - start) / 5
+    every = HYPERPARAMETERS["ema"]["every_n_steps"]
+    log(f"Lookahead update: {1e3 * update_s:.1f} ms, every {every}th step of a run "
+        f"({1e3 * update_s / every:.1f} ms a step, {100 * update_s / every / profile.unprofiled_step_s:.1f}% "
+        f"of the unprofiled step)")
+    return profile, update_s

@@ -1,5 +1,5 @@
-"""conv2d_backprop_filter's numba twin by im2col + GEMM, its batch split across the cores,
-and the serial tile transform of numba_winograd's split filter gradient.
+"""conv2d_backprop_filter's numba twin by im2col + GEMM, its batch split across the cores
+(numba_winograd's filter gradient chunks its batch by batch_chunks too).
 
 Shapes as tinybn.ops.conv: x (N, H, W, C), dy (N, OH, OW, O), a tinybn.geometry.Window;
 dW (KH, KW, C, O).
@@ -139,59 +139,6 @@ def _windows_plain(x, cols, KH, KW, SH, SW, DH, DW, top, left):
 
 
 _windows_kernel = njit(cache=True, nogil=True)(_windows_plain)
-
-
-def _strip_transform_plain(x, rows_T, T, stride, top, left, out, TW):
-    """numba_winograd's tile transform, serial (one core of a split), for the positions of the
-    rows of rows_T (a slice of T's rows p):
-        out[p*alpha + q, (n*TH + th)*TW + tw, c]
-            = sum_{i,j < s} rows_T[p, i] T[q, j] x[n, th*stride + i - top, (tw*stride + j - left)*C + c]
-    x (n, H, W*C), 0 outside. rows_T is applied along the rows once per strip of TW tiles
-    (whose columns overlap; the strip is (TW - 1)*stride + s pixels wide), then T along each
-    tile's columns."""
-    N, H, WC = x.shape
-    P = rows_T.shape[0]
-    alpha, s = T.shape
-    C = out.shape[2]
-    TH = out.shape[1] // (N * TW)
-    width = (TW - 1) * stride + s
-    rows = np.empty((P, width * C), x.dtype)        # rows_T applied along the strip's rows
-    strip = rows.reshape((P, width, C))
-    start, stop = left * C, min(WC, (width - left) * C) + left * C    # where x's columns land in a row
-    for n in range(N):
-        for th in range(TH):
-            for p in range(P):
-                target = rows[p]
-                for k in range(width * C):
-                    target[k] = 0
-                for i in range(s):
-                    h = th * stride + i - top
-                    coefficient = rows_T[p, i]
-                    if coefficient != 0 and 0 <= h < H:
-                        source = x[n, h]
-                        for k in range(start, stop):
-                            target[k] += coefficient * source[k - start]
-            for tw in range(TW):
-                t = (n * TH + th) * TW + tw
-                for p in range(P):
-                    for q in range(alpha):
-                        target = out[p * alpha + q, t]
-                        for c in range(C):
-                            target[c] = 0
-                        for j in range(s):
-                            coefficient = T[q, j]
-                            if coefficient != 0:
-                                w = tw * stride + j
-                                for c in range(C):
-                                    target[c] += coefficient * strip[p, w, c]
-
-
-_strip_transform_kernel = njit(cache=True, nogil=True)(_strip_transform_plain)
-
-
-def strip_transform(x, rows_T, T, stride, top, left, out, TW):
-    """_strip_transform_kernel on x (n, H, W, C): numba_winograd's tile transforms on one core of a split."""
-    _strip_transform_kernel(x.reshape(x.shape[0], x.shape[1], -1), rows_T, T, stride, top, left, out, TW)
 
 
 def splits(window, w_shape, dtype):

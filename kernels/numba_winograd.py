@@ -88,10 +88,10 @@ alpha^2 GEMMs (C x T) @ (T x O): a small result over a long sum. OpenBLAS's two 
 took 10-18x longer on those calls than one thread did (each call wakes its threads, on
 busy cores), which kept it off until the work was split by hand (numba_threads): the
 positions by their row p into alpha lanes, each a worker's on one core, with its serial
-strip transform of row p (numba_filter_gradient.strip_transform, straight from x and dy)
-and its GEMMs on one BLAS thread, summed over chunks of FILTER_CHUNK_TILES tiles (144:
-one thread's GEMMs ran fastest at that sum length, 1.24x of 18's speed and 1.6x of
-1152's) so that V and dM stay in cache. No two lanes add into the same dU, so the
+tile transform of row p (numba_winograd_forward.tile_transform, the forward's own kernel,
+straight from x and dy) and its GEMMs on one BLAS thread, summed over chunks of
+FILTER_CHUNK_TILES tiles (144: one thread's GEMMs ran fastest at that sum length, 1.24x of
+18's speed and 1.6x of 1152's) so that V and dM stay in cache. No two lanes add into the same dU, so the
 result does not depend on the core count. dW = G^T dU G is one float64 GEMM with
 kron(G, G) (the two batched ones took twice the whole im2col path at 256 channels).
 At the fast model's convs, batch 256 (interleaved, 5 rounds, load 2.5-4), Winograd's filter
@@ -144,9 +144,9 @@ import functools
 import numpy as np
 
 from . import numba_setup  # noqa: F401  (before the first parallel call)
-from .numba_filter_gradient import batch_chunks, im2col_backprop_filter, strip_transform
+from .numba_filter_gradient import batch_chunks, im2col_backprop_filter
 from .numba_threads import one_blas_thread, split
-from .numba_winograd_forward import filter_transform, fused_conv2d
+from .numba_winograd_forward import filter_transform, fused_conv2d, tile_transform
 
 POINTS = {6: (0, 1, -1, 2, -0.5), 8: (0, 1, -1, 2, -2, 0.5, -0.5)}    # alpha -> finite points
 WINOGRAD_TILES = {3: 4, 5: 4}             # r -> m: F(4x4, 3x3), F(4x4, 5x5)
@@ -204,7 +204,7 @@ def winograd_backprop_filter(x, dy, window, w_shape, m):
     dM = A dy_tile A^T per tile (the transposed output transform; dy is 0 past OH, OW),
     dU = V^T @ dM at each of the alpha^2 positions (GEMMs over the T tiles), dW = G^T dU G.
     The positions are split into alpha lanes of numba_threads.split by their row p, each on
-    one core (its serial strip_transform of that row, its GEMMs on one BLAS thread), and each
+    one core (its serial tile_transform of that row, its GEMMs on one BLAS thread), and each
     lane sums its positions' GEMMs over chunks of FILTER_CHUNK_TILES tiles, so that V and dM
     stay in cache. No two lanes add into the same dU: the result is the same on any core count."""
     r, _, C, O = w_shape
@@ -220,8 +220,8 @@ def winograd_backprop_filter(x, dy, window, w_shape, m):
         for chunk in chunks:
             tiles = x[chunk].shape[0] * TH * TW
             V, dM = np.empty((alpha, tiles, C), x.dtype), np.empty((alpha, tiles, O), dy.dtype)
-            strip_transform(x[chunk], BTx[p:p + 1], BTx, m, window.top, window.left, V, TW)
-            strip_transform(dy[chunk], Ady[p:p + 1], Ady, m, 0, 0, dM, TW)
+            tile_transform(x[chunk], BTx[p:p + 1], BTx, m, window.top, window.left, V, TH, TW)
+            tile_transform(dy[chunk], Ady[p:p + 1], Ady, m, 0, 0, dM, TH, TW)
             part = np.matmul(V.transpose(0, 2, 1), dM)              # (alpha, C, O)
             total = part if total is None else np.add(total, part, out=total)
         return total

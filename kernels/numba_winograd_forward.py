@@ -57,9 +57,17 @@ chunks of 128 tiles, 3-5 pairs at load 3-8: 31x31 2.24x forward, 1.23x input gra
 0.94x / 0.92x, then 1.29x / 1.65x at load 3; 64->256 1.20x / 1.03x. The fused forward holds up
 where the cores are busy (a parallel kernel waits for its slowest thread, a lane does not),
 and runs even with the whole batch's when they are not.
-Tried: the strip transform of numba_filter_gradient (B^T along a strip's rows once for its TW
-overlapping tiles) as the chunks' tile transform: 18 ms against the tile-by-tile gather's 12
-(conv2, one thread), 33 ms in its flat (W*C) form.
+The filter gradient's lanes (numba_winograd.winograd_backprop_filter) run this tile transform
+too, each for one row p of B^T on x's tiles and of A on dy's m x m tiles (rows_T). It replaced a
+strip transform there (B^T along a strip's rows once for its TW overlapping tiles, then along
+each tile's columns): the same additions in the same order, the same bits (checked at the fast
+model's five 3x3 convs, batches 256 and 1024). As the forward's chunk transform the strip form
+took 18 ms against the tile-by-tile gather's 12 (conv2, one thread), 33 ms in its flat (W*C)
+form. In the filter gradient, the gather's time over the strip's, float32, interleaved, 5
+rounds at batch 1024, median (min-max), load ~1.5: fast 3x3x24->64 31x31 1.12x (1.02-1.22),
+3x3x64 15x15 0.91x (0.86-0.97), 64->256 15x15 0.94x (0.80-1.01), 3x3x256 7x7 0.94x
+(0.87-1.03), 3x3 1.00x (0.98-1.04): about 0.1 s less per step of the fast model (7 rounds at
+batch 256: 0.95x-1.05x, the same order).
 
 Before the chunks, the whole batch's alpha^2 GEMMs (T x C) @ (C x O) ran one position a lane
 of numba_threads.split, on one BLAS thread each, for this reason: OpenBLAS's two threads, woken for each call, now and then took
@@ -129,14 +137,18 @@ def _filter_transform_plain(w, G, U):
                     target[o] = total[o]
 
 
-def _tile_transform_plain(x, T, stride, top, left, out, TH, TW, row0=0):
-    """out[p*alpha + q, (row - row0)*TW + tw, c] = sum_{i,j < s} T[p, i] T[q, j] x[n, th*stride + i - top, tw*stride + j - left, c]
+def _tile_transform_plain(x, rows_T, T, stride, top, left, out, TH, TW, row0=0):
+    """out[p*alpha + q, (row - row0)*TW + tw, c]
+           = sum_{i,j < s} rows_T[p, i] T[q, j] x[n, th*stride + i - top, tw*stride + j - left, c]
     for the tile rows row = n*TH + th from row0 on that out holds (out.shape[1] // TW of them); x is 0
-    outside. T (alpha, s): B^T for the input tiles. Serial: one chunk, on one core."""
+    outside. T (alpha, s): B^T for the input tiles, A for dy's tiles (the filter gradient); rows_T:
+    the rows p it computes, T itself (the forward) or one of them (a lane of the filter gradient).
+    Serial: one chunk, on one core."""
     N, H, W, C = x.shape
+    P = rows_T.shape[0]
     alpha, s = T.shape
     d = np.empty((s, s, C), x.dtype)
-    half = np.empty((alpha, s, C), x.dtype)            # T applied along the tile's rows
+    half = np.empty((P, s, C), x.dtype)                # rows_T applied along the tile's rows
     for row in range(out.shape[1] // TW):
         n, th = (row0 + row) // TH, (row0 + row) % TH
         for tw in range(TW):
@@ -150,17 +162,17 @@ def _tile_transform_plain(x, T, stride, top, left, out, TH, TW, row0=0):
                     else:
                         for c in range(C):
                             d[i, j, c] = 0
-            for p in range(alpha):
+            for p in range(P):
                 for j in range(s):
                     for c in range(C):
                         half[p, j, c] = 0
                     for i in range(s):
-                        coefficient = T[p, i]
+                        coefficient = rows_T[p, i]
                         if coefficient != 0:          # a third of B^T is zeros
                             for c in range(C):
                                 half[p, j, c] += coefficient * d[i, j, c]
             t = row * TW + tw
-            for p in range(alpha):
+            for p in range(P):
                 for q in range(alpha):
                     target = out[p * alpha + q, t]
                     for c in range(C):
@@ -209,6 +221,11 @@ _tile_transform_kernel = njit(cache=True, nogil=True)(_tile_transform_plain)
 _output_transform_kernel = njit(cache=True, nogil=True)(_output_transform_plain)
 
 
+def tile_transform(x, rows_T, T, stride, top, left, out, TH, TW, row0=0):
+    """_tile_transform_kernel: the tile transform of rows_T's positions, serial (one core of a split)."""
+    _tile_transform_kernel(x, rows_T, T, stride, top, left, out, TH, TW, row0)
+
+
 def filter_transform(w, G):
     """U (alpha^2, C, O) = G w G^T at every (c, o), summed in float64, in w's dtype."""
     C, O = w.shape[2:]
@@ -242,7 +259,7 @@ def fused_conv2d(x, U, AT, BT, window, chunk_tiles=None):
     def chunk(k):
         row0 = starts[k]
         V = np.empty((alpha * alpha, min(per, N * TH - row0) * TW, C), x.dtype)
-        _tile_transform_kernel(x, BT, m, window.top, window.left, V, TH, TW, row0)
+        tile_transform(x, BT, BT, m, window.top, window.left, V, TH, TW, row0)
         _output_transform_kernel(np.matmul(V, U), AT, y, TH, TW, row0)
 
     split(chunk, len(starts))

@@ -9,7 +9,7 @@ ResNet's geometries at small batches and on awkward ones (odd sizes, VALID, expl
 strides, dilations, N = 1), with chunks made small so that every case splits. A batch of
 one chunk is the reference bit for bit; the result does not depend on the worker count;
 the op's gradient under the numba backend equals float64 finite differences; the serial
-kernels equal the reference im2col and the parallel tile transform, jitted and plain.
+kernels equal the reference im2col and the tile transform's closed form, jitted and plain.
 """
 import os
 
@@ -207,26 +207,36 @@ def test_serial_windows_are_the_reference_im2col(case, jit):
                                   backend.implementation("im2col", "numpy")(x, geometry))
 
 
+def tile_transform_closed_form(data, T, stride, top, left, TH, TW):
+    """out[p*alpha + q, (n*TH + th)*TW + tw, c] = sum_{i,j} T[p, i] T[q, j] data[n, th*stride + i - top,
+    tw*stride + j - left, c], data 0 outside: the tiles cut from a zero-padded copy, then einsum."""
+    N, H, W, C = data.shape
+    alpha, s = T.shape
+    padded = np.zeros((N, (TH - 1) * stride + s, (TW - 1) * stride + s, C))
+    rows, cols = min(H, padded.shape[1] - top), min(W, padded.shape[2] - left)
+    padded[:, top:top + rows, left:left + cols] = data[:, :rows, :cols]
+    tiles = np.stack([np.stack([padded[:, th * stride:th * stride + s, tw * stride:tw * stride + s]
+                                for tw in range(TW)], 1) for th in range(TH)], 1)    # (N, TH, TW, s, s, C)
+    return np.einsum("pi,qj,nhwijc->pqnhwc", T, T, tiles).reshape(alpha * alpha, N * TH * TW, C)
+
+
 @pytest.mark.parametrize("jit", [True, False], ids=["jitted", "plain"])
 @pytest.mark.parametrize("case", ["cifar conv2", "winograd explicit", "winograd odd valid"])
-def test_strip_transform_is_the_tile_transform(case, jit):
-    """The serial strip transform equals numba_winograd_forward's serial tile
-    transform (the forward's, one chunk), for x (B^T on alpha x alpha tiles) and dy (A on m x m tiles),
-    all positions at once and those of a slice of rows p (a lane's)."""
+def test_tile_transform_of_a_lanes_rows_is_the_closed_form(case, jit):
+    """numba_winograd_forward's serial tile transform, which the filter gradient's lanes share with
+    the forward, against its closed form: for x (B^T on alpha x alpha tiles, the window's pads) and
+    dy (A on m x m tiles), all rows p at once (the forward) and a slice of them (a lane's)."""
     x, dy, geometry, (r, _, C, O) = operands(case, np.float64)
     m = wg.WINOGRAD_TILES[r]
     AT, _, BT = wg.transforms(m, r)
     alpha, TH, TW = m + r - 1, -(-geometry.OH // m), -(-geometry.OW // m)
-    kernel = fg._strip_transform_kernel if jit else fg._strip_transform_plain
+    kernel = wf._tile_transform_kernel if jit else wf._tile_transform_plain
     for data, T, top, left in [(x, BT, geometry.top, geometry.left), (dy, AT.T.copy(), 0, 0)]:
-        tiles = np.empty((alpha * alpha, x.shape[0] * TH * TW, data.shape[3]))
-        wf._tile_transform_kernel(data, T, m, top, left, tiles, TH, TW)
+        expected = tile_transform_closed_form(data, T, m, top, left, TH, TW).reshape(alpha, alpha, -1, data.shape[3])
         for rows in (slice(0, alpha), slice(2, 5)):
-            strips = np.empty((rows.stop - rows.start, alpha) + tiles.shape[1:])
-            kernel(data.reshape(data.shape[0], data.shape[1], -1), T[rows].copy(), T, m, top, left,
-                   strips.reshape(-1, *tiles.shape[1:]), TW)
-            expected = tiles.reshape(alpha, alpha, *tiles.shape[1:])[rows]
-            np.testing.assert_allclose(strips, expected, rtol=1e-13, atol=1e-13 * np.abs(tiles).max())
+            out = np.empty((rows.stop - rows.start, alpha, x.shape[0] * TH * TW, data.shape[3]))
+            kernel(data, T[rows].copy(), T, m, top, left, out.reshape(-1, *out.shape[2:]), TH, TW)
+            np.testing.assert_allclose(out, expected[rows], rtol=1e-13, atol=1e-13 * np.abs(expected).max())
 
 
 def test_im2col_split_policy():

@@ -19,10 +19,24 @@
 # step ending in a device sync; 3 rounds in which the frameworks take turns in blocks of 5
 # steps; the median of the per-round ratios (min-max) to PyTorch eager and to torch.compile.
 # Eager first (its lines come out before torch.compile starts compiling), then all three.
-# Usage: bench/gpu_check.sh [OUTDIR]   (logs go to OUTDIR, default ./gpu-check)
+#   6. (T_FAST 420)    --model fast (airbench94's recipe) on the cupy backend on the developers'
+#                      data, which the device machine cannot reach: bench/gpu_carry.sh copies it
+#                      into .gpu-carry/ here (the JPEG archive, make-cifar10, the tensorboardX
+#                      wheel), and the run must carry that folder. Seeds 0, 1, 2, then each
+#                      ablation (--without COMPONENT, seed 0), one after another until the limit:
+#                      each trained with a checkpoint per epoch, its wall time from the command's
+#                      start to its last checkpoint, its precision@1 with TTA level 2, and every
+#                      epoch's at level 0 (the curve)                        -> fast_gpu.txt
+#                      (A dry run of its loop on the CPU: FAST_BACKEND=numba FAST_FLAGS="--epochs 0.1".)
+# Usage: bench/gpu_check.sh [OUTDIR] [PARTS]   (logs go to OUTDIR, default ./gpu-check; PARTS, a
+# quoted list of some of: install tests compare cli fast; default all but fast, which alone
+# takes a whole command: e.g. bench/gpu_check.sh "$OUT/g" "install tests fast" with
+# carry [".gpu-carry"])
 set -uo pipefail
 out=${1:-gpu-check}
+parts=" ${2:-install tests compare cli} "
 mkdir -p "$out"
+want() { [[ "$parts" == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 py=${PYTHON:-python3}
 part() {   # part SECONDS LOG COMMAND...: run COMMAND under a time limit, its output into LOG
@@ -33,14 +47,23 @@ part() {   # part SECONDS LOG COMMAND...: run COMMAND under a time limit, its ou
     [ "$rc" -eq 124 ] && echo "== TIMED OUT after ${limit} s" | tee -a "$log"
     return "$rc"
 }
-part "${T_INSTALL:-60}" "$out/device.txt" $py -m pip install -q --no-deps --no-build-isolation -e .
-nvidia-smi -L 2>&1 | tee -a "$out/device.txt"
-$py -c "import cupy, torch; print('cupy', cupy.__version__, '| torch', torch.__version__, 'cuda', torch.version.cuda,
-      '| device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')" 2>&1 |
-    tee -a "$out/device.txt"
+tests_rc=0
+if want install; then
+    if [ -d .gpu-carry/whl ]; then     # wheels the image lacks (tensorboardX, for the trainer)
+        $py -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-carry/whl/*.whl
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    part "${T_INSTALL:-60}" "$out/device.txt" $py -m pip install -q --no-deps --no-build-isolation -e .
+    nvidia-smi -L 2>&1 | tee -a "$out/device.txt"
+    $py -c "import cupy, torch; print('cupy', cupy.__version__, '| torch', torch.__version__, 'cuda', torch.version.cuda,
+          '| device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')" 2>&1 |
+        tee -a "$out/device.txt"
+fi
 
-part "${T_TESTS:-120}" "$out/test_gpu.log" $py -m pytest tests/test_gpu.py -q -p no:cacheprovider -rs
-tests_rc=$?
+if want tests; then
+    part "${T_TESTS:-120}" "$out/test_gpu.log" $py -m pytest tests/test_gpu.py -q -p no:cacheprovider -rs
+    tests_rc=$?
+fi
 
 compare="$out/gpu_compare.py"
 cat > "$compare" <<'PY'
@@ -160,9 +183,12 @@ def main(which):
 if __name__ == "__main__":
     main(sys.argv[1])
 PY
-part "${T_CIFAR:-120}" "$out/compare_cifar.txt" $py "$compare" cifar
-part "${T_RESNET:-160}" "$out/compare_resnet.txt" $py "$compare" resnet
+if want compare; then
+    part "${T_CIFAR:-120}" "$out/compare_cifar.txt" $py "$compare" cifar
+    part "${T_RESNET:-160}" "$out/compare_resnet.txt" $py "$compare" resnet
+fi
 
+if want cli; then
 data=$(mktemp -d)
 $py - "$data" <<'PY'
 import sys, numpy as np, os
@@ -176,4 +202,42 @@ part "${T_CLI:-45}" "$out/train_cli.log" $py -m tinybn.train cifar --backend cup
     --train-dir "$data/run" --batch-size 32 --max-steps 20 --log-every 5 --no-download
 part "${T_CLI:-45}" "$out/train_cli.log" $py -m tinybn.eval cifar --backend cupy --data-dir "$data" \
     --train-dir "$data/run" --eval-dir "$data/ev" --no-download
+part "${T_CLI:-45}" "$out/train_cli.log" $py -m tinybn.train cifar --model fast --backend cupy --data-dir "$data" \
+    --train-dir "$data/fast" --batch-size 32 --epochs 2 --no-download
+part "${T_CLI:-45}" "$out/train_cli.log" $py -m tinybn.eval cifar --model fast --backend cupy --data-dir "$data" \
+    --train-dir "$data/fast" --eval-dir "$data/fast-ev" --no-download
+fi
+
+fast_runs() {   # fast_runs LOG: the seeds, then the ablations, each trained and evaluated on the cupy backend
+    local log=$1 data=/tmp/cifar10-dev runs=/tmp/fast-runs
+    $py .gpu-carry/tools/make-cifar10 "$data" > /dev/null || { echo "make-cifar10 failed" >> "$log"; return 1; }
+    local D="--data-dir $data --no-download --backend ${FAST_BACKEND:-cupy}"
+    local specs=("--seed 0" "--seed 1" "--seed 2")
+    for c in whitening identity-init gelu frozen-bn-scale logit-scale label-smoothing bn-bias-lr nesterov \
+             lookahead alternating-flip translate; do specs+=("--seed 0 --without $c"); done
+    for spec in "${specs[@]}"; do
+        local name=${spec//--/}; name=${name// /_}
+        local start=$(date +%s.%N)
+        $py -m tinybn.train cifar --model fast $spec ${FAST_FLAGS:-} $D --train-dir "$runs/$name" --checkpoint-every-epoch \
+            > "$runs.$name.train.log" 2>&1 || { echo "$spec: training failed: $(tail -1 "$runs.$name.train.log")" >> "$log"; continue; }
+        local seconds tta2 curve
+        seconds=$($py -c "import time; print(round(time.time() - $start, 1))")
+        tta2=$($py -m tinybn.eval cifar --model fast $D --train-dir "$runs/$name" --eval-dir "$runs/$name-eval" 2>&1 | tail -1)
+        curve=$($py -m tinybn.eval cifar --model fast --tta-level 0 --every-checkpoint $D --train-dir "$runs/$name" \
+            --eval-dir "$runs/$name-curve" 2>&1 | grep -o "^step [0-9]*: [0-9.]* s after the start: precision @ 1 = [0-9.]*" |
+            sed 's/ s after the start: precision @ 1 = / s /; s/^step //' | tr '\n' ';')
+        echo "$spec | the command: $seconds s | ${tta2#*: } | $curve" >> "$log"
+    done
+}
+if want fast; then
+    if [ ! -d .gpu-carry/data ]; then
+        echo "fast: no .gpu-carry/ here: run bench/gpu_carry.sh on the developers' machine, and carry .gpu-carry" |
+            tee -a "$out/fast_gpu.txt"
+    else
+        echo "flags | training command's wall time | precision@1, TTA 2 | curve, TTA 0 (step: seconds from the start, precision;)" \
+            >> "$out/fast_gpu.txt"
+        export -f fast_runs; export py
+        part "${T_FAST:-420}" "$out/fast_gpu.log" bash -c "fast_runs $out/fast_gpu.txt"
+    fi
+fi
 exit $tests_rc

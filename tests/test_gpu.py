@@ -1,6 +1,6 @@
 """The "cupy" backend on a real GPU: every hot primitive's CUDA twin against the numpy reference,
-ops end to end on CuPy arrays, and training steps of the CIFAR tutorial models on the GPU
-against the same steps on the CPU.
+ops end to end on CuPy arrays, and training steps of the CIFAR tutorial models and of the fast
+recipe on the GPU against the same steps on the CPU.
 
 Runs where CuPy imports and sees a CUDA device; elsewhere every test is skipped with the
 reason ("no CUDA GPU / CuPy: ..."). tests/test_cuda_kernels.py proves the same kernels
@@ -203,3 +203,30 @@ def test_training_step_on_gpu_equals_cpu(cp, builder):
         np.testing.assert_allclose(gpu[1][name], ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max(), err_msg=name)
     for name in cpu[2]:
         np.testing.assert_allclose(gpu[2][name], cpu[2][name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_fast_recipe_steps_on_gpu_equal_cpu(cp):
+    """The fast recipe (tinybn/tasks/fast_recipe.py) on a narrow model in float64: the patch
+    whitening, GELU, BN without a scale, the label-smoothed summed loss and Nesterov SGD in its two
+    groups, three steps on the GPU against the same three on the CPU, losses and every weight and
+    BN statistic after them. Normal images: no max-pool window holds a tie."""
+    from tinybn.models.cifar_fast import fast
+    from tinybn.tasks.fast_recipe import FastRecipe
+    rng = np.random.default_rng(4)
+    images = rng.standard_normal((64, 32, 32, 3))
+    labels = rng.integers(0, 10, 64).astype(np.int32)
+
+    def run(name, images_there, labels_there):
+        model = fast(rng=np.random.default_rng(5), dtype=np.float64, whitening_images=images, widths=(16, 32, 32))
+        model = model.to_backend(name)
+        recipe = FastRecipe(model, 512, 64, 2.0)
+        losses = [recipe.train_step(images_there, labels_there)[0] for _ in range(3)]
+        return losses, {k: backend.to_numpy(v) for k, v in model.state_dict().items()}
+
+    gpu = run("cupy", cp.asarray(images), cp.asarray(labels))
+    with backend.backend("numpy"):
+        cpu = run("numpy", images, labels)
+    np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-10)
+    assert set(gpu[1]) == set(cpu[1])
+    for name, ref in cpu[1].items():
+        np.testing.assert_allclose(gpu[1][name], ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max(), err_msg=name)

@@ -54,7 +54,7 @@ over 3 seeds; filled in by the lead from real runs):
 
     | removed component          | precision@1     | time to final checkpoint |
     |----------------------------|-----------------|--------------------------|
-    | none (the full recipe)     | 89.90% (2 seeds) | not clean yet (below)    |
+    | none (the full recipe)     | 89.89%          | 60 min 42 s (seed 2)     |
     | patch whitening            | not yet measured | not yet measured        |
     | identity init              | not yet measured | not yet measured        |
     | GELU (ReLU instead)        | not yet measured | not yet measured        |
@@ -68,10 +68,10 @@ over 3 seeds; filled in by the lead from real runs):
     | translate 2 px             | not yet measured | not yet measured        |
     | flip TTA                   | not yet measured | not yet measured        |
 
-The full recipe's row, so far: seeds 0 and 1 gave 89.88% and 89.91% (387 steps on the developers'
-40,000 JPEG images; neither run had the machine to itself: seed 0's steps alone came to about 61
-minutes). crosscheck/test_tf_fast_trajectory.py holds the whole loop equal to airbench94's, so the
-distance to airbench's 94.0% is the data's (README, "The fast recipe").
+The full recipe's row: seeds 0, 1 and 2 gave 89.88%, 89.91% and 89.89% (387 steps on the
+developers' 40,000 JPEG images, TTA level 2); its time is seed 2's, the one run that had the
+machine to itself. crosscheck/test_tf_fast_trajectory.py holds the whole loop equal to
+airbench94's, so the distance to airbench's 94.0% is the data's (README, "The fast recipe").
 
 What "removed" means, row by row: `python -m tinybn.train cifar --model fast --without NAME`
 (repeatable; NAME as in ABLATIONS below, recorded in each checkpoint's meta; a resumed run must

@@ -27,7 +27,8 @@
 #                      each trained with a checkpoint per epoch, its wall time from the command's
 #                      start to its last checkpoint, its precision@1 with TTA level 2, and every
 #                      epoch's at level 0 (the curve)                        -> fast_gpu.txt
-#                      (A dry run of its loop on the CPU: FAST_BACKEND=numba FAST_FLAGS="--epochs 0.1".)
+#                      (A dry run of its loop on the CPU: FAST_BACKEND=numba FAST_FLAGS="--epochs 0.5
+#                      --batch-size 32" FAST_DATA_FLAGS="--limit 100", 100 images a class.)
 # Usage: bench/gpu_check.sh [OUTDIR] [PARTS]   (logs go to OUTDIR, default ./gpu-check; PARTS, a
 # quoted list of some of: install tests compare cli fast; default all but fast, which alone
 # takes a whole command: e.g. bench/gpu_check.sh "$OUT/g" "install tests fast" with
@@ -210,7 +211,8 @@ fi
 
 fast_runs() {   # fast_runs LOG: the seeds, then the ablations, each trained and evaluated on the cupy backend
     local log=$1 data=/tmp/cifar10-dev runs=/tmp/fast-runs
-    $py .gpu-carry/tools/make-cifar10 "$data" > /dev/null || { echo "make-cifar10 failed" >> "$log"; return 1; }
+    $py .gpu-carry/tools/make-cifar10 "$data" ${FAST_DATA_FLAGS:-} > /dev/null 2>&1 ||
+        { echo "make-cifar10 failed" >> "$log"; return 1; }
     local D="--data-dir $data --no-download --backend ${FAST_BACKEND:-cupy}"
     local specs=("--seed 0" "--seed 1" "--seed 2")
     for c in whitening identity-init gelu frozen-bn-scale logit-scale label-smoothing bn-bias-lr nesterov \

@@ -19,7 +19,7 @@
 # step ending in a device sync; 3 rounds in which the frameworks take turns in blocks of 5
 # steps; the median of the per-round ratios (min-max) to PyTorch eager and to torch.compile.
 # Eager first (its lines come out before torch.compile starts compiling), then all three.
-#   6. (T_FAST 420)    --model fast (airbench94's recipe) on the cupy backend on the developers'
+#   6. (T_FAST 360)    --model fast (airbench94's recipe) on the cupy backend on the developers'
 #                      data, which the device machine cannot reach: bench/gpu_carry.sh copies it
 #                      into .gpu-carry/ here (the JPEG archive, make-cifar10, the tensorboardX
 #                      wheel), and the run must carry that folder. Seeds 0, 1, 2, then each
@@ -30,9 +30,9 @@
 #                      (A dry run of its loop on the CPU: FAST_BACKEND=numba FAST_FLAGS="--epochs 0.5
 #                      --batch-size 32" FAST_DATA_FLAGS="--limit 100", 100 images a class.)
 # Usage: bench/gpu_check.sh [OUTDIR] [PARTS]   (logs go to OUTDIR, default ./gpu-check; PARTS, a
-# quoted list of some of: install tests compare cli fast; default all but fast, which alone
-# takes a whole command: e.g. bench/gpu_check.sh "$OUT/g" "install tests fast" with
-# carry [".gpu-carry"])
+# quoted list of some of: install tests compare cli fast; default all but fast, which takes a
+# command of its own: bench/gpu_check.sh "$OUT/g" "install tests fast" with carry
+# [".gpu-carry"], its limits 540 s in all)
 set -uo pipefail
 out=${1:-gpu-check}
 parts=" ${2:-install tests compare cli} "
@@ -203,10 +203,6 @@ part "${T_CLI:-45}" "$out/train_cli.log" $py -m tinybn.train cifar --backend cup
     --train-dir "$data/run" --batch-size 32 --max-steps 20 --log-every 5 --no-download
 part "${T_CLI:-45}" "$out/train_cli.log" $py -m tinybn.eval cifar --backend cupy --data-dir "$data" \
     --train-dir "$data/run" --eval-dir "$data/ev" --no-download
-part "${T_CLI:-45}" "$out/train_cli.log" $py -m tinybn.train cifar --model fast --backend cupy --data-dir "$data" \
-    --train-dir "$data/fast" --batch-size 32 --epochs 2 --no-download
-part "${T_CLI:-45}" "$out/train_cli.log" $py -m tinybn.eval cifar --model fast --backend cupy --data-dir "$data" \
-    --train-dir "$data/fast" --eval-dir "$data/fast-ev" --no-download
 fi
 
 fast_runs() {   # fast_runs LOG: the seeds, then the ablations, each trained and evaluated on the cupy backend
@@ -239,7 +235,7 @@ if want fast; then
         echo "flags | training command's wall time | precision@1, TTA 2 | curve, TTA 0 (step: seconds from the start, precision;)" \
             >> "$out/fast_gpu.txt"
         export -f fast_runs; export py
-        part "${T_FAST:-420}" "$out/fast_gpu.log" bash -c "fast_runs $out/fast_gpu.txt"
+        part "${T_FAST:-360}" "$out/fast_gpu.log" bash -c "fast_runs $out/fast_gpu.txt"
     fi
 fi
 exit $tests_rc

@@ -66,12 +66,12 @@ over 3 seeds; filled in by the lead from real runs):
     | EMA / lookahead            | not yet measured | not yet measured        |
     | alternating flip           | not yet measured | not yet measured        |
     | translate 2 px             | not yet measured | not yet measured        |
-    | flip TTA (TTA level 0)     | 88.96% (seeds 0, 2) | the same runs        |
+    | flip TTA (TTA level 0)     | 89.02%          | the same runs            |
 
 The full recipe's row: seeds 0, 1 and 2 gave 89.88%, 89.91% and 89.89% (387 steps on the
 developers' 40,000 JPEG images, TTA level 2); its time is seed 2's, the one run that had the
-machine to itself. Without TTA (the same checkpoints at level 0) seeds 0 and 2 gave 88.83%
-and 89.08%, 0.93 points below their 89.89% at level 2; seed 1's is still to evaluate.
+machine to itself. Without TTA (the same checkpoints at level 0) seeds 0, 1 and 2 gave 88.83%,
+89.16% and 89.08%, 0.87 points below their mean at level 2.
 crosscheck/test_tf_fast_trajectory.py holds the whole loop equal to airbench94's, so the
 distance to airbench's 94.0% is the data's (README, "The fast recipe").
 

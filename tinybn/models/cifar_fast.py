@@ -67,18 +67,19 @@ the lead from real runs):
     | Nesterov momentum          | not yet measured | not yet measured         |        |
     | EMA / lookahead            | not yet measured | not yet measured         |        |
     | alternating flip           | not yet measured | not yet measured         |        |
-    | translate 2 px             | not yet measured | not yet measured         |        |
+    | translate 2 px             | 89.21%           | 68 min 59 s (2)          | -0.67  |
     | flip TTA (TTA level 0)     | 89.02% (seeds 0-2) | the same runs          | -0.87  |
 
 The full recipe's row: seeds 0, 1 and 2 gave 89.88%, 89.91% and 89.89% (387 steps on the
 developers' 40,000 JPEG images, TTA level 2); its time is seed 2's, the one run that had the
 machine to itself. Without TTA (the same checkpoints at level 0) seeds 0, 1 and 2 gave 88.83%,
 89.16% and 89.08%, 0.87 points below their mean at level 2; with the flip alone (level 1) 89.74%,
-89.89% and 89.48%, mean 89.70%: the flip gives 0.68 points, the translations 0.19 more.
+89.89% and 89.48%, mean 89.70%: the test-time flip gives 0.68 points, its translations 0.19 more.
 crosscheck/test_tf_fast_trajectory.py holds the whole loop equal to airbench94's, so the
 distance to airbench's 94.0% is the data's (README, "The fast recipe"). (1): the machine was
-shared with evaluations for its first 15 minutes (steps of 17-19 s there, 9.1-10.4 s after);
-the precisions are deterministic, the times are this machine's of the day.
+shared with evaluations for its first 15 minutes (steps of 17-19 s there, 9.1-10.4 s after).
+(2): alone on the machine, whose speed drifted (steps of 9.3-13.3 s; seed 2's were 8.0-12.9 s).
+The precisions are deterministic; the times are this machine's of the day.
 
 What "removed" means, row by row: `python -m tinybn.train cifar --model fast --without NAME`
 (repeatable; NAME as in ABLATIONS below, recorded in each checkpoint's meta; a resumed run must

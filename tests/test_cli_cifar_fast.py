@@ -49,7 +49,7 @@ def test_one_epoch_resumed_and_evaluated_with_tta(data, tmp_path, capsys):
     eval_main(["cifar", "--model", "fast", "--data-dir", str(data), "--train-dir", str(run),
                "--eval-dir", str(tmp_path / "ev"), "--batch-size", "10", "--no-download", "--backend", "numpy"])
     line = capsys.readouterr().out
-    assert "step 5: precision @ 1 = " in line and "(20 examples, Lookahead-averaged weights, TTA level 2)" in line
+    assert "step 5: precision @ 1 = " in line and "(20 examples, last step's weights (the Lookahead average had not started), TTA level 2)" in line
     row = open(tmp_path / "ev" / "eval.csv").read().splitlines()[1].split(",")
     assert row[0] == "5" and row[2] == "20" and round(float(row[1]) * 20) == pytest.approx(float(row[1]) * 20)
     with pytest.raises(SystemExit, match="is a checkpoint of --model fast: evaluate it with --model fast"):
@@ -68,7 +68,7 @@ def test_an_ablated_run_is_evaluated_with_its_own_network(data, tmp_path, capsys
                "--eval-dir", str(tmp_path / "ev"), "--batch-size", "10", "--no-download", "--backend", "numpy"])
     printed = float(capsys.readouterr().out.split("precision @ 1 = ")[1].split()[0])
     images, labels = cifar_data.load_cifar10("test", str(data), download=False)
-    model, _ = restore_fast_model(str(run / "model.ckpt-1.npz"))
+    model, _, _ = restore_fast_model(str(run / "model.ckpt-1.npz"))
     assert {type(m) for _, m in model.named_modules()} & {GELU, ReLU} == {ReLU}
     assert printed == pytest.approx(evaluate(model, images, labels, tta_level=0), abs=5e-5)     # 4 digits printed
 

@@ -177,7 +177,7 @@ def test_the_set_is_recorded_refused_on_resume_and_rebuilt_at_evaluation(tmp_pat
     for other in ([], ["gelu"]):
         with pytest.raises(SystemExit, match=r"without=\['gelu', 'logit-scale'\], this run has without="):
             train_fast(_args(tmp_path, 4, other), images, labels, model=_model(*other))
-    precision, step = evaluate_fast(path, images, labels, tta_level=0, model=_model(*without))
+    precision, step, _ = evaluate_fast(path, images, labels, tta_level=0, model=_model(*without))
     assert step == 2 and precision == evaluate(run.model, images, labels, tta_level=0)
     with pytest.raises(ValueError):                     # what a full model would have: refused, not loaded
         _model("frozen-bn-scale").load_state_dict(checkpoint.unflatten(checkpoint.load(path)[0])["model"])

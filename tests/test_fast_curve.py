@@ -64,7 +64,7 @@ def test_each_checkpoint_is_a_point_of_its_eval_and_its_train_csv_time(data, run
                else cifar.eval_batches(images, labels, 10))
     paths = CheckpointManager(str(root / name), max_to_keep=None, read_only=True).all()
     for row, path in zip(rows, paths):
-        precision, total, step = cifar.evaluate(path, batches, use_ema=True)     # the one-checkpoint eval
+        precision, total, step, _ = cifar.evaluate(path, batches, use_ema=True)     # the one-checkpoint eval
         _, meta = checkpoint.load(path)
         assert (int(row["step"]), float(row["precision_at_1"]), int(row["examples"])) == (step, precision, 20)
         assert meta["wall_time"] == logged[step]                      # train.csv's time of that step

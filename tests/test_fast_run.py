@@ -61,8 +61,20 @@ def test_evaluates_a_checkpoint_with_tta(tmp_path):
     images, labels = _data()
     run = train_fast(_args(tmp_path, 2), images, labels, model=_model())
     path = latest_checkpoint(str(tmp_path))
-    precision, step = evaluate_fast(path, images, labels, tta_level=2, model=_model())
+    precision, step, _ = evaluate_fast(path, images, labels, tta_level=2, model=_model())
     assert step == 2 and precision == evaluate(run.model, images, labels, tta_level=2)
+
+
+@pytest.mark.parametrize("steps, without, weights", [
+    (2, None, "last step's weights (the Lookahead average had not started)"),     # epoch 0
+    (4, None, "Lookahead-averaged weights"),                                      # started at step 4
+    (4, ["lookahead"], "last step's weights (trained without Lookahead)")])
+def test_the_evaluation_names_the_weights_the_checkpoint_holds(tmp_path, steps, without, weights):
+    images, labels = _data()
+    args = _args(tmp_path, steps)
+    args.without = without
+    train_fast(args, images, labels, model=_model())
+    assert evaluate_fast(latest_checkpoint(str(tmp_path)), images, labels, tta_level=0, model=_model())[2] == weights
 
 
 def test_refuses_other_checkpoints(tmp_path):

@@ -46,12 +46,13 @@ train it with --checkpoint-every-epoch; for the tutorial's, with a --max-to-keep
 
 --model fast evaluates a checkpoint of `python -m tinybn.train cifar --model fast` on the full
 32x32 test images with airbench's test-time augmentation (--tta-level: 0 none, 1 the mean of
-the image's and its mirror's logits, 2, the default, also over 1 px translations). Its weights
-are the Lookahead average already: it takes neither --no-ema nor --report and --plot (yet).
+the image's and its mirror's logits, 2, the default, also over 1 px translations). Its checkpoint
+holds one set of weights, the Lookahead average from epoch 3 on (the eval line says which): it
+takes neither --no-ema nor --report and --plot (yet).
 """
 
 # the flags --model fast does not take, and why
-FAST_REFUSES = {"no_ema": "its checkpoint's weights are the Lookahead average, there is no other",
+FAST_REFUSES = {"no_ema": "its checkpoint holds one set of weights, there is no other",
                 "report": "the report is of the tutorial models only, for now",
                 "plot": "the report is of the tutorial models only, for now"}
 

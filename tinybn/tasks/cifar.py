@@ -127,15 +127,17 @@ FastEvalSet = namedtuple("FastEvalSet", "images labels tta_level batch_size")
 
 
 def evaluate(path, batches, use_ema):
-    """(precision@1, examples, step) of the checkpoint at `path` over `batches` (a FastEvalSet:
-    the fast checkpoint's, with test-time augmentation)."""
+    """(precision@1, examples, step, weights) of the checkpoint at `path` over `batches` (a
+    FastEvalSet: the fast checkpoint's, with test-time augmentation); `weights` names the weights
+    evaluated and, for fast, the TTA level, as the eval line prints them."""
     if isinstance(batches, FastEvalSet):
-        precision, step = cifar_fast.evaluate_fast(path, batches.images, batches.labels, batches.tta_level,
-                                                   batch_size=batches.batch_size)
-        return precision, len(batches.labels), step
+        precision, step, weights = cifar_fast.evaluate_fast(path, batches.images, batches.labels,
+                                                            batches.tta_level, batch_size=batches.batch_size)
+        level = cifar_fast.HYPERPARAMETERS["tta_level"] if batches.tta_level is None else batches.tta_level
+        return precision, len(batches.labels), step, f"{weights}, TTA level {level}"
     model, meta = restore_model(path, use_ema)
     result = evaluate_batches(model, batches, cifar_models.NUM_CLASSES)
-    return result.precision, result.total, meta["step"]
+    return result.precision, result.total, meta["step"], f"{'moving-average' if use_ema else 'raw'} weights"
 
 
 def eval_batches(images, labels, batch_size):
@@ -160,7 +162,7 @@ def evaluate_every_checkpoint(args, batches):
     """--every-checkpoint: precision@1 of each checkpoint of --train-dir over `batches` (as evaluate()),
     with its wall time since the run's start, into --eval-dir's curve.csv (tasks/curve.py)."""
     return curve.evaluate_every_checkpoint(args.train_dir, args.eval_dir,
-                                           lambda path: evaluate(path, batches, not args.no_ema))
+                                           lambda path: evaluate(path, batches, not args.no_ema)[:3])
 
 
 def plot_time_curve(args):
@@ -198,11 +200,11 @@ def watch(args, batches, csv):
                 said_waiting = True
             if path is not None and path != seen:
                 try:
-                    precision, total, step = evaluate(path, batches, not args.no_ema)
+                    precision, total, step, weights = evaluate(path, batches, not args.no_ema)
                 except FileNotFoundError:       # rotated away since latest(): on to the newest one
                     continue
                 print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}: precision @ 1 = {precision:.4f} "
-                      f"({total} examples, {_weights(args, batches)})", flush=True)
+                      f"({total} examples, {weights})", flush=True)
                 if writer is None:
                     writer = SummaryWriter(args.eval_dir)
                 writer.scalar("Precision @ 1", precision, step)   # cifar10_eval.py's tag
@@ -215,13 +217,6 @@ def watch(args, batches, csv):
     finally:
         if writer is not None:
             writer.close()
-
-
-def _weights(args, batches):
-    if isinstance(batches, FastEvalSet):
-        level = cifar_fast.HYPERPARAMETERS["tta_level"] if batches.tta_level is None else batches.tta_level
-        return f"Lookahead-averaged weights, TTA level {level}"
-    return f"{'raw' if args.no_ema else 'moving-average'} weights"
 
 
 def report_checkpoint(args, images, batches):

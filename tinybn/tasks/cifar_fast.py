@@ -2,7 +2,8 @@
 the house's TrainingRun (checkpoints, train.csv, resuming, Ctrl-C), and its evaluation with TTA.
 
     train_fast(args, images, labels)        train to the end of --epochs (or --max-steps, if fewer)
-    evaluate_fast(path, images, labels)     precision@1 of a checkpoint, airbench's tta_level 2
+    evaluate_fast(path, images, labels)     precision@1 of a checkpoint (airbench's tta_level 2),
+                                            its step, and which weights it holds
     profile_fast(args)                      the recipe's step op by op (python -m tinybn.bench
                                             profile cifar --model fast)
 
@@ -131,24 +132,33 @@ def train_fast(args, images, labels, model=None):
 
 
 def restore_fast_model(path, model=None):
-    """(model, meta) of the fast checkpoint at `path`; `model`: an untrained model of the checkpoint's
-    shapes (default fast() without the components its meta says were removed: a ReLU run is
-    evaluated with ReLUs)."""
+    """(model, meta, weights) of the fast checkpoint at `path`; `model`: an untrained model of the
+    checkpoint's shapes (default fast() without the components its meta says were removed: a ReLU
+    run is evaluated with ReLUs). `weights` says what the checkpoint's weights are, for the eval
+    line: the Lookahead average once it has started (epoch 3 on), else the last step's."""
     arrays, meta = load_checkpoint_or_fail(path)
     if meta.get("task") != "cifar" or meta.get("model") != "fast":
         raise SystemExit(f"error: {path} is not a checkpoint of --model fast (meta: {meta})")
     model = model or fast(without=meta.get("without") or ())
+    state = checkpoint.unflatten(arrays)
     try:
-        model.load_state_dict(checkpoint.unflatten(arrays).get("model", {}))
+        model.load_state_dict(state.get("model", {}))
     except ValueError as e:
         raise SystemExit(f"error: {path}: {e}")
-    return model, meta
+    if "lookahead" in state:
+        weights = "Lookahead-averaged weights"
+    elif "lookahead" in (meta.get("without") or ()):
+        weights = "last step's weights (trained without Lookahead)"
+    else:
+        weights = "last step's weights (the Lookahead average had not started)"
+    return model, meta, weights
 
 
 def evaluate_fast(path, images, labels, tta_level=None, model=None, batch_size=500):
-    """(precision@1, step) of the fast checkpoint at `path` on uint8 images, with TTA (restore_fast_model)."""
-    model, meta = restore_fast_model(path, model)
-    return evaluate(model.to_backend(), images, labels, tta_level, batch_size), meta["step"]
+    """(precision@1, step, weights) of the fast checkpoint at `path` on uint8 images, with TTA
+    (restore_fast_model)."""
+    model, meta, weights = restore_fast_model(path, model)
+    return evaluate(model.to_backend(), images, labels, tta_level, batch_size), meta["step"], weights
 
 
 def profile_fast(args, log=print):

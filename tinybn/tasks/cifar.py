@@ -137,7 +137,11 @@ def evaluate(path, batches, use_ema):
         return precision, len(batches.labels), step, f"{weights}, TTA level {level}"
     model, meta = restore_model(path, use_ema)
     result = evaluate_batches(model, batches, cifar_models.NUM_CLASSES)
-    return result.precision, result.total, meta["step"], f"{'moving-average' if use_ema else 'raw'} weights"
+    return result.precision, result.total, meta["step"], _weights(use_ema)
+
+
+def _weights(use_ema):
+    return "moving-average weights" if use_ema else "raw weights"
 
 
 def eval_batches(images, labels, batch_size):
@@ -236,7 +240,7 @@ def report_checkpoint(args, images, batches):
     result = report.ClassReport(labels, predicted, names)
     headline = f"step {meta['step']}: precision @ 1 = {result.precision_at_1:.4f}"
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {headline} ({result.total} examples, "
-          f"{'raw' if args.no_ema else 'moving-average'} weights)", flush=True)
+          f"{_weights(not args.no_ema)})", flush=True)
     print(result.format(), flush=True)
     if args.plot:
         _write_plots(args, result, images, labels, predicted, headline)

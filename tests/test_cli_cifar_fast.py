@@ -49,7 +49,8 @@ def test_one_epoch_resumed_and_evaluated_with_tta(data, tmp_path, capsys):
     eval_main(["cifar", "--model", "fast", "--data-dir", str(data), "--train-dir", str(run),
                "--eval-dir", str(tmp_path / "ev"), "--batch-size", "10", "--no-download", "--backend", "numpy"])
     line = capsys.readouterr().out
-    assert "step 5: precision @ 1 = " in line and "(20 examples, last step's weights (the Lookahead average had not started), TTA level 2)" in line
+    assert "step 5: precision @ 1 = " in line
+    assert "(20 examples, last step's weights (the Lookahead average had not started), TTA level 2)" in line
     row = open(tmp_path / "ev" / "eval.csv").read().splitlines()[1].split(",")
     assert row[0] == "5" and row[2] == "20" and round(float(row[1]) * 20) == pytest.approx(float(row[1]) * 20)
     with pytest.raises(SystemExit, match="is a checkpoint of --model fast: evaluate it with --model fast"):

@@ -97,7 +97,8 @@ def test_report_and_plots_of_a_checkpoint(trained, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     # the report's precision@1 is the --watch path's (evaluate_batches), over the same examples
     images, labels = cifar.load_split("test", type("A", (), {"data_dir": str(data), "no_download": True}))
-    expected, total, step, _ = cifar.evaluate(str(run / "model.ckpt-2.npz"), cifar.eval_batches(images, labels, 8), True)
+    expected, total, step, _ = cifar.evaluate(str(run / "model.ckpt-2.npz"), cifar.eval_batches(images, labels, 8),
+                                              True)
     assert precision == expected and total == 24 and step == 2
     assert out[0].endswith(f"step 2: precision @ 1 = {expected:.4f} (24 examples, moving-average weights)")
     matrix = out[out.index("confusion matrix (row: true class, column: predicted class)") + 2:][:10]

@@ -8,8 +8,17 @@ Hypothesis, for both folders (a profile is global to the session, so it is chose
 (`make fuzz`) draws new random examples every run, HYPOTHESIS_EXPLORE_SCALE (default 20) times as
 many for every hypothesis test, those that set their own max_examples included; a failure prints
 its falsifying example and a @reproduce_failure blob.
+
+TensorFlow's oneDNN kernels are off for the whole session (before any test file imports TF). TF
+turns them on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX, so the reference would
+change with the machine. On an AMD EPYC that has them, its Conv2D disagreed with both tinybn and
+TF's own Eigen kernels (relative error inf for a SAME 2x5 kernel, stride (1, 2), on a (2, 2, 2, 1)
+input) and refused an empty batch ("input depth must be evenly divisible by filter depth"). The
+tests compare against the Eigen kernels, the ones every x86 CPU runs.
 """
 import os
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import tinybn  # noqa: F401
 from hypothesis import settings

@@ -47,6 +47,7 @@ checkpoint names: "<name>/Momentum", "<name>/Adam" (m), "<name>/Adam_1" (v),
 "beta1_power", "beta2_power", plus "iterations" (the global step). Unnamed
 parameters are named by their index ("0", "1", ...).
 """
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -209,13 +210,20 @@ def exponential_decay(learning_rate, global_step, decay_steps, decay_rate, stair
     lr = learning_rate * decay_rate ** p,  p = step / decay_steps (floored if staircase),
     all in float32 as TF does it (the step is cast to float32 first), with a subnormal
     operand or result read as 0, as TF's CPU kernels do: 0.01 * 0.5 ** 127.15 is 0, not 5.3e-41.
+    The power is the C library's double pow of the float32 operands, rounded once to float32:
+    the same on every CPU, where numpy's float32 power takes a vectorized path on AVX-512 CPUs
+    with its own last bit. TF's pow is Eigen's, faithfully rounded: the two agree to one ulp.
     """
     if decay_steps <= 0:
         raise ValueError(f"exponential_decay: decay_steps must be positive, got {decay_steps}")
     p = np.float32(global_step) / np.float32(decay_steps)
     if staircase:
         p = np.floor(p)
-    decayed = _flush_subnormal(np.power(_flush_subnormal(decay_rate), p))
+    try:
+        power = math.pow(float(_flush_subnormal(decay_rate)), float(p))
+    except OverflowError:          # a decay_rate above 1 raised far: float32 overflows to inf
+        power = math.inf
+    decayed = _flush_subnormal(power)
     return _flush_subnormal(_flush_subnormal(learning_rate) * decayed)
 
 

@@ -47,7 +47,6 @@ checkpoint names: "<name>/Momentum", "<name>/Adam" (m), "<name>/Adam_1" (v),
 "beta1_power", "beta2_power", plus "iterations" (the global step). Unnamed
 parameters are named by their index ("0", "1", ...).
 """
-import math
 from collections import OrderedDict
 
 import numpy as np
@@ -210,7 +209,8 @@ def exponential_decay(learning_rate, global_step, decay_steps, decay_rate, stair
     lr = learning_rate * decay_rate ** p,  p = step / decay_steps (floored if staircase),
     all in float32 as TF does it (the step is cast to float32 first), with a subnormal
     operand or result read as 0, as TF's CPU kernels do: 0.01 * 0.5 ** 127.15 is 0, not 5.3e-41.
-    The power is the C library's double pow of the float32 operands, rounded once to float32:
+    The power is the C library's double pow of the float32 operands (numpy's float64 scalar
+    power; it keeps TF's nan and inf for a negative rate or step), rounded once to float32:
     the same on every CPU, where numpy's float32 power takes a vectorized path on AVX-512 CPUs
     with its own last bit. TF's pow is Eigen's, faithfully rounded: the two agree to one ulp.
     """
@@ -219,11 +219,8 @@ def exponential_decay(learning_rate, global_step, decay_steps, decay_rate, stair
     p = np.float32(global_step) / np.float32(decay_steps)
     if staircase:
         p = np.floor(p)
-    try:
-        power = math.pow(float(_flush_subnormal(decay_rate)), float(p))
-    except OverflowError:          # a decay_rate above 1 raised far: float32 overflows to inf
-        power = math.inf
-    decayed = _flush_subnormal(power)
+    with np.errstate(over="ignore"):   # a decay_rate above 1 raised far: inf, as in float32
+        decayed = _flush_subnormal(np.float64(_flush_subnormal(decay_rate)) ** np.float64(p))
     return _flush_subnormal(_flush_subnormal(learning_rate) * decayed)
 
 
